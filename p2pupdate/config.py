@@ -1,0 +1,42 @@
+"""Hard limits and node settings, as frozen dataclasses.
+
+:class:`Limits` holds every hard cap on input, each with the reason it has the
+value it has. The core takes these as parameters so tests can shrink them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_LIMITS", "Limits"]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+@dataclass(frozen=True)
+class Limits:
+    # Chunks are exactly 64 KiB: the unit of transfer, hashing and bitmap bits.
+    chunk_size: int = 64 * KiB
+    # 2048 hashes of 32 bytes = 64 KiB: one table page fits one frame.
+    table_page_entries: int = 2048
+    # Largest package we agree to move or install (4 GiB = 65536 chunks = 32 pages).
+    max_package_size: int = 4 * GiB
+    # Frame body: a CHUNK (64 KiB payload) plus its msgpack header, nothing bigger.
+    max_frame: int = 64 * KiB + 256
+    # An announcement is small by design; 1 KiB bounds signature-checking work.
+    max_announcement: int = 1024
+    # Channel names and agent strings end up in logs and paths: short.
+    max_str: int = 256
+    # PEERS / INVENTORY / HAVE lists: enough for a fleet view, small enough to parse cheaply.
+    max_list: int = 4096
+    # Nesting depth of any decoded message: our messages are at most 3 deep.
+    max_depth: int = 4
+    # Signatures in one envelope (multi-authority release, DESIGN.md).
+    max_signatures: int = 5
+    # Semver strings in announcements (DESIGN.md: at most 64 bytes).
+    max_version_len: int = 64
+
+
+DEFAULT_LIMITS = Limits()

@@ -1,0 +1,269 @@
+"""Signed announcements: canonical body encoding, envelope, signing, verification.
+
+The body is a msgpack array in a fixed field order. msgpack has no canonical
+mode, so decoding re-encodes the parsed body and rejects input whose bytes
+differ: one body, one encoding. Signatures cover a domain prefix plus the body
+bytes exactly as received, never a re-encoding. The announcement id is the
+BLAKE3 of the body. Nothing in the envelope but the signatures is trusted.
+
+This module checks form and signatures; what to relay or act on is
+``p2pupdate.core.policy``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import blake3
+import msgpack
+import nacl.exceptions
+import nacl.signing
+import semver
+
+from p2pupdate.config import DEFAULT_LIMITS, Limits
+from p2pupdate.errors import RemoteProtocolError
+
+__all__ = [
+    "CHANNEL_RE",
+    "FORMAT_VERSION",
+    "SIGN_DOMAIN",
+    "Announcement",
+    "AnnouncementBody",
+    "decode_announcement",
+    "sign_announcement",
+    "validate_channel",
+    "validate_version",
+]
+
+FORMAT_VERSION = 1
+SIGN_DOMAIN = b"p2pupdate/announcement/v1\x00"
+CHANNEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}(/[a-z0-9][a-z0-9._-]{0,63}){0,3}$")
+_BODY_FIELDS = 12
+
+
+def validate_channel(channel: str) -> str:
+    """Return ``channel`` if it is a valid channel name, else raise ValueError."""
+    if not isinstance(channel, str) or not CHANNEL_RE.match(channel):
+        raise ValueError(
+            f"bad channel {channel!r} (lowercase letters, digits, . _ -, up to 4 parts split by /)"
+        )
+    if any(part in (".", "..") or part.startswith("..") for part in channel.split("/")):
+        raise ValueError(f"bad channel {channel!r}: dot segments are not allowed")
+    return channel
+
+
+def validate_version(version: str, limits: Limits = DEFAULT_LIMITS) -> str:
+    """Return ``version`` if it is a semver string of at most 64 bytes, else ValueError."""
+    if not isinstance(version, str) or len(version.encode()) > limits.max_version_len:
+        raise ValueError(f"bad version {version!r}: at most {limits.max_version_len} bytes")
+    if not semver.Version.is_valid(version):
+        raise ValueError(f"bad version {version!r}: not a semantic version like 1.4.0")
+    return version
+
+
+@dataclass(frozen=True)
+class AnnouncementBody:
+    """The signed part of an announcement. Construction validates every field."""
+
+    channel: str
+    version: str
+    package_id: bytes
+    size: int
+    table_root: bytes
+    created: int
+    expires: int
+    min_version: str | None = None
+    critical: bool = False
+    rollout: int = 100
+    chunk_size: int = DEFAULT_LIMITS.chunk_size
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.validate(DEFAULT_LIMITS)
+
+    def validate(self, limits: Limits) -> None:
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(f"unsupported announcement format {self.format_version}")
+        validate_channel(self.channel)
+        validate_version(self.version, limits)
+        if self.min_version is not None:
+            validate_version(self.min_version, limits)
+        for name in ("package_id", "table_root"):
+            value = getattr(self, name)
+            if not isinstance(value, bytes) or len(value) != 32:
+                raise ValueError(f"{name} must be 32 bytes")
+        for name in ("size", "created", "expires", "rollout", "chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer")
+        if not 0 <= self.size <= limits.max_package_size:
+            raise ValueError(f"size {self.size} out of range 0..{limits.max_package_size}")
+        if self.chunk_size != limits.chunk_size:
+            raise ValueError(f"chunk size must be {limits.chunk_size}")
+        if not 0 <= self.created < 2**63 or not 0 <= self.expires < 2**63:
+            raise ValueError("timestamps out of range")
+        if self.expires <= self.created:
+            raise ValueError("expires must be after created")
+        if not isinstance(self.critical, bool):
+            raise ValueError("critical must be a boolean")
+        if not 0 <= self.rollout <= 100:
+            raise ValueError("rollout must be 0..100")
+
+    def to_list(self) -> list[object]:
+        return [
+            self.format_version,
+            self.channel,
+            self.version,
+            self.package_id,
+            self.size,
+            self.chunk_size,
+            self.table_root,
+            self.created,
+            self.expires,
+            self.min_version,
+            self.critical,
+            self.rollout,
+        ]
+
+    def encode(self) -> bytes:
+        """The canonical body bytes (what is signed and hashed)."""
+        data: bytes = msgpack.packb(self.to_list(), use_bin_type=True)
+        return data
+
+    @property
+    def semver(self) -> semver.Version:
+        return semver.Version.parse(self.version)
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A body with its exact bytes and 1..5 (key id, signature) pairs.
+
+    ``key id`` is the signer's 32-byte Ed25519 public key. Signatures are not
+    checked at construction; :meth:`valid_signers` does that.
+    """
+
+    body: AnnouncementBody
+    body_bytes: bytes
+    signatures: tuple[tuple[bytes, bytes], ...]
+    raw: bytes = field(default=b"", compare=False)
+
+    @property
+    def id(self) -> bytes:
+        """The announcement id: BLAKE3 of the signed body bytes."""
+        return blake3.blake3(self.body_bytes).digest()
+
+    def valid_signers(self) -> frozenset[bytes]:
+        """Keys whose signature over the body verifies (distinct keys only)."""
+        good: set[bytes] = set()
+        message = SIGN_DOMAIN + self.body_bytes
+        for key_id, sig in self.signatures:
+            try:
+                nacl.signing.VerifyKey(key_id).verify(message, sig)
+            except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
+                continue
+            good.add(key_id)
+        return frozenset(good)
+
+    def encode(self) -> bytes:
+        """The wire bytes: [body bytes, [[key id, signature], ...]]."""
+        if self.raw:
+            return self.raw
+        data: bytes = msgpack.packb(
+            [self.body_bytes, [[k, s] for k, s in self.signatures]], use_bin_type=True
+        )
+        return data
+
+
+def sign_announcement(
+    body: AnnouncementBody, keys: Sequence[nacl.signing.SigningKey]
+) -> Announcement:
+    """Sign ``body`` with each key (1..5 distinct keys)."""
+    if not 1 <= len(keys) <= DEFAULT_LIMITS.max_signatures:
+        raise ValueError(f"an announcement needs 1..{DEFAULT_LIMITS.max_signatures} keys")
+    body_bytes = body.encode()
+    sigs = tuple(
+        (bytes(k.verify_key), k.sign(SIGN_DOMAIN + body_bytes).signature) for k in keys
+    )
+    if len({k for k, _ in sigs}) != len(sigs):
+        raise ValueError("the same key was given twice")
+    ann = Announcement(body, body_bytes, sigs)
+    return Announcement(body, body_bytes, sigs, raw=ann.encode())
+
+
+def _unpack(data: bytes, limits: Limits) -> object:
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=limits.max_str,
+            max_bin_len=limits.max_announcement,
+            max_array_len=_BODY_FIELDS,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types; translate them all once
+        raise RemoteProtocolError(f"malformed announcement: {exc}") from exc
+
+
+def decode_announcement(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Announcement:
+    """Parse wire bytes into an Announcement, or raise RemoteProtocolError.
+
+    Checks form only (types, ranges, canonical body); not signatures or trust.
+    """
+    if len(data) > limits.max_announcement:
+        raise RemoteProtocolError(f"announcement of {len(data)} bytes exceeds the limit")
+    outer = _unpack(data, limits)
+    if not (isinstance(outer, list) and len(outer) == 2):
+        raise RemoteProtocolError("announcement must be [body, signatures]")
+    body_bytes, sig_list = outer
+    if not isinstance(body_bytes, bytes) or not isinstance(sig_list, list):
+        raise RemoteProtocolError("announcement must be [bin body, [signatures]]")
+    if not 1 <= len(sig_list) <= limits.max_signatures:
+        raise RemoteProtocolError(f"announcement needs 1..{limits.max_signatures} signatures")
+    sigs: list[tuple[bytes, bytes]] = []
+    for item in sig_list:
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], bytes)
+            and len(item[0]) == 32
+            and isinstance(item[1], bytes)
+            and len(item[1]) == 64
+        ):
+            raise RemoteProtocolError("a signature entry must be [32-byte key id, 64-byte sig]")
+        sigs.append((item[0], item[1]))
+    fields = _unpack(body_bytes, limits)
+    if not (isinstance(fields, list) and len(fields) == _BODY_FIELDS):
+        raise RemoteProtocolError(f"announcement body must be an array of {_BODY_FIELDS}")
+    (fmt, channel, version, pid, size, chunk_size, root, created, expires, minv, crit, roll) = (
+        fields
+    )
+    try:
+        body = AnnouncementBody(
+            channel=channel,
+            version=version,
+            package_id=pid,
+            size=size,
+            table_root=root,
+            created=created,
+            expires=expires,
+            min_version=minv,
+            critical=crit,
+            rollout=roll,
+            chunk_size=chunk_size,
+            format_version=fmt,
+        )
+        body.validate(limits)
+    except (ValueError, TypeError) as exc:
+        raise RemoteProtocolError(f"invalid announcement: {exc}") from exc
+    if body.encode() != body_bytes:
+        raise RemoteProtocolError("announcement body is not canonically encoded")
+    ann = Announcement(body, body_bytes, tuple(sigs))
+    if ann.encode() != data:
+        raise RemoteProtocolError("announcement is not canonically encoded")
+    return Announcement(body, body_bytes, tuple(sigs), raw=bytes(data))

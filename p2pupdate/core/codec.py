@@ -1,0 +1,143 @@
+"""Length-prefixed msgpack framing, sans-IO.
+
+A frame is a 4-byte big-endian body length followed by the body, a msgpack
+array ``[type code, field, ...]``. :class:`FrameDecoder` is fed byte pieces
+of any size and yields typed messages; :func:`encode` does the reverse.
+
+The frame length is checked before its body is buffered, msgpack is run
+with caps on every length, and any failure at all (framing, msgpack, field
+validation) surfaces as one :class:`RemoteProtocolError`. After an error the
+decoder is broken for good: the connection must be closed.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+
+from p2pupdate.config import DEFAULT_LIMITS, Limits
+from p2pupdate.core.messages import MESSAGE_TYPES, Bitfield, Have, Inventory, Message, Peers
+from p2pupdate.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = ["HEADER", "FrameDecoder", "decode_body", "encode"]
+
+HEADER = struct.Struct(">I")
+
+
+def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """One frame carrying ``msg``."""
+    body: bytes = msgpack.packb([msg.TYPE, *msg.to_fields()], use_bin_type=True)
+    if len(body) > limits.max_frame:
+        raise LocalProtocolError(f"message of {len(body)} bytes exceeds the frame limit")
+    return HEADER.pack(len(body)) + body
+
+
+def _check_depth(obj: object, depth: int, limit: int) -> None:
+    if depth > limit:
+        raise RemoteProtocolError("message nested too deeply")
+    if isinstance(obj, list):
+        for item in obj:
+            if isinstance(item, list):
+                _check_depth(item, depth + 1, limit)
+
+
+def _tuplify(msg_type: type[Message], fields: list[object]) -> list[object]:
+    # msgpack gives lists; the dataclasses hold tuples (hashable, immutable).
+    if msg_type in (Peers, Inventory):
+        items = fields[0]
+        if not isinstance(items, list):
+            raise ValueError("expected a list")
+        fields = [tuple(tuple(x) if isinstance(x, list) else x for x in items)]
+    elif msg_type is Have:
+        if not isinstance(fields[1], list):
+            raise ValueError("expected a list of indices")
+        fields = [fields[0], tuple(fields[1])]
+    return fields
+
+
+def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Decode one frame body into a message, or raise RemoteProtocolError."""
+    try:
+        obj = msgpack.unpackb(
+            body,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=limits.max_str,
+            max_bin_len=limits.max_frame,
+            max_array_len=limits.max_list,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types; translate them all once
+        raise RemoteProtocolError(f"malformed frame: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(obj, list) or not obj:
+        raise RemoteProtocolError("frame body must be a non-empty array")
+    _check_depth(obj, 1, limits.max_depth)
+    code, *fields = obj
+    msg_type = MESSAGE_TYPES.get(code) if isinstance(code, int) else None
+    if msg_type is None:
+        raise RemoteProtocolError(f"unknown message type {code!r}")
+    try:
+        fields = _tuplify(msg_type, fields)
+        msg = msg_type(*fields)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise RemoteProtocolError(f"bad {msg_type.__name__}: {exc}") from exc
+    if isinstance(msg, Bitfield) and msg.nchunks % 8 and msg.bits[-1] & (0xFF >> (msg.nchunks % 8)):
+        raise RemoteProtocolError("bitfield has bits set past its end")
+    return msg
+
+
+class FrameDecoder:
+    """Incremental decoder: ``receive_data`` pieces, then ``next_message`` until None."""
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._limits = limits
+        self._buf = bytearray()
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet decoded (non-zero: a frame is in progress)."""
+        return len(self._buf)
+
+    def receive_data(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._buf += data
+        if len(self._buf) >= HEADER.size:
+            (length,) = HEADER.unpack_from(self._buf)
+            if length > self._limits.max_frame:
+                self._error = RemoteProtocolError(
+                    f"frame of {length} bytes exceeds the limit of {self._limits.max_frame}"
+                )
+                raise self._error
+
+    def next_message(self) -> Message | None:
+        """The next complete message, or None if more bytes are needed."""
+        if self._error is not None:
+            raise self._error
+        if len(self._buf) < HEADER.size:
+            return None
+        (length,) = HEADER.unpack_from(self._buf)
+        if length > self._limits.max_frame:
+            self._error = RemoteProtocolError(f"frame of {length} bytes exceeds the limit")
+            raise self._error
+        end = HEADER.size + length
+        if len(self._buf) < end:
+            return None
+        body = bytes(self._buf[HEADER.size : end])
+        del self._buf[:end]
+        try:
+            return decode_body(body, self._limits)
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
+
+    def messages(self) -> list[Message]:
+        """All complete messages buffered now."""
+        out: list[Message] = []
+        while (msg := self.next_message()) is not None:
+            out.append(msg)
+        return out

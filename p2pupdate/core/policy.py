@@ -1,0 +1,166 @@
+"""Trust policy: whether to relay an announcement, and whether to act on it.
+
+Pure functions over one ``now``. The order of checks is fixed (python-tuf
+style): form, signatures, trusted keys and threshold, expiry, then freshness
+against the newest announcement seen for the channel. The act decision adds
+the node's own situation: installed version, quarantine, min_version, rollout.
+
+Each decision is a :class:`Decision`: ``ok`` or a named reason from
+:data:`REASONS`. "Same announcement again" is the quiet reason ``duplicate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import blake3
+import semver
+
+from p2pupdate.core.announcement import Announcement
+
+__all__ = [
+    "CLOCK_SKEW",
+    "REASONS",
+    "Decision",
+    "TrustConfig",
+    "act_decision",
+    "in_rollout",
+    "is_newer",
+    "relay_decision",
+    "version_key",
+]
+
+CLOCK_SKEW = 300.0
+REASONS = frozenset(
+    {
+        "malformed",
+        "untrusted",
+        "bad_signature",
+        "below_threshold",
+        "expired",
+        "not_yet_valid",
+        "not_newest",
+        "duplicate",
+        "equivocation",
+        "not_newer",
+        "quarantined",
+        "below_min_version",
+        "outside_rollout",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    ok: bool
+    reason: str = ""
+    replaces: bool = False  # same package, later ``created``: replaces the stored one
+
+    def __post_init__(self) -> None:
+        if not self.ok and self.reason not in REASONS:
+            raise ValueError(f"unknown refusal reason {self.reason!r}")
+
+
+ACCEPT = Decision(True)
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    trusted_keys: frozenset[bytes]
+    threshold: int = 1
+    clock_skew: float = CLOCK_SKEW
+
+    def __post_init__(self) -> None:
+        if self.threshold < 1:
+            raise ValueError("trust threshold must be at least 1")
+
+
+def version_key(version: str) -> semver.Version:
+    """Semver precedence with build metadata ignored."""
+    return semver.Version.parse(version).replace(build=None)
+
+
+def is_newer(candidate: str, than: str | None) -> bool:
+    """True if ``candidate`` is strictly newer than ``than`` (None: anything is newer)."""
+    if than is None:
+        return True
+    return version_key(candidate) > version_key(than)
+
+
+def in_rollout(node_id: bytes, version: str, rollout: int) -> bool:
+    """Rollout membership: first 8 bytes of BLAKE3(node id || version) / 2^64 < rollout%."""
+    if rollout >= 100:
+        return True
+    digest = blake3.blake3(node_id + version.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rollout / 100
+
+
+def _check_signatures(ann: Announcement, trust: TrustConfig) -> Decision:
+    signers = {key for key, _ in ann.signatures}
+    trusted_claimed = signers & trust.trusted_keys
+    if not trusted_claimed:
+        return Decision(False, "untrusted")
+    valid = ann.valid_signers() & trust.trusted_keys
+    if not valid:
+        return Decision(False, "bad_signature")
+    if len(valid) < trust.threshold:
+        return Decision(False, "below_threshold")
+    return ACCEPT
+
+
+def relay_decision(
+    ann: Announcement, trust: TrustConfig, now: float, newest: Announcement | None
+) -> Decision:
+    """Relay ``ann``? ``newest`` is the newest accepted announcement for its channel."""
+    verdict = _check_signatures(ann, trust)
+    if not verdict.ok:
+        return verdict
+    body = ann.body
+    if now > body.expires + trust.clock_skew:
+        return Decision(False, "expired")
+    if body.created > now + trust.clock_skew:
+        return Decision(False, "not_yet_valid")
+    if newest is None:
+        return ACCEPT
+    old = newest.body
+    if old.channel != body.channel:
+        raise ValueError("newest announcement is for another channel")
+    if ann.body_bytes == newest.body_bytes:
+        return Decision(False, "duplicate")
+    new_v, old_v = version_key(body.version), version_key(old.version)
+    if new_v > old_v:
+        return ACCEPT
+    if new_v < old_v:
+        return Decision(False, "not_newest")
+    if body.package_id != old.package_id:
+        return Decision(False, "equivocation")
+    if body.created > old.created:
+        return Decision(True, replaces=True)
+    return Decision(False, "not_newest")
+
+
+def act_decision(
+    ann: Announcement,
+    *,
+    node_id: bytes,
+    installed_version: str | None,
+    quarantined: Collection[str],
+) -> Decision:
+    """Act on (download and apply) an announcement that already passed relay."""
+    body = ann.body
+    if not is_newer(body.version, installed_version):
+        return Decision(False, "not_newer")
+    if body.version in quarantined or any(
+        version_key(q) == version_key(body.version) for q in quarantined
+    ):
+        return Decision(False, "quarantined")
+    if (
+        body.min_version is not None
+        and installed_version is not None
+        and version_key(installed_version) < version_key(body.min_version)
+    ):
+        return Decision(False, "below_min_version")
+    if not in_rollout(node_id, body.version, body.rollout):
+        return Decision(False, "outside_rollout")
+    return ACCEPT

@@ -1,0 +1,66 @@
+"""Durable file operations: atomic replace, directory fsync, free-space checks.
+
+Every state file p2pupdate keeps goes through :func:`atomic_write_bytes`:
+write a temp file beside the target, fsync it, rename it over the target,
+fsync the directory. A crash at any point leaves either the old or the new
+content, never a torn file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from p2pupdate.errors import DiskFullError
+
+__all__ = ["atomic_write_bytes", "check_free_space", "fsync_dir", "read_bytes_limited"]
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically and durably."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def read_bytes_limited(path: Path, limit: int) -> bytes:
+    """Read a small state file, refusing one larger than ``limit`` bytes."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is larger than {limit} bytes")
+    return data
+
+
+def check_free_space(directory: Path, needed: int, margin: int = 64 * 1024 * 1024) -> None:
+    """Raise DiskFullError unless ``needed`` bytes plus a margin are free."""
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if free < needed + margin:
+        raise DiskFullError(
+            f"not enough free space in {directory}: need {needed + margin} bytes, {free} free"
+        )
