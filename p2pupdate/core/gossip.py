@@ -1,0 +1,105 @@
+"""Gossip state: the newest announcement per channel, a bounded seen-set,
+inventory digests for anti-entropy, and fan-out choice.
+
+Pure: the shell hands in decoded announcements and ``now``; this module says
+whether to relay (via ``p2pupdate.core.policy.relay_decision``), remembers
+what was accepted, and answers which ids to pull after an INVENTORY. It does
+not decide whether to act on an announcement (that needs the node's targets).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
+from p2pupdate.core.announcement import Announcement
+from p2pupdate.core.policy import Decision, TrustConfig, relay_decision
+
+__all__ = ["AnnouncementBook", "choose_fanout"]
+
+T = TypeVar("T")
+
+# Seen-set size: ids of every announcement looked at (good or bad), so a flood of
+# distinct junk costs one verification each and memory stays bounded.
+MAX_SEEN = 8192
+
+
+class AnnouncementBook:
+    """Accepted announcements (newest per channel) and the ids already looked at."""
+
+    def __init__(self, trust: TrustConfig, max_seen: int = MAX_SEEN) -> None:
+        self.trust = trust
+        self._max_seen = max_seen
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._newest: dict[str, Announcement] = {}
+
+    def seen(self, ann_id: bytes) -> bool:
+        return ann_id in self._seen
+
+    def _mark_seen(self, ann_id: bytes) -> None:
+        self._seen[ann_id] = None
+        self._seen.move_to_end(ann_id)
+        while len(self._seen) > self._max_seen:
+            self._seen.popitem(last=False)
+
+    def offer(self, ann: Announcement, now: float) -> Decision:
+        """Run the relay decision; an accepted announcement becomes the channel's newest."""
+        self._mark_seen(ann.id)
+        decision = relay_decision(ann, self.trust, now, self._newest.get(ann.body.channel))
+        if decision.ok:
+            self._newest[ann.body.channel] = ann
+        return decision
+
+    def restore(self, ann: Announcement) -> None:
+        """Load a persisted announcement at start (it passed relay when it was stored)."""
+        current = self._newest.get(ann.body.channel)
+        if current is None or relay_decision(ann, self.trust, 0.0, current).ok:
+            self._newest[ann.body.channel] = ann
+        self._mark_seen(ann.id)
+
+    def newest(self, channel: str) -> Announcement | None:
+        return self._newest.get(channel)
+
+    def all_newest(self) -> list[Announcement]:
+        return list(self._newest.values())
+
+    def by_id(self, ann_id: bytes) -> Announcement | None:
+        for ann in self._newest.values():
+            if ann.id == ann_id:
+                return ann
+        return None
+
+    def inventory(self) -> tuple[tuple[str, bytes], ...]:
+        return tuple(sorted((ch, ann.id) for ch, ann in self._newest.items()))
+
+    def wants(self, entries: Iterable[tuple[str, bytes]]) -> list[bytes]:
+        """Ids in a peer's inventory worth pulling: not seen, not our newest."""
+        out: list[bytes] = []
+        for channel, ann_id in entries:
+            mine = self._newest.get(channel)
+            if mine is not None and mine.id == ann_id:
+                continue
+            if not self.seen(ann_id):
+                out.append(ann_id)
+        return out
+
+    def expire(self, now: float) -> list[Announcement]:
+        """Drop announcements past expiry (plus skew); returns what was dropped."""
+        gone = [
+            a for a in self._newest.values() if now > a.body.expires + self.trust.clock_skew
+        ]
+        for a in gone:
+            del self._newest[a.body.channel]
+        return gone
+
+
+def choose_fanout(
+    peers: Sequence[T], rng: random.Random, *, exclude: T | None = None, fanout: int = 8
+) -> list[T]:
+    """Every peer but ``exclude`` when there are few, else a random subset of ``fanout``."""
+    candidates = [p for p in peers if p != exclude]
+    if len(candidates) <= fanout:
+        return candidates
+    return rng.sample(candidates, fanout)

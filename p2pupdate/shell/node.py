@@ -1,0 +1,533 @@
+"""The node's network side: listener, dialer, handshake, membership, gossip.
+
+A :class:`Node` is a library object: several run in one trio run in tests,
+and ``p2pupdate node`` wraps one. It receives a Transport (TCP or in-memory)
+and never opens sockets itself. Protocol decisions live in the pure core
+(``core.gossip``, ``core.membership``, ``core.policy``); this module runs the
+connections and carries the decisions out. Package transfer is delegated to a
+:class:`PackageService` (``shell.swarm``); what to do with an accepted
+announcement is delegated to an ``on_announcement`` callback (the agent).
+
+Every connection runs the same loops: a reader that feeds one message at a
+time to the handlers, a writer that drains a bounded outbox (so one slow peer
+never holds up gossip to the others), and a keepalive. Any error closes that
+connection only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import nacl.signing
+import trio
+
+from p2pupdate import __version__
+from p2pupdate.core.announcement import Announcement, decode_announcement
+from p2pupdate.core.gossip import AnnouncementBook, choose_fanout
+from p2pupdate.core.membership import Addr, PeerBook
+from p2pupdate.core.messages import (
+    PROTOCOL_VERSION,
+    Announce,
+    GetAnnounce,
+    Hello,
+    Inventory,
+    Message,
+    Peers,
+    Ping,
+    Pong,
+)
+from p2pupdate.core.policy import Decision, TrustConfig
+from p2pupdate.errors import RemoteProtocolError, TransferError
+from p2pupdate.shell.fsutil import atomic_write_bytes
+from p2pupdate.shell.peer import Connection, Timeouts
+from p2pupdate.shell.transport import Listener, Transport
+
+__all__ = ["EmitFn", "Node", "NodeOptions", "PackageService", "PeerConn", "peer_error"]
+
+log = logging.getLogger("p2pupdate.node")
+
+EmitFn = Callable[..., None]
+
+# Strikes before a peer is banned for protocol errors (bad frames, bad signatures).
+MAX_STRIKES = 3
+# Outbox depth per connection: small control messages; a peer that lets this many
+# pile up is too slow to keep and is dropped.
+OUTBOX_SIZE = 2048
+
+
+@dataclass
+class NodeOptions:
+    listen: Addr
+    trust: TrustConfig
+    peers: tuple[Addr, ...] = ()
+    data_dir: Path | None = None
+    auto_check: bool = True
+    check_interval: float = 30.0
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_connections: int = 64
+    max_handshakes: int = 16
+    target_connections: int = 8
+    fanout: int = 8
+    ban_period: float = 600.0
+    pex_interval: float = 10.0
+    agent: str = f"p2pupdate/{__version__}"
+
+
+class PeerConn:
+    """A connection after its handshake, with its outbox and bookkeeping."""
+
+    def __init__(self, conn: Connection, addr: Addr) -> None:
+        self.conn = conn
+        self.addr = addr
+        self.node_id = conn.node_id
+        self.label = f"{addr[0]}:{addr[1]}"
+        self._out_send, self._out_recv = trio.open_memory_channel[bytes | Message](OUTBOX_SIZE)
+        self.cancel_scope = trio.CancelScope()
+        self.strikes = 0
+        self.closing = False
+
+    def post(self, msg: Message | bytes) -> bool:
+        """Queue a message without waiting; False (and the peer is dropped) if the outbox is full."""
+        if self.closing:
+            return False
+        try:
+            self._out_send.send_nowait(msg)
+        except trio.WouldBlock:
+            log.warning("%s: outbox full, dropping the connection", self.label)
+            self.close()
+            return False
+        except trio.ClosedResourceError:
+            return False
+        return True
+
+    async def send(self, msg: Message) -> None:
+        """Send now (used for bulk data, under the connection's send lock)."""
+        await self.conn.send(msg)
+
+    def close(self) -> None:
+        self.closing = True
+        self.cancel_scope.cancel()
+
+    async def writer(self) -> None:
+        async for item in self._out_recv:
+            if isinstance(item, bytes):
+                await self.conn.send_raw(item)
+            else:
+                await self.conn.send(item)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc))
+        else:
+            out.append(exc)
+    return out
+
+
+def peer_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error a connection's task group failed with (protocol before transfer).
+
+    Anything that is not a peer's fault (a bug, KeyboardInterrupt) is returned
+    as the group itself, so it propagates.
+    """
+    leaves = _leaves(group)
+    if all(isinstance(e, (RemoteProtocolError, TransferError, trio.Cancelled)) for e in leaves):
+        for kind in (RemoteProtocolError, TransferError, trio.Cancelled):
+            for e in leaves:
+                if isinstance(e, kind):
+                    return e
+    return group
+
+
+class PackageService(Protocol):
+    """What the node needs from the swarm (package transfer)."""
+
+    def on_peer_up(self, peer: PeerConn) -> None: ...
+
+    def on_peer_down(self, peer: PeerConn) -> None: ...
+
+    async def handle(self, peer: PeerConn, msg: Message) -> bool:
+        """Handle a package message; False if it is not one."""
+        ...
+
+
+class Node:
+    def __init__(
+        self,
+        options: NodeOptions,
+        transport: Transport,
+        key: nacl.signing.SigningKey,
+        *,
+        emit: EmitFn | None = None,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.options = options
+        self.transport = transport
+        self.key = key
+        self.node_id = bytes(key.verify_key)
+        self.emit: EmitFn = emit or (lambda name, **fields: None)
+        self.rng = rng or random.Random()
+        self.wall_clock = wall_clock
+        self.book = AnnouncementBook(options.trust)
+        self.peerbook = PeerBook(
+            self.rng, list(options.peers), target=options.target_connections
+        )
+        self.peers: dict[bytes, PeerConn] = {}
+        self.listener: Listener | None = None
+        self.listen_port = options.listen[1]
+        self.package_service: PackageService | None = None
+        self.on_announcement: Callable[[Announcement, PeerConn | None], Awaitable[None]] | None = (
+            None
+        )
+        self._handshaking = 0
+        self._connections = 0
+        self._dialing: set[Addr] = set()
+        self._wake_dialer = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._strikes: dict[Addr, int] = {}
+        self.handshakes_completed = 0
+        self.first_handshake = trio.Event()
+        self.messages_sent: dict[str, int] = {}
+
+    # -- lifecycle ------------------------------------------------------------
+    @property
+    def listen_addr(self) -> Addr:
+        return (self.options.listen[0], self.listen_port)
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "node is not running"
+        return self._nursery
+
+    def load_announcements(self) -> None:
+        """Restore announcements persisted in the data dir (a restart keeps them)."""
+        if self.options.data_dir is None:
+            return
+        directory = self.options.data_dir / "announcements"
+        if not directory.is_dir():
+            return
+        for path in sorted(directory.glob("*.ann")):
+            try:
+                ann = decode_announcement(path.read_bytes())
+            except (OSError, RemoteProtocolError) as exc:
+                log.warning("dropping unreadable stored announcement %s: %s", path, exc)
+                path.unlink(missing_ok=True)
+                continue
+            self.book.restore(ann)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, dial, gossip until cancelled. ``task_status.started()`` once listening."""
+        self.load_announcements()
+        listener = await self.transport.listen(*self.options.listen)
+        self.listener = listener
+        self.listen_port = listener.port
+        self.peerbook.mark_self(self.listen_addr)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._accept_loop, listener)
+                nursery.start_soon(self._dial_loop)
+                nursery.start_soon(self._anti_entropy_loop)
+                task_status.started()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+
+    # -- accepting and dialing --------------------------------------------------
+    async def _accept_loop(self, listener: Listener) -> None:
+        while True:
+            stream, host = await listener.accept()
+            if (
+                self._connections >= self.options.max_connections
+                or self._handshaking >= self.options.max_handshakes
+            ):
+                # Refused cheaply: no task, no handshake.
+                with trio.CancelScope(shield=True), trio.move_on_after(0.5):
+                    await stream.aclose()
+                continue
+            self.nursery.start_soon(self._run_connection, stream, host, None)
+
+    async def _dial_loop(self) -> None:
+        while True:
+            now = trio.current_time()
+            active = len(self.peers)
+            for addr in self.peerbook.to_dial(now, active, self._dialing):
+                if self._connections >= self.options.max_connections:
+                    break
+                self._dialing.add(addr)
+                self.nursery.start_soon(self._dial, addr)
+            deadline = self.peerbook.next_deadline()
+            wait = 1.0 if deadline is None else max(0.05, min(1.0, deadline - now))
+            with trio.move_on_after(wait):
+                await self._wake_dialer.wait()
+            self._wake_dialer = trio.Event()
+
+    async def _dial(self, addr: Addr) -> None:
+        try:
+            try:
+                with trio.fail_after(self.options.timeouts.handshake):
+                    stream = await self.transport.connect(*addr)
+            except (OSError, trio.TooSlowError) as exc:
+                log.debug("dial %s:%s failed: %s", addr[0], addr[1], exc)
+                self.peerbook.on_dial_failed(addr, trio.current_time())
+                return
+            await self._run_connection(stream, addr[0], addr)
+        finally:
+            self._dialing.discard(addr)
+
+    # -- one connection --------------------------------------------------------
+    async def _run_connection(
+        self, stream: trio.abc.Stream, host: str, dialed: Addr | None
+    ) -> None:
+        conn = Connection(stream, host, outbound=dialed is not None, timeouts=self.options.timeouts)
+        self._connections += 1
+        peer: PeerConn | None = None
+        try:
+            self._handshaking += 1
+            try:
+                hello = await conn.handshake(self._hello(), PROTOCOL_VERSION)
+            finally:
+                self._handshaking -= 1
+            peer = self._admit(conn, hello, dialed)
+            if peer is None:
+                return
+            await self._serve_peer(peer)
+        except RemoteProtocolError as exc:
+            log.info("%s: protocol error, closing: %s", conn.label, exc)
+            self._strike(conn, str(exc))
+            if dialed is not None and peer is None:
+                self.peerbook.on_dial_failed(dialed, trio.current_time())
+        except TransferError as exc:
+            log.debug("%s: connection ended: %s", conn.label, exc)
+            if dialed is not None and peer is None:
+                self.peerbook.on_dial_failed(dialed, trio.current_time())
+        finally:
+            self._connections -= 1
+            if peer is not None:
+                self._drop(peer)
+            await conn.aclose()
+
+    def _hello(self) -> Hello:
+        return Hello(PROTOCOL_VERSION, self.node_id, self.listen_port, self.options.agent)
+
+    def _admit(self, conn: Connection, hello: Hello, dialed: Addr | None) -> PeerConn | None:
+        now = trio.current_time()
+        if hello.node_id == self.node_id:
+            if dialed is not None:
+                self.peerbook.mark_self(dialed)
+            log.debug("closing a connection to ourselves")
+            return None
+        addr = dialed if dialed is not None else (conn.remote_host, hello.listen_port)
+        if self.peerbook.is_node_banned(hello.node_id, now) or self.peerbook.is_banned(addr, now):
+            log.debug("%s: banned peer, closing", conn.label)
+            return None
+        existing = self.peers.get(hello.node_id)
+        if existing is not None:
+            # One connection per pair: keep the one dialed by the smaller node id.
+            new_initiator = self.node_id if conn.outbound else hello.node_id
+            old_initiator = self.node_id if existing.conn.outbound else hello.node_id
+            if new_initiator == old_initiator or old_initiator < new_initiator:
+                return None
+            existing.close()
+            self._drop(existing)
+        peer = PeerConn(conn, addr)
+        self.peers[hello.node_id] = peer
+        if hello.listen_port:
+            self.peerbook.add(addr)
+        self.peerbook.on_connected(addr)
+        self.handshakes_completed += 1
+        self.first_handshake.set()
+        log.info("connected to %s (%s)", peer.label, hello.node_id.hex()[:16])
+        return peer
+
+    def _drop(self, peer: PeerConn) -> None:
+        if self.peers.get(peer.node_id) is peer:
+            del self.peers[peer.node_id]
+            self.peerbook.on_disconnected(peer.addr, trio.current_time())
+            if self.package_service is not None:
+                self.package_service.on_peer_down(peer)
+            self._wake_dialer.set()
+
+    async def _serve_peer(self, peer: PeerConn) -> None:
+        try:
+            await self._serve_peer_tasks(peer)
+        except BaseExceptionGroup as group:
+            raise peer_error(group) from None
+
+    async def _serve_peer_tasks(self, peer: PeerConn) -> None:
+        with peer.cancel_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, peer)
+                nursery.start_soon(self._keepalive, peer)
+                peer.post(Inventory(self.book.inventory()))
+                peer.post(Peers(tuple(self.peerbook.sample(32))))
+                if self.package_service is not None:
+                    self.package_service.on_peer_up(peer)
+                while True:
+                    msg = await peer.conn.receive()
+                    await self._dispatch(peer, msg)
+
+    async def _writer(self, peer: PeerConn) -> None:
+        try:
+            await peer.writer()
+        except TransferError as exc:
+            log.debug("%s: %s", peer.label, exc)
+            peer.close()
+
+    async def _keepalive(self, peer: PeerConn) -> None:
+        while True:
+            await trio.sleep(self.options.timeouts.keepalive)
+            peer.post(Ping(self.rng.getrandbits(32)))
+
+    def _strike(self, conn: Connection, reason: str) -> None:
+        if conn.hello is None:
+            return
+        addr = (conn.remote_host, conn.hello.listen_port)
+        self._strikes[addr] = self._strikes.get(addr, 0) + 1
+        if self._strikes[addr] >= MAX_STRIKES:
+            self.ban(addr, conn.hello.node_id, f"protocol errors: {reason}")
+
+    def ban(self, addr: Addr, node_id: bytes, reason: str) -> None:
+        """Ban a peer's node id and (IP, listen port) for the ban period; close it."""
+        until = trio.current_time() + self.options.ban_period
+        self.peerbook.ban(addr, node_id, until)
+        log.warning("banning %s:%s (%s): %s", addr[0], addr[1], node_id.hex()[:16], reason)
+        self.emit("peer_banned", peer=f"{addr[0]}:{addr[1]}", node=node_id.hex(), reason=reason)
+        peer = self.peers.get(node_id)
+        if peer is not None:
+            peer.close()
+
+    # -- messages ----------------------------------------------------------------
+    async def _dispatch(self, peer: PeerConn, msg: Message) -> None:
+        if isinstance(msg, Ping):
+            peer.post(Pong(msg.nonce))
+        elif isinstance(msg, Pong):
+            pass
+        elif isinstance(msg, Peers):
+            added = sum(self.peerbook.add(a) for a in msg.peers)
+            if added:
+                self._wake_dialer.set()
+        elif isinstance(msg, Inventory):
+            for ann_id in self.book.wants(msg.entries):
+                peer.post(GetAnnounce(ann_id))
+        elif isinstance(msg, GetAnnounce):
+            ann = self.book.by_id(msg.announcement_id)
+            if ann is not None:
+                peer.post(Announce(ann.encode()))
+        elif isinstance(msg, Announce):
+            await self._on_announce(peer, msg.data)
+        elif isinstance(msg, Hello):
+            raise RemoteProtocolError("HELLO after the handshake")
+        elif self.package_service is None or not await self.package_service.handle(peer, msg):
+            log.debug("%s: ignoring %s", peer.label, type(msg).__name__)
+
+    async def _on_announce(self, peer: PeerConn | None, data: bytes) -> Decision | None:
+        ann = decode_announcement(data)  # RemoteProtocolError closes the connection
+        if self.book.seen(ann.id):
+            return None
+        decision = self.book.offer(ann, self.wall_clock())
+        if not decision.ok:
+            self._refused(peer, ann, decision)
+            return decision
+        # Forward first, persist at the same time: duplicates are harmless.
+        self.broadcast(Announce(ann.encode()), exclude=peer)
+        self.nursery.start_soon(self._persist_announcement, ann)
+        self.emit(
+            "announcement_received",
+            channel=ann.body.channel,
+            version=ann.body.version,
+            package_id=ann.body.package_id.hex(),
+            size=ann.body.size,
+            announcement_id=ann.id.hex(),
+            critical=ann.body.critical,
+            via=peer.label if peer is not None else None,
+        )
+        if self.on_announcement is not None:
+            await self.on_announcement(ann, peer)
+        return decision
+
+    def _refused(self, peer: PeerConn | None, ann: Announcement, decision: Decision) -> None:
+        body = ann.body
+        if decision.reason == "duplicate":
+            return
+        if decision.reason == "equivocation":
+            log.error(
+                "EQUIVOCATION: the authority signed two packages for %s %s; refusing %s",
+                body.channel,
+                body.version,
+                body.package_id.hex(),
+            )
+        else:
+            log.info("not relaying %s %s: %s", body.channel, body.version, decision.reason)
+        if decision.reason in ("bad_signature",) and peer is not None:
+            self._strike(peer.conn, "bad signature")
+        self.emit(
+            "update_refused",
+            channel=body.channel,
+            version=body.version,
+            package_id=body.package_id.hex(),
+            reason=decision.reason,
+            relay=False,
+        )
+
+    async def inject(self, ann: Announcement) -> Decision | None:
+        """Accept an announcement from this process (publish, tests) and gossip it."""
+        return await self._on_announce(None, ann.encode())
+
+    def broadcast(self, msg: Message, *, exclude: PeerConn | None = None) -> None:
+        """Send to connected peers except ``exclude`` (a random fan-out when many)."""
+        targets = choose_fanout(
+            list(self.peers.values()), self.rng, exclude=exclude, fanout=self.options.fanout
+        )
+        name = type(msg).__name__
+        for p in targets:
+            if p.post(msg):
+                self.messages_sent[name] = self.messages_sent.get(name, 0) + 1
+
+    async def _persist_announcement(self, ann: Announcement) -> None:
+        if self.options.data_dir is None:
+            return
+        directory = self.options.data_dir / "announcements"
+        name = ann.body.channel.replace("/", "+") + ".ann"
+
+        def write() -> None:
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(directory / name, ann.encode())
+
+        await trio.to_thread.run_sync(write)
+
+    async def _anti_entropy_loop(self) -> None:
+        last_pex = trio.current_time()
+        while True:
+            await trio.sleep(self.options.check_interval)
+            for gone in self.book.expire(self.wall_clock()):
+                log.info("announcement %s %s expired", gone.body.channel, gone.body.version)
+            self.peerbook.lift_expired_bans(trio.current_time())
+            if self.options.auto_check:
+                self.broadcast_all(Inventory(self.book.inventory()))
+            if trio.current_time() - last_pex >= self.options.pex_interval and self.peers:
+                last_pex = trio.current_time()
+                target = self.rng.choice(list(self.peers.values()))
+                target.post(Peers(tuple(self.peerbook.sample(32))))
+
+    def broadcast_all(self, msg: Message) -> None:
+        for p in list(self.peers.values()):
+            p.post(msg)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id.hex(),
+            "listen": f"{self.listen_addr[0]}:{self.listen_addr[1]}",
+            "peers": sorted(p.label for p in self.peers.values()),
+            "known_peers": len(self.peerbook.known()),
+        }

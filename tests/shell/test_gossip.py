@@ -1,0 +1,135 @@
+"""Gossip over real TCP and over the in-memory transport."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import nacl.signing
+import pytest
+import trio
+
+from p2pupdate.core.policy import TrustConfig
+from p2pupdate.shell.node import Node, NodeOptions
+from p2pupdate.shell.peer import Timeouts
+from p2pupdate.shell.transport import MemoryNetwork, TcpTransport, Transport
+from tests.helpers import make_announcement
+
+AUTHORITY = nacl.signing.SigningKey(b"\x01" * 32)
+TRUST = TrustConfig(frozenset({bytes(AUTHORITY.verify_key)}))
+FAST = Timeouts(handshake=2, idle=5, frame=2, send=5, keepalive=1)
+
+
+def tcp_factory(i: int) -> Transport:
+    return TcpTransport()
+
+
+@asynccontextmanager
+async def running_nodes(
+    n: int,
+    peers_of: Callable[[int, list[tuple[str, int]]], list[tuple[str, int]]],
+    transport_for: Callable[[int], Transport],
+    tmp: Path | None = None,
+    **opts: object,
+) -> AsyncIterator[list[Node]]:
+    """Start n nodes; node i's bootstrap peers come from peers_of(i, addrs of nodes < i)."""
+    nodes: list[Node] = []
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            addrs = [nd.listen_addr for nd in nodes]
+            options = NodeOptions(
+                listen=("127.0.0.1", 0),
+                trust=TRUST,
+                peers=tuple(peers_of(i, addrs)),
+                data_dir=(tmp / f"n{i}") if tmp else None,
+                timeouts=FAST,
+                check_interval=0.2,
+                **opts,  # type: ignore[arg-type]
+            )
+            node = Node(
+                options,
+                transport_for(i),
+                nacl.signing.SigningKey(bytes([i + 10]) * 32),
+                rng=random.Random(i),
+            )
+            await nursery.start(node.run)
+            nodes.append(node)
+        yield nodes
+        nursery.cancel_scope.cancel()
+
+
+def line(i: int, addrs: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    return addrs[-1:]  # each knows only its predecessor
+
+
+async def wait_all(nodes: list[Node], channel: str, version: str, timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while True:
+            got = [nd.book.newest(channel) for nd in nodes]
+            if all(a is not None and a.body.version == version for a in got):
+                return
+            await trio.sleep(0.02)
+
+
+async def test_line_of_ten_over_tcp_reaches_all_and_pex_makes_a_mesh() -> None:
+    async with running_nodes(10, line, tcp_factory) as nodes:
+        ann = make_announcement([AUTHORITY], version="1.0.0")
+        await trio.sleep(0.3)
+        decision = await nodes[-1].inject(ann)
+        assert decision is not None and decision.ok
+        await wait_all(nodes, "app/stable", "1.0.0")
+        # PEX: the first node, which knew nobody, learns most of the line.
+        with trio.fail_after(10):
+            while len(nodes[0].peerbook.known()) < 5 or len(nodes[0].peers) < 3:
+                await trio.sleep(0.05)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "memory"])
+async def test_late_node_gets_it_by_anti_entropy(transport: str) -> None:
+    net = MemoryNetwork()
+    factory: Callable[[int], Transport] = (
+        tcp_factory if transport == "tcp" else (lambda i: net.transport(f"10.0.0.{i + 1}"))
+    )
+    listen_host = "127.0.0.1"
+    if transport == "memory":
+        # In memory every node listens on its own host name.
+        async with trio.open_nursery() as nursery:
+            nodes = []
+            for i in range(3):
+                options = NodeOptions(
+                    listen=(f"10.0.0.{i + 1}", 4000),
+                    trust=TRUST,
+                    peers=tuple(nd.listen_addr for nd in nodes[-1:]),
+                    timeouts=FAST,
+                    check_interval=0.2,
+                )
+                nd = Node(options, factory(i), nacl.signing.SigningKey(bytes([i + 1]) * 32))
+                if i == 2:
+                    await nodes[0].inject(make_announcement([AUTHORITY], version="2.0.0"))
+                await nursery.start(nd.run)
+                nodes.append(nd)
+            await wait_all(nodes, "app/stable", "2.0.0")
+            nursery.cancel_scope.cancel()
+        return
+    async with running_nodes(2, line, factory) as nodes:
+        await nodes[0].inject(make_announcement([AUTHORITY], version="2.0.0"))
+        await wait_all(nodes, "app/stable", "2.0.0")
+        async with running_nodes(
+            1, lambda i, a: [nodes[1].listen_addr], factory
+        ) as late:
+            await wait_all(late, "app/stable", "2.0.0")
+    assert listen_host
+
+
+async def test_restarted_node_keeps_its_announcements(tmp_path: Path) -> None:
+    async with running_nodes(1, line, tcp_factory, tmp_path) as nodes:
+        await nodes[0].inject(make_announcement([AUTHORITY], version="3.1.0"))
+        with trio.fail_after(5):
+            while not (tmp_path / "n0" / "announcements").exists():
+                await trio.sleep(0.02)
+        await trio.sleep(0.2)
+    async with running_nodes(1, line, tcp_factory, tmp_path) as nodes:
+        ann = nodes[0].book.newest("app/stable")
+        assert ann is not None and ann.body.version == "3.1.0"
