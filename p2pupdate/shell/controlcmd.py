@@ -1,0 +1,245 @@
+"""The ``status``, ``apply``, ``rollback`` and ``quarantine clear`` commands.
+
+Each talks to the running node of ``--data-dir`` over its control socket
+(:mod:`p2pupdate.shell.control`), sending one of::
+
+    {"op": "status"}
+    {"op": "apply", "channel": CHANNEL}
+    {"op": "rollback", "channel": CHANNEL}
+    {"op": "quarantine_clear", "channel": CHANNEL, "version": VERSION}
+
+``apply``, ``rollback`` and ``quarantine clear`` need the running node: when
+none answers they exit 1 with one line. The node answers ``{"ok": true,
+"message"?: str}`` on success (the message is printed), and ``{"ok": false,
+"usage": true, "error": ...}`` for a user mistake such as an unknown channel
+(exit 2) or ``{"ok": false, "error": ...}`` for a failure (exit 1).
+
+``status`` falls back to the snapshot the node keeps in ``DATA_DIR/status.json``
+when the node is down, and says so ("node not running (last known state)").
+The status dict, as the node's ``status`` op returns it and as the snapshot
+stores it (every key optional to this module, which shows what it gets)::
+
+    {
+      "node_id": str,                      # ed25519:<hex> or a short id
+      "listen": "host:port",
+      "peers": ["host:port", ...],         # connected peers
+      "channels": {
+        CHANNEL: {
+          "installed": str | None,         # installed version of the target
+          "target": str | None,            # the target's path; None = relay/cache only
+          "download": None | {"version": str, "progress": float (0..1),
+                              "bytes_done": int, "bytes_total": int,
+                              "state": str},   # e.g. "downloading", "verifying"
+          "waiting": [{"version": str, "package_id": str (hex)}],  # need `apply`
+          "quarantined": [str, ...],       # versions
+          "last_refusal": None | {"version": str, "reason": str},
+        },
+      },
+      "cache": {
+        "size": int, "capacity": int,      # bytes
+        "entries": [{"package_id": str (hex), "size": int,
+                     "pinned": [str, ...]}],   # reasons, e.g. "installed app/stable"
+        "over_capacity": str | None,       # why the cache is over capacity, if it is
+      },
+      "self_update": str,                  # one line about the node's own program
+    }
+
+``status --json`` prints that dict plus ``"running": bool`` (and, from a
+snapshot, its ``"written_at"`` unix time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from p2pupdate.core.announcement import validate_channel, validate_version
+from p2pupdate.core.units import format_size
+from p2pupdate.errors import P2PUpdateError, UsageError
+from p2pupdate.shell.control import (
+    NodeNotRunning,
+    control_request_sync,
+    read_status_snapshot,
+    write_status_snapshot,
+)
+
+__all__ = [
+    "format_status",
+    "read_status_snapshot",
+    "run_control_command",
+    "write_status_snapshot",
+]
+
+# status answers at once; apply / rollback may run a health check first.
+_STATUS_TIMEOUT = 30.0
+_ACTION_TIMEOUT = 600.0
+
+
+def run_control_command(args: argparse.Namespace) -> int:
+    """Run status / apply / rollback / quarantine clear; returns the exit code."""
+    data_dir: Path = args.data_dir
+    if not data_dir.is_dir():
+        what = "is not a directory" if data_dir.exists() else "does not exist"
+        raise UsageError(f"--data-dir {data_dir} {what}")
+    cmd = args.command
+    if cmd == "status":
+        return _status(data_dir, json_out=bool(getattr(args, "json", False)))
+    if cmd in ("apply", "rollback"):
+        channel = _channel(args.channel)
+        return _action(data_dir, {"op": cmd, "channel": channel}, f"{cmd} {channel}")
+    if cmd == "quarantine":
+        if getattr(args, "qcommand", None) != "clear":
+            raise UsageError("p2pupdate quarantine: expected 'clear CHANNEL VERSION'")
+        channel = _channel(args.channel)
+        try:
+            version = validate_version(args.qversion)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        request = {"op": "quarantine_clear", "channel": channel, "version": version}
+        return _action(data_dir, request, f"quarantine of {channel} {version} cleared")
+    raise UsageError(f"unknown control command {cmd!r}")
+
+
+def _channel(text: str) -> str:
+    try:
+        return validate_channel(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _action(data_dir: Path, request: dict[str, Any], done: str) -> int:
+    try:
+        answer = control_request_sync(data_dir, request, timeout=_ACTION_TIMEOUT)
+    except NodeNotRunning as exc:
+        raise NodeNotRunning(f"{exc}; {request['op']} needs the running node") from None
+    if answer["ok"]:
+        message = answer.get("message")
+        print(message if isinstance(message, str) and message else f"{done}: done")
+        return 0
+    error = str(answer.get("error") or "the node refused without a reason")
+    if answer.get("usage") is True:
+        raise UsageError(error)
+    raise P2PUpdateError(error)
+
+
+def _status(data_dir: Path, *, json_out: bool) -> int:
+    try:
+        answer = control_request_sync(data_dir, {"op": "status"}, timeout=_STATUS_TIMEOUT)
+    except NodeNotRunning:
+        snapshot = read_status_snapshot(data_dir)
+        if snapshot is None:
+            raise NodeNotRunning(
+                f"no node is running with data dir {data_dir} and it holds no saved status"
+            ) from None
+        status, running = snapshot, False
+    else:
+        if not answer["ok"]:
+            raise P2PUpdateError(f"status: {answer.get('error', 'the node refused')}")
+        status = {k: v for k, v in answer.items() if k != "ok"}
+        running = True
+    if json_out:
+        print(json.dumps({**status, "running": running}, indent=2, sort_keys=True))
+    else:
+        print(format_status(status, running=running), end="")
+    return 0
+
+
+# ---------------------------------------------------------------- human output
+
+
+def _get(d: Any, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+    """``d[key]`` when ``d`` is a dict and the value has the expected type."""
+    if isinstance(d, dict):
+        value = d.get(key)
+        if isinstance(value, kind) and not (isinstance(value, bool) and bool not in _kinds(kind)):
+            return value
+    return default
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _size(n: Any) -> str:
+    return format_size(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else "?"
+
+
+def _when(t: Any) -> str:
+    if not isinstance(t, (int, float)) or isinstance(t, bool):
+        return "at an unknown time"
+    stamp = datetime.datetime.fromtimestamp(t).astimezone()
+    return "written " + stamp.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def format_status(status: dict[str, Any], *, running: bool) -> str:
+    """The human text of ``p2pupdate status``; tolerant of missing or odd fields."""
+    out: list[str] = []
+    add: Callable[[str], None] = out.append
+    add(f"node {_get(status, 'node_id', str, '?')}")
+    if not running:
+        add(f"  node not running (last known state, {_when(status.get('written_at'))})")
+    add(f"  listen  {_get(status, 'listen', str, '?')}")
+    peers = [p for p in _get(status, "peers", list, []) if isinstance(p, str)]
+    add(f"  peers   {len(peers)}" + (": " + ", ".join(peers) if peers else ""))
+    self_update = _get(status, "self_update", str)
+    if self_update:
+        add(f"  self-update  {self_update}")
+
+    channels = _get(status, "channels", dict, {})
+    if not channels:
+        add("channels: none seen yet")
+    for name in sorted(channels):
+        add(f"channel {name}")
+        _format_channel(name, channels[name], add)
+
+    cache = _get(status, "cache", dict)
+    if cache is not None:
+        entries = [e for e in _get(cache, "entries", list, []) if isinstance(e, dict)]
+        add(
+            f"cache {_size(cache.get('size'))} of {_size(cache.get('capacity'))}, "
+            f"{len(entries)} package{'s' if len(entries) != 1 else ''}"
+        )
+        over = _get(cache, "over_capacity", str)
+        if over:
+            add(f"  over its size because pinned: {over}")
+        for entry in entries:
+            pinned = [r for r in _get(entry, "pinned", list, []) if isinstance(r, str)]
+            line = f"  {str(_get(entry, 'package_id', str, '?'))[:16]}  {_size(entry.get('size'))}"
+            if pinned:
+                line += "  pinned: " + ", ".join(pinned)
+            add(line)
+    return "\n".join(out) + "\n"
+
+
+def _format_channel(name: str, ch: Any, add: Callable[[str], None]) -> None:
+    target = _get(ch, "target", str)
+    add(f"  target      {target if target else '(none: relay and cache only)'}")
+    add(f"  installed   {_get(ch, 'installed', str) or 'unknown'}")
+    download = _get(ch, "download", dict)
+    if download is not None:
+        progress = _get(download, "progress", (int, float), 0.0)
+        add(
+            f"  download    {_get(download, 'version', str, '?')} "
+            f"{_get(download, 'state', str, '')} {100 * progress:.1f}% "
+            f"({_size(download.get('bytes_done'))} of {_size(download.get('bytes_total'))})"
+        )
+    for item in _get(ch, "waiting", list, []):
+        version = _get(item, "version", str, "?")
+        pkg = str(_get(item, "package_id", str, ""))[:16]
+        add(f"  waiting     {version} ({pkg}) for approval: p2pupdate apply {name}")
+    quarantined = [
+        q if isinstance(q, str) else str(_get(q, "version", str, "?"))
+        for q in _get(ch, "quarantined", list, [])
+    ]
+    if quarantined:
+        add(f"  quarantined {', '.join(quarantined)}")
+    refusal = _get(ch, "last_refusal", dict)
+    if refusal is not None:
+        add(
+            f"  last refusal {_get(refusal, 'version', str, '?')}: "
+            f"{_get(refusal, 'reason', str, '?')}"
+        )

@@ -1,0 +1,221 @@
+"""The ``--events FILE`` log (JSON lines) and the process's logging setup.
+
+:class:`EventLog` appends one JSON object per line,
+``{"t": unix_seconds, "node": node_id, "event": NAME, ...fields}``, to a file
+opened in append mode; every line is flushed as it is written, so a crash of
+the process loses no event that ``emit`` returned from (the kernel holds it).
+Lines are not fsynced: a power cut may lose the last few, which a log may.
+Field values are made JSON-safe on the way: bytes become hex, paths and other
+objects become strings, sets become sorted lists, non-finite floats become null.
+A field named ``node`` is written as ``peer_node``, since ``node`` is the id
+of the node writing the log (likewise ``t`` -> ``field_t``, ``event`` ->
+``field_event``); the one exception is ``peer_banned``, whose ``node`` is the
+banned peer's id as DESIGN.md specifies, with the writer in ``reporter``.
+Every event is also forwarded to the ``p2pupdate.events`` logger, so people
+see it in the human log too (``download_progress`` at DEBUG, the rest at INFO).
+
+:func:`setup_logging` configures the ``p2pupdate`` logger hierarchy: human
+lines on stderr by default, one JSON object per line with ``json=True``.
+
+This module decides nothing about which events exist or when they fire; the
+node does. The names DESIGN.md guarantees are listed in :data:`EVENT_NAMES`.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import logging
+import math
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from p2pupdate.errors import UsageError
+
+__all__ = [
+    "EVENT_NAMES",
+    "LOG_LEVELS",
+    "EventLog",
+    "JsonLogFormatter",
+    "jsonable",
+    "setup_logging",
+]
+
+EVENT_NAMES = frozenset(
+    {
+        "announcement_received",
+        "update_refused",
+        "download_started",
+        "download_progress",
+        "download_complete",
+        "download_failed",
+        "verifying",
+        "applying",
+        "update_complete",
+        "update_failed",
+        "rolled_back",
+        "quarantined",
+        "peer_banned",
+    }
+)
+"""The event names DESIGN.md promises; the node may emit others too."""
+
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+# Keys of the record itself. A field with one of these names is renamed rather
+# than allowed to overwrite them (peer_banned's ``node`` is the exception: DESIGN.md
+# makes it the banned peer's id, and the writer moves to ``reporter``).
+_RESERVED = frozenset({"t", "node", "event"})
+_RENAMED = {"t": "field_t", "node": "peer_node", "event": "field_event"}
+# Events frequent enough to drown the human log at INFO.
+_CHATTY = frozenset({"download_progress"})
+
+_event_logger = logging.getLogger("p2pupdate.events")
+
+
+def jsonable(value: Any) -> Any:
+    """Turn ``value`` into something :func:`json.dumps` accepts, never raising."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, Mapping):
+        return {_key(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((jsonable(v) for v in value), key=str)
+    return str(value)
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (bytes, bytearray)):
+        return bytes(key).hex()
+    return str(key)
+
+
+class EventLog:
+    """Append-only JSON-lines event log of one node; ``path=None`` only logs.
+
+    Safe to call from several threads. ``emit`` after ``close`` still logs but
+    writes nothing (late events of a node that is shutting down).
+    """
+
+    def __init__(self, path: Path | None, node_id: str) -> None:
+        self.path = path
+        self.node_id = node_id
+        self._lock = threading.Lock()
+        self._file: IO[str] | None = None
+        if path is not None:
+            try:
+                # buffering=1: line buffered; we also flush after each line.
+                self._file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            except IsADirectoryError:
+                raise UsageError(f"--events {path}: is a directory, not a file") from None
+            except OSError as exc:
+                raise UsageError(
+                    f"--events {path}: cannot open for appending: {exc.strerror}"
+                ) from None
+
+    def emit(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Write one event line and log it; returns the record as written."""
+        record: dict[str, Any] = {"t": time.time(), "node": self.node_id, "event": name}
+        for key, value in fields.items():
+            if name == "peer_banned" and key == "node":
+                # DESIGN.md: peer_banned's ``node`` is the banned peer's id; the
+                # writer of the line moves to ``reporter``.
+                record["reporter"] = self.node_id
+                record["node"] = jsonable(value)
+                continue
+            record[_RENAMED.get(key, key)] = jsonable(value)
+        line = _json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+        with self._lock:
+            if self._file is not None:
+                self._file.write(line + "\n")
+                self._file.flush()
+        level = logging.DEBUG if name in _CHATTY else logging.INFO
+        if _event_logger.isEnabledFor(level):
+            text = " ".join(f"{k}={_short(v)}" for k, v in record.items() if k not in _RESERVED)
+            _event_logger.log(
+                level,
+                "%s %s",
+                name,
+                text,
+                extra={"event": name, "fields": {k: record[k] for k in record if k != "t"}},
+            )
+        return record
+
+    def close(self) -> None:
+        """Close the file; idempotent."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value and " " not in value else _json.dumps(value)
+    return _json.dumps(value, separators=(",", ":"))
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log record: t, level, logger, msg, plus event fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "t": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out["event"] = getattr(record, "event", None)
+            out.update({k: v for k, v in fields.items() if k not in out})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return _json.dumps(jsonable(out), separators=(",", ":"), ensure_ascii=False)
+
+
+# The handler setup_logging installed last, so a second call replaces it.
+_installed: logging.Handler | None = None
+
+
+def setup_logging(level: str, json: bool) -> None:
+    """Send p2pupdate's logs to stderr at ``level``, as human lines or JSON lines."""
+    global _installed
+    lvl = LOG_LEVELS.get(level.lower()) if isinstance(level, str) else None
+    if lvl is None:
+        raise UsageError(f"log_level {level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    handler = logging.StreamHandler(sys.stderr)
+    if json:
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger("p2pupdate")
+    if _installed is not None:
+        root.removeHandler(_installed)
+    root.addHandler(handler)
+    root.setLevel(lvl)
+    # Our handler prints everything; don't print it twice through the root logger.
+    root.propagate = False
+    _installed = handler

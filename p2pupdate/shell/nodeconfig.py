@@ -1,0 +1,677 @@
+"""Settings of ``p2pupdate node``: a TOML config file (``--config``) merged with flags.
+
+:func:`load_settings` turns the parsed command line, plus the config file it
+names, into one frozen :class:`NodeSettings`, and raises :class:`UsageError`
+with one line naming the flag or key for every mistake a person can make:
+an unknown key, a wrong type, a missing ``data_dir`` or ``listen``, a bad
+HOST:PORT, size, rate, duration, public key or channel name, no trusted key
+at all, a data dir that cannot be created or written, a config file that is
+missing or not TOML.
+
+Merging rules (flags override the file):
+
+* Scalar settings: a flag that is given wins over the config key.
+* ``--peer`` and ``--trust`` add to ``peers`` / ``trust`` from the file
+  (duplicates dropped, order kept).
+* ``--target CHANNEL=PATH`` for a channel the file also defines replaces that
+  target's path (and whether it is a directory) and keeps its other settings
+  (health and restart commands, version, ...); for a new channel it adds a
+  target. ``--health-cmd CHANNEL=CMD`` replaces the health command of a target
+  defined by the file or by ``--target``; naming no target is an error.
+* A target's ``auto_apply`` defaults to the global ``auto_apply`` (default
+  true), for targets from flags and from the file alike.
+* A target is a directory target when its path ends in ``/``, when it is an
+  existing directory, or when the config says ``is_dir = true``.
+* Relative paths are relative to the current directory on the command line
+  and to the config file's directory inside it; ``~`` is expanded in the file.
+
+Config keys are the :class:`NodeSettings` field names. Flags: ``--data-dir``,
+``--listen``, ``--peer``, ``--trust``, ``--trust-threshold``, ``--target``,
+``--health-cmd``, ``--upload-limit`` (``max_upload_speed``),
+``--download-limit`` (``max_download_speed``), ``--cache-size``, ``--events``,
+``--check-interval``, ``--log-level``, ``--log-json``. Any other field is read
+from ``args`` too when the parser has an attribute of that name that is not
+None (so a flag added later needs no change here), except ``control_socket``,
+which is config-only. Targets in the file are either an array of tables, each
+with a ``channel``, or a table keyed by channel::
+
+    [targets."app/stable"]
+    path = "/opt/app/bin/app"
+    health_cmd = "/opt/app/bin/app --self-test"   # a string (split like a shell) or an array
+    restart_cmd = ["systemctl", "restart", "app"]
+    auto_apply = false
+    version = "1.3.0"        # installed before p2pupdate
+    health_timeout = 30      # seconds
+    confirm_window = 60      # seconds
+    max_attempts = 3
+    env = { APP_ENV = "prod" }
+
+This module also has :func:`parse_hostport` (used by ``publish`` too) and
+:func:`format_hostport`. It does not start anything; the node does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import ipaddress
+import os
+import re
+import shlex
+import tempfile
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from p2pupdate.core.announcement import validate_channel, validate_version
+from p2pupdate.core.keys import parse_pubkey
+from p2pupdate.core.units import parse_duration, parse_rate, parse_size
+from p2pupdate.errors import UsageError
+from p2pupdate.shell.applicator import TargetSpec
+from p2pupdate.shell.events import LOG_LEVELS
+from p2pupdate.shell.fsutil import read_bytes_limited
+
+__all__ = [
+    "CONFIG_KEYS",
+    "TARGET_KEYS",
+    "NodeSettings",
+    "format_hostport",
+    "load_settings",
+    "parse_hostport",
+]
+
+GiB = 1024**3
+# A config file is a few dozen lines; 1 MiB means someone pointed --config at the wrong file.
+_MAX_CONFIG = 1024 * 1024
+_UNSET_BACKUP = Path("<data_dir>/backups")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Everything ``p2pupdate node`` is configured with, validated."""
+
+    data_dir: Path
+    listen: tuple[str, int]
+    peers: tuple[tuple[str, int], ...] = ()
+    trust: frozenset[bytes] = frozenset()
+    trust_threshold: int = 1
+    targets: tuple[TargetSpec, ...] = ()
+    max_upload_speed: int = 0  # bytes/s, 0 = unlimited
+    max_download_speed: int = 0  # bytes/s, 0 = unlimited
+    cache_size: int = 1 * GiB  # bytes; pinned packages may exceed it
+    events: Path | None = None
+    auto_check: bool = True  # periodic anti-entropy pulls
+    check_interval: float = 30.0  # seconds between anti-entropy rounds
+    auto_download: bool = True
+    auto_apply: bool = True  # default of every target's auto_apply
+    backup_dir: Path = _UNSET_BACKUP  # default: data_dir / "backups"
+    max_package_size: int = 4 * GiB
+    max_connections: int = 64
+    target_connections: int = 8  # peers the node dials on its own
+    boot_attempts: int = 3  # starts of a new own release before the launcher reverts
+    confirm_window: float = 30.0  # seconds a new own release must stay healthy
+    ban_period: float = 600.0
+    log_level: str = "info"
+    log_json: bool = False
+    control_socket: Path | None = None  # None: DATA_DIR/control.sock or a runtime dir
+
+    def __post_init__(self) -> None:
+        if self.backup_dir is _UNSET_BACKUP:
+            object.__setattr__(self, "backup_dir", self.data_dir / "backups")
+
+
+CONFIG_KEYS = frozenset(NodeSettings.__dataclass_fields__)
+TARGET_KEYS = frozenset(
+    {
+        "channel",
+        "path",
+        "is_dir",
+        "health_cmd",
+        "restart_cmd",
+        "auto_apply",
+        "version",
+        "health_timeout",
+        "confirm_window",
+        "max_attempts",
+        "env",
+    }
+)
+
+# ---------------------------------------------------------------- HOST:PORT
+
+_PORT_RE = re.compile(r"[0-9]{1,5}", re.ASCII)
+_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)", re.ASCII)
+_EXAMPLE = "expected HOST:PORT, e.g. 127.0.0.1:4000, [::1]:4000 or node1.example:4000"
+
+
+def parse_hostport(text: str, *, allow_port_zero: bool = True) -> tuple[str, int]:
+    """Parse ``IPv4:PORT``, ``[IPv6]:PORT`` or ``hostname:PORT``; UsageError if malformed.
+
+    The host comes back without brackets. Port 0 (any free port, for
+    listening) is refused when ``allow_port_zero`` is false.
+    """
+
+    def bad(why: str) -> UsageError:
+        return UsageError(f"bad address {text!r}: {why} ({_EXAMPLE})")
+
+    if not isinstance(text, str):
+        raise UsageError(f"bad address {text!r}: not a string ({_EXAMPLE})")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise bad("missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if not rest.startswith(":"):
+            raise bad("missing ':PORT' after ']'")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise bad("missing ':PORT'")
+        if ":" in host:
+            raise bad("an IPv6 address goes in brackets, like [::1]:4000")
+        if not host:
+            raise bad("missing host")
+        _check_host(host, bad)
+    if not _PORT_RE.fullmatch(port_text):
+        raise bad(f"port {port_text!r} is not a number")
+    port = int(port_text)
+    if port > 65535:
+        raise bad(f"port {port} is above 65535")
+    if port == 0 and not allow_port_zero:
+        raise bad("port 0 cannot be connected to")
+    return host, port
+
+
+def _check_host(host: str, bad: Callable[[str], UsageError]) -> None:
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if all(label.isascii() and label.isdigit() for label in labels):
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            raise bad(f"{host!r} is not an IPv4 address") from None
+        return
+    if len(name) > 253 or not all(_LABEL_RE.fullmatch(label) for label in labels):
+        raise bad(f"{host!r} is not a valid host name")
+
+
+def format_hostport(host: str, port: int) -> str:
+    """The text form :func:`parse_hostport` reads back (brackets around IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ---------------------------------------------------------------- value converters
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Src:
+    """Where a value came from: its label in messages, and the base of relative paths."""
+
+    where: str
+    base: Path
+
+    def err(self, message: str) -> UsageError:
+        return UsageError(f"{self.where}: {message}")
+
+
+def _typename(value: object) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _expect(value: object, kind: type | tuple[type, ...], what: str, src: _Src) -> None:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise src.err(f"must be {what}, not {_typename(value)}")
+
+
+def _bool(value: object, src: _Src) -> bool:
+    _expect(value, bool, "true or false", src)
+    assert isinstance(value, bool)
+    return value
+
+
+def _int_at_least(low: int) -> Callable[[object, _Src], int]:
+    def conv(value: object, src: _Src) -> int:
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value, re.ASCII):
+            value = int(value)
+        _expect(value, int, "an integer", src)
+        assert isinstance(value, int)
+        if value < low:
+            raise src.err(f"must be at least {low}, not {value}")
+        return value
+
+    return conv
+
+
+def _unit(parse: Callable[[str], int], what: str) -> Callable[[object, _Src], int]:
+    def conv(value: object, src: _Src) -> int:
+        if isinstance(value, str):
+            try:
+                return parse(value)
+            except ValueError as exc:
+                raise src.err(str(exc)) from None
+        _expect(value, int, what, src)
+        assert isinstance(value, int)
+        if value < 0:
+            raise src.err(f"must not be negative, not {value}")
+        return value
+
+    return conv
+
+
+_size = _unit(parse_size, "a size like 1GiB or a number of bytes")
+_rate = _unit(parse_rate, "a rate like 10MiB/s or a number of bytes per second")
+
+
+def _duration(value: object, src: _Src) -> float:
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise src.err(str(exc)) from None
+    _expect(value, (int, float), "a number of seconds or a duration like 30s, 5m, 1h", src)
+    assert isinstance(value, (int, float))
+    if not value > 0 or value == float("inf"):
+        raise src.err(f"must be a positive number of seconds, not {value}")
+    return float(value)
+
+
+def _path(value: object, src: _Src) -> Path:
+    if isinstance(value, Path):
+        text = str(value)
+    else:
+        _expect(value, str, "a path", src)
+        assert isinstance(value, str)
+        text = value
+    if not text or "\0" in text:
+        raise src.err(f"bad path {text!r}")
+    return (src.base / Path(text).expanduser()).absolute()
+
+
+def _hostport(value: object, src: _Src, *, allow_zero: bool = True) -> tuple[str, int]:
+    _expect(value, str, "a HOST:PORT string", src)
+    assert isinstance(value, str)
+    try:
+        return parse_hostport(value, allow_port_zero=allow_zero)
+    except UsageError as exc:
+        raise src.err(str(exc)) from None
+
+
+def _peer(value: object, src: _Src) -> tuple[str, int]:
+    return _hostport(value, src, allow_zero=False)
+
+
+def _pubkey(value: object, src: _Src) -> bytes:
+    _expect(value, str, "a public key string ed25519:<hex>", src)
+    assert isinstance(value, str)
+    try:
+        return parse_pubkey(value)
+    except ValueError as exc:
+        raise src.err(str(exc)) from None
+
+
+def _list_of(item: Callable[[object, _Src], T]) -> Callable[[object, _Src], list[T]]:
+    def conv(value: object, src: _Src) -> list[T]:
+        _expect(value, list, "an array", src)
+        assert isinstance(value, list)
+        return [item(v, _Src(f"{src.where}[{i}]", src.base)) for i, v in enumerate(value)]
+
+    return conv
+
+
+def _log_level(value: object, src: _Src) -> str:
+    _expect(value, str, "a string", src)
+    assert isinstance(value, str)
+    if value.lower() not in LOG_LEVELS:
+        raise src.err(f"must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
+    return value.lower()
+
+
+def _command(value: object, src: _Src) -> list[str]:
+    if isinstance(value, str):
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise src.err(f"cannot split command {value!r}: {exc}") from None
+    else:
+        _expect(value, list, "a command string or an array of strings", src)
+        assert isinstance(value, list)
+        if not all(isinstance(a, str) for a in value):
+            raise src.err("must be an array of strings")
+        argv = list(value)
+    if not argv or not argv[0]:
+        raise src.err("empty command")
+    return argv
+
+
+def _channel(value: object, src: _Src) -> str:
+    _expect(value, str, "a channel name", src)
+    assert isinstance(value, str)
+    try:
+        return validate_channel(value)
+    except ValueError as exc:
+        raise src.err(str(exc)) from None
+
+
+def _version(value: object, src: _Src) -> str:
+    _expect(value, str, "a version string", src)
+    assert isinstance(value, str)
+    try:
+        return validate_version(value)
+    except ValueError as exc:
+        raise src.err(str(exc)) from None
+
+
+def _env(value: object, src: _Src) -> dict[str, str]:
+    _expect(value, dict, "a table of strings", src)
+    assert isinstance(value, dict)
+    for k, v in value.items():
+        if not isinstance(v, str) or not k or "=" in k:
+            raise src.err(f"bad entry {k!r}: names without '=', string values")
+    return dict(value)
+
+
+# Scalar settings: key -> (converter, the flag that sets it or None: config-only so far).
+_SCALARS: dict[str, tuple[Callable[[object, _Src], Any], str | None]] = {
+    "trust_threshold": (_int_at_least(1), "--trust-threshold"),
+    "max_upload_speed": (_rate, "--upload-limit"),
+    "max_download_speed": (_rate, "--download-limit"),
+    "cache_size": (_size, "--cache-size"),
+    "events": (_path, "--events"),
+    "auto_check": (_bool, None),
+    "check_interval": (_duration, "--check-interval"),
+    "auto_download": (_bool, None),
+    "auto_apply": (_bool, None),
+    "backup_dir": (_path, None),
+    "max_package_size": (_size, None),
+    "max_connections": (_int_at_least(1), None),
+    "target_connections": (_int_at_least(1), None),
+    "boot_attempts": (_int_at_least(1), None),
+    "confirm_window": (_duration, None),
+    "ban_period": (_duration, None),
+    "log_level": (_log_level, "--log-level"),
+    "log_json": (_bool, "--log-json"),
+    "control_socket": (_path, None),
+}
+# args attribute names that differ from the config key.
+_ATTR = {"max_upload_speed": "upload_limit", "max_download_speed": "download_limit"}
+_CONFIG_ONLY = frozenset({"control_socket"})
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    where = f"--config {path}"
+    try:
+        data = read_bytes_limited(path, _MAX_CONFIG)
+    except FileNotFoundError:
+        raise UsageError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{where}: is a directory, not a config file") from None
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read it: {exc.strerror}") from None
+    except ValueError:
+        raise UsageError(f"{where}: larger than {_MAX_CONFIG} bytes; not a config file") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"{where}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{where}: invalid TOML: {exc}") from None
+
+
+def _unknown_key(key: str, known: frozenset[str], where: str) -> UsageError:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UsageError(f"{where}: unknown key {key!r}{hint}")
+
+
+class _Loader:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cwd = Path.cwd()
+        config: Path | None = getattr(args, "config", None)
+        self.file: dict[str, Any] = {}
+        self.base = self.cwd
+        self.label = "config"
+        if config is not None:
+            self.file = _read_config(config)
+            self.base = config.absolute().parent
+            self.label = f"config {config}"
+            for key in self.file:
+                if key not in CONFIG_KEYS:
+                    raise _unknown_key(key, CONFIG_KEYS, self.label)
+
+    def key_src(self, key: str) -> _Src:
+        return _Src(f"{self.label}: {key}", self.base)
+
+    def flag(self, key: str) -> tuple[Any, _Src] | None:
+        """The flag value for a config key, if the command line gave one."""
+        if key in _CONFIG_ONLY:
+            return None
+        attr = _ATTR.get(key, key)
+        value = getattr(self.args, attr, None)
+        if value is None or (value is False and key == "log_json"):
+            return None
+        label = _SCALARS[key][1] if key in _SCALARS else None
+        return value, _Src(label or "--" + attr.replace("_", "-"), self.cwd)
+
+    def scalar(self, key: str) -> Any:
+        conv = _SCALARS[key][0]
+        given = self.flag(key)
+        if given is not None:
+            return conv(given[0], given[1])
+        if key in self.file:
+            return conv(self.file[key], self.key_src(key))
+        return NodeSettings.__dataclass_fields__[key].default
+
+    def required(self, key: str, flag: str, conv: Callable[[object, _Src], T]) -> T:
+        value = getattr(self.args, key, None)
+        if value is not None:
+            return conv(value, _Src(flag, self.cwd))
+        if key in self.file:
+            return conv(self.file[key], self.key_src(key))
+        raise UsageError(f"{flag} is required (or {key} in the config file)")
+
+    def listed(self, key: str, flag: str, item: Callable[[object, _Src], T]) -> list[T]:
+        out: list[T] = []
+        if key in self.file:
+            out += _list_of(item)(self.file[key], self.key_src(key))
+        for value in getattr(self.args, flag.lstrip("-").replace("-", "_"), None) or []:
+            out.append(item(value, _Src(flag, self.cwd)))
+        return list(dict.fromkeys(out))
+
+
+def _prepare_data_dir(path: Path, where: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{where} {path}: exists and is not a directory")
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{where} {path}: cannot create it: {exc.strerror}") from None
+    # os.access says yes to root everywhere; creating a file is the real test.
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+    except OSError as exc:
+        raise UsageError(f"{where} {path}: not writable: {exc.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def load_settings(args: argparse.Namespace) -> NodeSettings:
+    """Merge ``--config`` and flags into validated settings (rules in the module doc)."""
+    ld = _Loader(args)
+    data_dir = ld.required("data_dir", "--data-dir", _path)
+    listen = ld.required("listen", "--listen", _hostport)
+    peers = ld.listed("peers", "--peer", _peer)
+    trust = ld.listed("trust", "--trust", _pubkey)
+    if not trust:
+        raise UsageError(
+            "no trusted key: give --trust PUBKEY (the publisher's `p2pupdate pubkey` line) "
+            "or trust = [...] in the config file"
+        )
+    values = {key: ld.scalar(key) for key in _SCALARS}
+    if values["trust_threshold"] > len(trust):
+        raise UsageError(
+            f"trust_threshold {values['trust_threshold']} is more than the "
+            f"{len(trust)} trusted key(s)"
+        )
+    if values["target_connections"] > values["max_connections"]:
+        raise UsageError(
+            f"target_connections {values['target_connections']} is more than "
+            f"max_connections {values['max_connections']}"
+        )
+    if values["max_package_size"] <= 0:
+        raise UsageError("max_package_size must be positive")
+    where_dir = "--data-dir" if getattr(args, "data_dir", None) is not None else "data_dir"
+    _prepare_data_dir(data_dir, where_dir)
+    events = values["events"]
+    if events is not None and not events.parent.is_dir():
+        raise UsageError(f"events {events}: directory {events.parent} does not exist")
+    if values["backup_dir"] is _UNSET_BACKUP:
+        values["backup_dir"] = data_dir / "backups"
+    if values["backup_dir"].exists() and not values["backup_dir"].is_dir():
+        raise UsageError(f"backup_dir {values['backup_dir']}: exists and is not a directory")
+    targets = _load_targets(ld, default_auto_apply=values["auto_apply"])
+    return NodeSettings(
+        data_dir=data_dir,
+        listen=listen,
+        peers=tuple(peers),
+        trust=frozenset(trust),
+        targets=targets,
+        **values,
+    )
+
+
+# ---------------------------------------------------------------- targets
+
+
+def _target_tables(ld: _Loader) -> list[tuple[str, dict[str, Any], _Src]]:
+    """(channel, raw table, source) for each target in the config file."""
+    if "targets" not in ld.file:
+        return []
+    raw = ld.file["targets"]
+    src = ld.key_src("targets")
+    out: list[tuple[str, dict[str, Any], _Src]] = []
+    if isinstance(raw, dict):
+        for channel, table in raw.items():
+            tsrc = _Src(f"{ld.label}: targets.{channel!r}", ld.base)
+            _expect(table, dict, "a table", tsrc)
+            if "channel" in table and table["channel"] != channel:
+                raise tsrc.err(f"channel = {table['channel']!r} differs from the table name")
+            out.append((_channel(channel, tsrc), table, tsrc))
+        return out
+    _expect(raw, list, "an array of tables or a table keyed by channel", src)
+    assert isinstance(raw, list)
+    for i, table in enumerate(raw):
+        tsrc = _Src(f"{ld.label}: targets[{i}]", ld.base)
+        _expect(table, dict, "a table", tsrc)
+        if "channel" not in table:
+            raise tsrc.err("channel is required")
+        channel = _channel(table["channel"], _Src(f"{tsrc.where}.channel", ld.base))
+        out.append((channel, table, _Src(f"{ld.label}: targets.{channel!r}", ld.base)))
+    return out
+
+
+def _split_assignment(value: object, flag: str, what: str) -> tuple[str, str, _Src]:
+    src = _Src(f"{flag} {value}", Path.cwd())
+    if not isinstance(value, str) or "=" not in value:
+        raise src.err(f"expected CHANNEL={what}")
+    channel, _, rest = value.partition("=")
+    if not rest:
+        raise src.err(f"missing {what} after '='")
+    return _channel(channel, src), rest, src
+
+
+def _load_targets(ld: _Loader, *, default_auto_apply: bool) -> tuple[TargetSpec, ...]:
+    specs: dict[str, dict[str, Any]] = {}
+    sources: dict[str, _Src] = {}
+    for channel, table, src in _target_tables(ld):
+        if channel in specs:
+            raise src.err("the same channel is defined twice")
+        fields: dict[str, Any] = {}
+        for key, value in table.items():
+            ksrc = _Src(f"{src.where}.{key}", src.base)
+            if key not in TARGET_KEYS:
+                raise _unknown_key(key, TARGET_KEYS, src.where)
+            if key == "channel":
+                continue
+            if key == "path":
+                _expect(value, str, "a path", ksrc)
+                fields["path"] = _path(value, ksrc)
+                fields["slash"] = value.endswith("/")
+            else:
+                fields[key] = _TARGET_CONVERTERS[key](value, ksrc)
+        if "path" not in fields:
+            raise src.err("path is required")
+        specs[channel] = fields
+        sources[channel] = src
+
+    for value in getattr(ld.args, "target", None) or []:
+        channel, text, src = _split_assignment(value, "--target", "PATH")
+        fields = specs.setdefault(channel, {})
+        fields["path"] = _path(text, src)
+        fields["slash"] = text.endswith("/")
+        fields.pop("is_dir", None)
+        sources[channel] = src
+
+    for value in getattr(ld.args, "health_cmd", None) or []:
+        channel, text, src = _split_assignment(value, "--health-cmd", "CMD")
+        if channel not in specs:
+            raise src.err(f"no target for channel {channel!r} (add --target {channel}=PATH)")
+        specs[channel]["health_cmd"] = _command(text, src)
+
+    out: list[TargetSpec] = []
+    seen_paths: dict[Path, str] = {}
+    for channel, fields in specs.items():
+        src = sources[channel]
+        path: Path = fields.pop("path")
+        slash = fields.pop("slash")
+        is_dir = _target_kind(path, slash, fields.pop("is_dir", None), src)
+        if path in seen_paths:
+            raise src.err(f"path {path} is also the target of {seen_paths[path]!r}")
+        seen_paths[path] = channel
+        fields.setdefault("auto_apply", default_auto_apply)
+        out.append(TargetSpec(channel=channel, path=path, is_dir=is_dir, **fields))
+    return tuple(out)
+
+
+def _target_kind(path: Path, slash: bool, is_dir: bool | None, src: _Src) -> bool:
+    if not path.parent.is_dir():
+        raise src.err(f"directory {path.parent} does not exist")
+    exists_dir = path.is_dir()
+    if is_dir is False and (slash or exists_dir):
+        raise src.err(f"{path} is a directory but is_dir = false")
+    if (is_dir or slash) and path.exists() and not exists_dir:
+        raise src.err(f"{path} is a file, not a directory")
+    return bool(is_dir or slash or exists_dir)
+
+
+_TARGET_CONVERTERS: dict[str, Callable[[object, _Src], Any]] = {
+    "is_dir": _bool,
+    "health_cmd": _command,
+    "restart_cmd": _command,
+    "auto_apply": _bool,
+    "version": _version,
+    "health_timeout": _duration,
+    "confirm_window": _duration,
+    "max_attempts": _int_at_least(1),
+    "env": _env,
+}
