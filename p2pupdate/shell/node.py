@@ -52,7 +52,7 @@ __all__ = ["EmitFn", "Node", "NodeOptions", "PackageService", "PeerConn", "peer_
 
 log = logging.getLogger("p2pupdate.node")
 
-EmitFn = Callable[..., None]
+EmitFn = Callable[..., object]
 
 # Strikes before a peer is banned for protocol errors (bad frames, bad signatures).
 MAX_STRIKES = 3
@@ -153,6 +153,10 @@ class PackageService(Protocol):
     def on_peer_up(self, peer: PeerConn) -> None: ...
 
     def on_peer_down(self, peer: PeerConn) -> None: ...
+
+    async def run_peer(self, peer: PeerConn) -> None:
+        """Runs beside the peer's reader for the life of the connection (uploads)."""
+        ...
 
     async def handle(self, peer: PeerConn, msg: Message) -> bool:
         """Handle a package message; False if it is not one."""
@@ -373,6 +377,7 @@ class Node:
                 peer.post(Peers(tuple(self.peerbook.sample(32))))
                 if self.package_service is not None:
                     self.package_service.on_peer_up(peer)
+                    nursery.start_soon(self.package_service.run_peer, peer)
                 while True:
                     msg = await peer.conn.receive()
                     await self._dispatch(peer, msg)

@@ -1,0 +1,320 @@
+"""The agent: what a node does with an accepted announcement.
+
+It joins the gossip layer (``shell.node``), the swarm (``shell.swarm``) and
+the applicator (``shell.applicator``): for an announcement that concerns one
+of its targets it runs the act decision (``core.policy.act_decision`` plus the
+applicator's own refusals), downloads, and applies (or waits for
+``p2pupdate apply`` when ``auto_apply`` is off). A node outside the rollout,
+or with no target for the channel, still downloads, caches and serves.
+A newer announcement for a channel supersedes an older download.
+
+It also answers the control socket (status, apply, rollback, quarantine
+clear). It makes no protocol decision itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pupdate.core.announcement import Announcement
+from p2pupdate.core.policy import act_decision
+from p2pupdate.errors import DiskFullError
+from p2pupdate.shell.applicator import Applicator, TargetSpec
+from p2pupdate.shell.events import EventLog
+from p2pupdate.shell.node import Node, PeerConn
+from p2pupdate.shell.swarm import Swarm
+
+__all__ = ["Agent", "AgentOptions"]
+
+log = logging.getLogger("p2pupdate.agent")
+
+
+@dataclass
+class AgentOptions:
+    targets: tuple[TargetSpec, ...] = ()
+    auto_download: bool = True
+    cache_size: int = 1024**3
+
+
+@dataclass
+class _ChannelState:
+    download: Announcement | None = None
+    scope: trio.CancelScope | None = None
+    waiting: Announcement | None = None  # downloaded, needs `p2pupdate apply`
+    available: Announcement | None = None  # not downloaded (auto_download off)
+    last_refusal: dict[str, str] | None = None
+    applying: bool = False
+    progress: dict[str, Any] = field(default_factory=dict)
+
+
+class Agent:
+    def __init__(
+        self,
+        node: Node,
+        swarm: Swarm,
+        applicator: Applicator,
+        events: EventLog,
+        options: AgentOptions,
+    ) -> None:
+        self.node = node
+        self.swarm = swarm
+        self.applicator = applicator
+        self.events = events
+        self.options = options
+        self.targets = {t.channel: t for t in options.targets}
+        self.channels: dict[str, _ChannelState] = {}
+        self._nursery: trio.Nursery | None = None
+        self._tmp = Path(tempfile.mkdtemp(prefix="p2pupdate-export-"))
+        node.on_announcement = self.on_announcement
+
+    def _chan(self, channel: str) -> _ChannelState:
+        return self.channels.setdefault(channel, _ChannelState())
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Recover interrupted installs, resume what the data dir holds, then serve."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self.applicator.recover(list(self.targets.values()))
+            for ann in self.node.book.all_newest():
+                if self.swarm.store.has_complete(ann.body.package_id):
+                    await self.swarm.add_complete(ann)
+            for ann in self.node.book.all_newest():
+                await self.on_announcement(ann, None)
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- deciding -------------------------------------------------------------------
+    def _refusal(self, ann: Announcement, target: TargetSpec) -> str | None:
+        b = ann.body
+        reason = self.applicator.check(target, b.version, b.size, min_version=b.min_version)
+        if reason is not None:
+            return reason
+        decision = act_decision(
+            ann,
+            node_id=self.node.node_id,
+            installed_version=self.applicator.installed_version(target),
+            quarantined=self.applicator.quarantined(target.channel),
+        )
+        return None if decision.ok else decision.reason
+
+    def _refuse(self, ann: Announcement, reason: str) -> None:
+        b = ann.body
+        self._chan(b.channel).last_refusal = {"version": b.version, "reason": reason}
+        self.events.emit(
+            "update_refused",
+            channel=b.channel,
+            version=b.version,
+            package_id=b.package_id.hex(),
+            reason=reason,
+        )
+
+    async def on_announcement(self, ann: Announcement, peer: PeerConn | None) -> None:
+        """Called by the node for every announcement that passed the relay decision."""
+        b = ann.body
+        st = self._chan(b.channel)
+        target = self.targets.get(b.channel)
+        apply_it = False
+        if target is not None:
+            reason = self._refusal(ann, target)
+            if reason == "not_newer" and self.applicator.installed_version(target) == b.version:
+                return  # already installed: nothing to say
+            if reason is not None:
+                self._refuse(ann, reason)
+                if reason != "outside_rollout":
+                    return
+            else:
+                apply_it = True
+        elif b.size > self.options.cache_size:
+            return  # relay only: too big to cache for others
+        if st.download is not None:
+            if st.download.body.package_id == b.package_id:
+                return  # already on it (a re-signed replacement changes nothing here)
+            if st.scope is not None:
+                log.info("%s %s supersedes %s", b.channel, b.version, st.download.body.version)
+                st.scope.cancel()
+        if not self.options.auto_download:
+            st.available = ann
+            if self.swarm.store.has_complete(b.package_id):
+                await self._downloaded(ann, target, apply_it)
+            return
+        self._start_download(ann, target, apply_it)
+
+    def _start_download(self, ann: Announcement, target: TargetSpec | None, apply_it: bool) -> None:
+        if self._nursery is None:
+            return
+        st = self._chan(ann.body.channel)
+        scope = trio.CancelScope()
+        st.download, st.scope = ann, scope
+        self._nursery.start_soon(self._download, ann, target, apply_it, scope)
+
+    # -- downloading ------------------------------------------------------------------
+    async def _download(
+        self, ann: Announcement, target: TargetSpec | None, apply_it: bool, scope: trio.CancelScope
+    ) -> None:
+        b = ann.body
+        st = self._chan(b.channel)
+        base = {"channel": b.channel, "version": b.version, "package_id": b.package_id.hex()}
+        try:
+            with scope:
+                started = time.monotonic()
+
+                def progress(p: float, done: int, total: int, rate: float) -> None:
+                    st.progress = {"progress": p, "bytes_done": done, "bytes_total": total}
+                    self.events.emit(
+                        "download_progress",
+                        **base,
+                        progress=round(p, 4),
+                        bytes_done=done,
+                        bytes_total=total,
+                        rate=round(rate, 1),
+                    )
+
+                def started_cb() -> None:
+                    self.events.emit("download_started", **base, size=b.size)
+
+                already = self.swarm.store.has_complete(b.package_id)
+                try:
+                    result = await self.swarm.download(
+                        ann, on_progress=progress, on_started=None if already else started_cb
+                    )
+                except DiskFullError as exc:
+                    self.events.emit("download_failed", **base, reason=f"disk_full: {exc}")
+                    return
+                except OSError as exc:
+                    self.events.emit("download_failed", **base, reason=f"disk_error: {exc}")
+                    return
+                if not result.ok:
+                    self.events.emit("download_failed", **base, reason=result.reason)
+                    return
+                if not already:
+                    self.events.emit(
+                        "download_complete",
+                        **base,
+                        size=b.size,
+                        seconds=round(time.monotonic() - started, 3),
+                        sources=result.sources,
+                    )
+                st.progress = {"progress": 1.0, "bytes_done": b.size, "bytes_total": b.size}
+        finally:
+            if st.scope is scope:
+                st.download, st.scope = None, None
+        if scope.cancelled_caught:
+            return
+        await self._downloaded(ann, target, apply_it)
+
+    async def _downloaded(self, ann: Announcement, target: TargetSpec | None, apply_it: bool) -> None:
+        if target is None or not apply_it:
+            return
+        st = self._chan(ann.body.channel)
+        if not target.auto_apply:
+            st.waiting = ann
+            log.info("%s %s downloaded; waiting for `p2pupdate apply`", ann.body.channel,
+                     ann.body.version)
+            return
+        await self._apply(ann, target)
+
+    async def _apply(self, ann: Announcement, target: TargetSpec) -> bool:
+        b = ann.body
+        st = self._chan(b.channel)
+        reason = self._refusal(ann, target)
+        if reason is not None:
+            self._refuse(ann, reason)
+            return False
+        st.applying = True
+        try:
+            path = await self.swarm.store.export(b.package_id, self._tmp)
+            ok = await self.applicator.apply(
+                target, b.version, path, b.package_id, min_version=b.min_version
+            )
+        finally:
+            st.applying = False
+        if st.waiting is ann:
+            st.waiting = None
+        return ok
+
+    # -- control socket -------------------------------------------------------------
+    async def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "status":
+            return {"ok": True, **self.status()}
+        channel = request.get("channel")
+        if op in ("apply", "rollback", "quarantine_clear"):
+            target = self.targets.get(channel) if isinstance(channel, str) else None
+            if target is None:
+                return {"ok": False, "usage": True, "error": f"no target for channel {channel!r}"}
+            if op == "apply":
+                return await self._control_apply(target)
+            if op == "rollback":
+                ok = await self.applicator.rollback(target)
+                return {"ok": ok, "message" if ok else "error": "rolled back" if ok else
+                        "rollback failed (see status)"}
+            version = request.get("version")
+            if not isinstance(version, str):
+                return {"ok": False, "usage": True, "error": "version missing"}
+            if self.applicator.quarantine_clear(target.channel, version):
+                return {"ok": True, "message": f"quarantine of {channel} {version} lifted"}
+            return {"ok": False, "usage": True, "error": f"{channel} {version} is not quarantined"}
+        return {"ok": False, "usage": True, "error": f"unknown op {op!r}"}
+
+    async def _control_apply(self, target: TargetSpec) -> dict[str, Any]:
+        st = self._chan(target.channel)
+        ann = st.waiting or st.available or self.node.book.newest(target.channel)
+        if ann is None:
+            return {"ok": False, "usage": True, "error": f"no update known for {target.channel}"}
+        reason = self._refusal(ann, target)
+        if reason is not None:
+            return {"ok": False, "usage": True, "error": f"{ann.body.version}: {reason}"}
+        if not self.swarm.store.has_complete(ann.body.package_id):
+            self._start_download(ann, target, True)
+            forced = TargetSpec(**{**target.__dict__, "auto_apply": True})
+            self.targets[target.channel] = forced
+            return {"ok": True, "message": f"downloading {ann.body.version}; it will be applied"}
+        ok = await self._apply(ann, target)
+        if ok:
+            return {"ok": True, "message": f"{target.channel} {ann.body.version} applied"}
+        return {"ok": False, "error": f"applying {ann.body.version} failed (see status)"}
+
+    def status(self) -> dict[str, Any]:
+        applied = self.applicator.status(list(self.targets.values()))["channels"]
+        channels: dict[str, Any] = {}
+        names = set(self.channels) | set(self.targets) | set(applied)
+        for ch in sorted(names):
+            st = self.channels.get(ch, _ChannelState())
+            target = self.targets.get(ch)
+            a = applied.get(ch, {})
+            dl = None
+            if st.download is not None:
+                dl = {"version": st.download.body.version, "state": "downloading", **st.progress}
+            newest = self.node.book.newest(ch)
+            channels[ch] = {
+                "installed": a.get("installed_version"),
+                "target": str(target.path) if target else None,
+                "newest": newest.body.version if newest else None,
+                "download": dl,
+                "waiting": [
+                    {"version": w.body.version, "package_id": w.body.package_id.hex()}
+                    for w in (st.waiting, st.available if not self.options.auto_download else None)
+                    if w is not None
+                ],
+                "quarantined": [q["version"] for q in a.get("quarantined", [])],
+                "last_refusal": st.last_refusal,
+            }
+        complete = self.swarm.store.list_complete()
+        return {
+            **self.node.status(),
+            "channels": channels,
+            "cache": {
+                "size": sum(s for _, s in complete),
+                "capacity": self.options.cache_size,
+                "entries": [{"package_id": p.hex(), "size": s, "pinned": []} for p, s in complete],
+                "over_capacity": None,
+            },
+            "packages": self.swarm.status(),
+        }

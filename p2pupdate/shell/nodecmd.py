@@ -1,0 +1,175 @@
+"""``p2pupdate node``: settings -> node, swarm, applicator, agent, control socket.
+
+The wiring only: it builds the pieces from :class:`NodeSettings`, runs them in
+one nursery, stops gracefully on SIGINT/SIGTERM (bitmaps persisted by the
+download tasks' ``finally``), tells systemd READY/WATCHDOG when asked to, and
+keeps a status snapshot in the data dir for ``p2pupdate status`` while the
+node is down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import random
+import signal
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+import trio
+
+from p2pupdate.core.keys import format_pubkey
+from p2pupdate.core.policy import TrustConfig
+from p2pupdate.errors import UsageError
+from p2pupdate.shell import sdnotify
+from p2pupdate.shell.agent import Agent, AgentOptions
+from p2pupdate.shell.applicator import Applicator
+from p2pupdate.shell.control import serve_control, write_status_snapshot
+from p2pupdate.shell.events import EventLog, setup_logging
+from p2pupdate.shell.keyfile import load_or_create_node_key
+from p2pupdate.shell.node import Node, NodeOptions
+from p2pupdate.shell.nodeconfig import NodeSettings, load_settings
+from p2pupdate.shell.store import DiskStore
+from p2pupdate.shell.swarm import Swarm, SwarmOptions
+from p2pupdate.shell.transport import TcpTransport
+
+__all__ = ["LISTEN_FD_ENV", "run_node", "run_node_command"]
+
+log = logging.getLogger("p2pupdate.node")
+
+# A re-exec'd node finds its inherited listening socket here (self-update).
+LISTEN_FD_ENV = "P2PUPDATE_LISTEN_FD"
+# How often the status snapshot in the data dir is refreshed.
+SNAPSHOT_INTERVAL = 2.0
+
+
+def run_node_command(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    setup_logging(settings.log_level, settings.log_json)
+    key = load_or_create_node_key(settings.data_dir)
+    try:
+        return trio.run(run_node, settings, key)
+    except BaseExceptionGroup as group:
+        usage = group.subgroup(UsageError)
+        if usage is not None:
+            raise _first(usage) from None
+        raise
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def run_node(settings: NodeSettings, key: nacl.signing.SigningKey) -> int:
+    node_hex = bytes(key.verify_key).hex()
+    events = EventLog(settings.events, node_hex)
+    inherited = os.environ.pop(LISTEN_FD_ENV, None)
+    transport = TcpTransport(int(inherited) if inherited and inherited.isdigit() else None)
+    options = NodeOptions(
+        listen=settings.listen,
+        trust=TrustConfig(settings.trust, settings.trust_threshold),
+        peers=settings.peers,
+        data_dir=settings.data_dir,
+        auto_check=settings.auto_check,
+        check_interval=settings.check_interval,
+        max_connections=settings.max_connections,
+        target_connections=settings.target_connections,
+        ban_period=settings.ban_period,
+    )
+    node = Node(options, transport, key, emit=events.emit, rng=random.Random())
+    store = DiskStore(settings.data_dir / "store")
+    swarm = Swarm(
+        node,
+        store,
+        SwarmOptions(
+            max_upload_speed=settings.max_upload_speed,
+            max_download_speed=settings.max_download_speed,
+        ),
+    )
+
+    def emit(name: str, fields: dict[str, Any]) -> None:
+        events.emit(name, **fields)
+
+    applicator = Applicator(
+        settings.data_dir, settings.backup_dir, emit, settings.max_package_size
+    )
+    agent = Agent(
+        node,
+        swarm,
+        applicator,
+        events,
+        AgentOptions(
+            targets=settings.targets,
+            auto_download=settings.auto_download,
+            cache_size=settings.cache_size,
+        ),
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(node.run)
+            except OSError as exc:
+                host, port = settings.listen
+                if exc.errno == errno.EADDRINUSE:
+                    raise UsageError(f"cannot listen on {host}:{port}: port in use") from None
+                raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            await nursery.start(
+                partial(serve_control, socket_path=settings.control_socket),
+                settings.data_dir,
+                agent.control,
+            )
+            await nursery.start(agent.run)
+            log.info(
+                "node %s listening on %s:%d",
+                format_pubkey(node.node_id),
+                node.listen_addr[0],
+                node.listen_addr[1],
+            )
+            sdnotify.notify("READY=1")
+            nursery.start_soon(_snapshots, settings.data_dir, agent)
+            interval = sdnotify.watchdog_interval()
+            if interval is not None:
+                nursery.start_soon(_watchdog, interval)
+            await _wait_for_stop()
+            sdnotify.notify("STOPPING=1")
+            log.info("stopping")
+            nursery.cancel_scope.cancel()
+    finally:
+        try:
+            write_status_snapshot(settings.data_dir, {**agent.status(), "running": False})
+        except OSError as exc:
+            log.warning("could not write the status snapshot: %s", exc)
+        store.close()
+        events.close()
+    return 0
+
+
+async def _wait_for_stop() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: self-update is off for this install (not a managed install)")
+                continue
+            return
+
+
+async def _snapshots(data_dir: Path, agent: Agent) -> None:
+    while True:
+        await trio.sleep(SNAPSHOT_INTERVAL)
+        try:
+            await trio.to_thread.run_sync(write_status_snapshot, data_dir, agent.status())
+        except OSError as exc:
+            log.warning("could not write the status snapshot: %s", exc)
+
+
+async def _watchdog(interval: float) -> None:
+    while True:
+        sdnotify.notify("WATCHDOG=1")
+        await trio.sleep(interval)

@@ -1,0 +1,234 @@
+"""``p2pupdate publish``: sign an announcement and seed the package once.
+
+The publisher is a short-lived node: it hashes the package (id and chunk
+table), signs the announcement with every ``--key``, dials the given peers,
+gossips the announcement, and serves chunks super-seeding style (distinct
+chunks to distinct peers, so it uploads little more than one copy) until
+``--replicas`` peers report verified complete copies. It then prints what it
+uploaded and exits 0; on timeout it exits 1 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nacl.signing
+import trio
+
+from p2pupdate.core.announcement import (
+    AnnouncementBody,
+    sign_announcement,
+    validate_channel,
+    validate_version,
+)
+from p2pupdate.core.policy import TrustConfig
+from p2pupdate.core.units import format_size, parse_duration, parse_rate
+from p2pupdate.errors import P2PUpdateError, UsageError
+from p2pupdate.shell.content import hash_file_async
+from p2pupdate.shell.keyfile import load_secret_key
+from p2pupdate.shell.node import Node, NodeOptions
+from p2pupdate.shell.nodeconfig import parse_hostport
+from p2pupdate.shell.store import DiskStore
+from p2pupdate.shell.swarm import Swarm, SwarmOptions
+from p2pupdate.shell.transport import TcpTransport
+
+__all__ = ["PublishTimeout", "run_publish_command"]
+
+log = logging.getLogger("p2pupdate.publish")
+
+
+class PublishTimeout(P2PUpdateError):
+    pass
+
+
+def _check_args(args: argparse.Namespace) -> list[nacl.signing.SigningKey]:
+    try:
+        validate_channel(args.channel)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for value in (args.pkg_version, args.min_version):
+        if value is not None:
+            try:
+                validate_version(value)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+    if not 1 <= args.replicas <= 10000:
+        raise UsageError(f"--replicas must be at least 1 (got {args.replicas})")
+    if not 0 <= args.rollout <= 100:
+        raise UsageError(f"--rollout must be 0..100 (got {args.rollout})")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    try:
+        args.expires_seconds = parse_duration(args.expires)
+        args.upload_rate = parse_rate(args.upload_limit) if args.upload_limit else 0
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    args.peer_addrs = [parse_hostport(p) for p in args.peer]
+    args.listen_addr = parse_hostport(args.listen)
+    path: Path = args.file
+    if not path.exists():
+        raise UsageError(f"package file {path} does not exist")
+    if not path.is_file():
+        raise UsageError(f"package file {path} is not a regular file")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise UsageError(f"cannot read package file {path}: {exc.strerror}") from None
+    keys = [load_secret_key(k) for k in args.key]
+    if len({bytes(k.verify_key) for k in keys}) != len(keys):
+        raise UsageError("the same key was given twice")
+    if len(keys) > 5:
+        raise UsageError("at most 5 --key")
+    return keys
+
+
+def run_publish_command(args: argparse.Namespace) -> int:
+    keys = _check_args(args)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return trio.run(_publish, args, keys)
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, P2PUpdateError):
+            raise leaf from None
+        raise
+
+
+class _Progress:
+    """A rich bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, total: int, replicas: int) -> None:
+        self.total = total
+        self.replicas = replicas
+        self.tty = sys.stderr.isatty()
+        self._last_line = 0.0
+        self._bar = None
+        if self.tty:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("[bold]publish[/]"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[replicas]}"),
+                transient=False,
+            )
+            self._task = self._bar.add_task("upload", total=max(total, 1), replicas="")
+            self._bar.start()
+
+    def update(self, uploaded: int, done: int, peers: int, rate: float) -> None:
+        text = f"{done}/{self.replicas} replicas, {peers} peers"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=min(uploaded, self.total), replicas=text)
+            return
+        now = time.monotonic()
+        if now - self._last_line >= 1.0:
+            self._last_line = now
+            print(
+                f"publish: uploaded {format_size(uploaded)} of {format_size(self.total)} "
+                f"({rate / 1048576:.1f} MiB/s), {text}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]) -> int:
+    started = time.monotonic()
+    info = await hash_file_async(args.file)
+    now = int(time.time())
+    body = AnnouncementBody(
+        channel=args.channel,
+        version=args.pkg_version,
+        package_id=info.package_id,
+        size=info.size,
+        table_root=info.root,
+        created=now,
+        expires=now + int(args.expires_seconds),
+        min_version=args.min_version,
+        critical=bool(args.critical),
+        rollout=args.rollout,
+    )
+    ann = sign_announcement(body, keys)
+    key = nacl.signing.SigningKey.generate()
+    with tempfile.TemporaryDirectory(prefix="p2pupdate-publish-") as tmp:
+        options = NodeOptions(
+            listen=args.listen_addr,
+            trust=TrustConfig(frozenset(bytes(k.verify_key) for k in keys), len(keys)),
+            peers=tuple(args.peer_addrs),
+            target_connections=max(8, len(args.peer_addrs)),
+            check_interval=1.0,
+            agent="p2pupdate-publish",
+        )
+        node = Node(options, TcpTransport(), key, rng=random.Random())
+        store = DiskStore(Path(tmp) / "store")
+        swarm = Swarm(node, store, SwarmOptions(max_upload_speed=args.upload_rate, super_seed=True))
+        swarm.set_table(ann, list(info.chunk_hashes))
+        replicas: set[bytes] = set()
+        done = trio.Event()
+
+        def on_complete(package_id: bytes, peer: object) -> None:
+            if package_id == info.package_id:
+                replicas.add(getattr(peer, "node_id", b""))
+                if len(replicas) >= args.replicas:
+                    done.set()
+
+        swarm.on_complete_from_peer = on_complete
+        progress = _Progress(info.size, args.replicas)
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    await nursery.start(node.run)
+                except OSError as exc:
+                    raise UsageError(f"cannot listen on {args.listen}: {exc.strerror}") from None
+                await swarm.add_complete(ann, path=args.file)
+                await node.inject(ann)
+                deadline = trio.current_time() + args.timeout
+                last_bytes, last_t = 0, trio.current_time()
+                while not done.is_set():
+                    with trio.move_on_after(0.25):
+                        await done.wait()
+                    now_t = trio.current_time()
+                    rate = (swarm.bytes_uploaded - last_bytes) / max(now_t - last_t, 1e-6)
+                    last_bytes, last_t = swarm.bytes_uploaded, now_t
+                    progress.update(swarm.bytes_uploaded, len(replicas), len(node.peers), rate)
+                    if now_t > deadline:
+                        raise PublishTimeout(
+                            f"timed out after {args.timeout:g} s: {len(replicas)} of "
+                            f"{args.replicas} peers hold verified copies "
+                            f"({len(node.peers)} connected)"
+                        )
+                nursery.cancel_scope.cancel()
+        finally:
+            progress.close()
+            store.close()
+    elapsed = time.monotonic() - started
+    ratio = swarm.bytes_uploaded / info.size if info.size else 0.0
+    print(
+        f"published {args.channel} {args.pkg_version} ({info.package_id.hex()}): "
+        f"{len(replicas)} replicas; uploaded {swarm.bytes_uploaded} bytes "
+        f"({ratio:.2f}x the package) in {elapsed:.1f} s"
+    )
+    return 0
