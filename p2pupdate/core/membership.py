@@ -73,7 +73,11 @@ class PeerBook:
 
     def sample(self, n: int) -> list[Addr]:
         """Up to ``n`` addresses to share in PEERS (ones that have worked or are untried)."""
-        good = [a for a, e in self._known.items() if e.failures == 0 and not self.is_banned(a)]
+        good = [
+            a
+            for a, e in self._known.items()
+            if e.failures == 0 and a[1] != 0 and not self.is_banned(a)
+        ]
         return self._rng.sample(good, min(n, len(good)))
 
     # -- dialing -----------------------------------------------------------
@@ -99,6 +103,8 @@ class PeerBook:
         return min(finite) if finite else None
 
     def on_connected(self, addr: Addr) -> None:
+        if addr[1] == 0:
+            return  # a peer that does not listen (a publisher, a client): not dialable
         entry = self._known.setdefault(addr, _Entry())
         entry.connected = True
         entry.failures = 0
