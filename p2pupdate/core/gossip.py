@@ -87,9 +87,7 @@ class AnnouncementBook:
 
     def expire(self, now: float) -> list[Announcement]:
         """Drop announcements past expiry (plus skew); returns what was dropped."""
-        gone = [
-            a for a in self._newest.values() if now > a.body.expires + self.trust.clock_skew
-        ]
+        gone = [a for a in self._newest.values() if now > a.body.expires + self.trust.clock_skew]
         for a in gone:
             del self._newest[a.body.channel]
         return gone

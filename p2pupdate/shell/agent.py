@@ -25,6 +25,7 @@ import trio
 
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.policy import act_decision
+from p2pupdate.core.store import PIN_IN_PROGRESS, PIN_INSTALLED, PIN_NEWEST, CacheIndex
 from p2pupdate.errors import DiskFullError
 from p2pupdate.shell.applicator import Applicator, TargetSpec
 from p2pupdate.shell.events import EventLog
@@ -72,6 +73,7 @@ class Agent:
         self.channels: dict[str, _ChannelState] = {}
         self._nursery: trio.Nursery | None = None
         self._tmp = Path(tempfile.mkdtemp(prefix="p2pupdate-export-"))
+        self.cache = CacheIndex(options.cache_size)
         node.on_announcement = self.on_announcement
 
     def _chan(self, channel: str) -> _ChannelState:
@@ -87,6 +89,7 @@ class Agent:
                     await self.swarm.add_complete(ann)
             for ann in self.node.book.all_newest():
                 await self.on_announcement(ann, None)
+            await self.maintain_cache()
             task_status.started()
             await trio.sleep_forever()
 
@@ -208,15 +211,21 @@ class Agent:
         if scope.cancelled_caught:
             return
         await self._downloaded(ann, target, apply_it)
+        await self.maintain_cache()
 
-    async def _downloaded(self, ann: Announcement, target: TargetSpec | None, apply_it: bool) -> None:
+    async def _downloaded(
+        self, ann: Announcement, target: TargetSpec | None, apply_it: bool
+    ) -> None:
         if target is None or not apply_it:
             return
         st = self._chan(ann.body.channel)
         if not target.auto_apply:
             st.waiting = ann
-            log.info("%s %s downloaded; waiting for `p2pupdate apply`", ann.body.channel,
-                     ann.body.version)
+            log.info(
+                "%s %s downloaded; waiting for `p2pupdate apply`",
+                ann.body.channel,
+                ann.body.version,
+            )
             return
         await self._apply(ann, target)
 
@@ -239,6 +248,48 @@ class Agent:
             st.waiting = None
         return ok
 
+    # -- cache --------------------------------------------------------------------------
+    def _refresh_cache_index(self) -> None:
+        now = trio.current_time()
+        on_disk = dict(self.swarm.store.list_complete())
+        for entry in self.cache.entries():
+            if entry.package_id not in on_disk:
+                self.cache.remove(entry.package_id)
+        for pid, size in on_disk.items():
+            if pid not in self.cache:
+                self.cache.add(pid, size, now)
+            served = self.swarm.last_served.get(pid)
+            if served is not None:
+                self.cache.touch(pid, served)
+        installed = {
+            bytes.fromhex(c["installed_package_id"])
+            for c in self.applicator.status()["channels"].values()
+            if c.get("installed_package_id")
+        }
+        newest = {a.body.package_id for a in self.node.book.all_newest()}
+        busy = {st.download.body.package_id for st in self.channels.values() if st.download}
+        for pid in set(on_disk) | installed | newest | busy:
+            for why, group in (
+                (PIN_INSTALLED, installed),
+                (PIN_NEWEST, newest),
+                (PIN_IN_PROGRESS, busy),
+            ):
+                if pid in group:
+                    self.cache.pin(pid, why)
+                else:
+                    self.cache.unpin(pid, why)
+
+    async def maintain_cache(self) -> None:
+        """Evict least recently used unpinned packages until the cache fits its size."""
+        self._refresh_cache_index()
+        for pid in self.cache.evictions():
+            log.info("evicting package %s from the cache", pid.hex()[:16])
+            await self.swarm.forget(pid)
+            self.cache.remove(pid)
+        reason = self.cache.over_capacity_reason()
+        if reason is not None:
+            log.warning("cache over its size: %s", reason)
+
     # -- control socket -------------------------------------------------------------
     async def control(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -253,8 +304,12 @@ class Agent:
                 return await self._control_apply(target)
             if op == "rollback":
                 ok = await self.applicator.rollback(target)
-                return {"ok": ok, "message" if ok else "error": "rolled back" if ok else
-                        "rollback failed (see status)"}
+                return {
+                    "ok": ok,
+                    "message" if ok else "error": "rolled back"
+                    if ok
+                    else "rollback failed (see status)",
+                }
             version = request.get("version")
             if not isinstance(version, str):
                 return {"ok": False, "usage": True, "error": "version missing"}
@@ -306,15 +361,22 @@ class Agent:
                 "quarantined": [q["version"] for q in a.get("quarantined", [])],
                 "last_refusal": st.last_refusal,
             }
-        complete = self.swarm.store.list_complete()
+        self._refresh_cache_index()
         return {
             **self.node.status(),
             "channels": channels,
             "cache": {
-                "size": sum(s for _, s in complete),
-                "capacity": self.options.cache_size,
-                "entries": [{"package_id": p.hex(), "size": s, "pinned": []} for p, s in complete],
-                "over_capacity": None,
+                "size": self.cache.used,
+                "capacity": self.cache.capacity,
+                "entries": [
+                    {
+                        "package_id": e.package_id.hex(),
+                        "size": e.size,
+                        "pinned": sorted(self.cache.pins(e.package_id)),
+                    }
+                    for e in self.cache.entries()
+                ],
+                "over_capacity": self.cache.over_capacity_reason(),
             },
             "packages": self.swarm.status(),
         }

@@ -93,7 +93,7 @@ class PeerConn:
         self.closing = False
 
     def post(self, msg: Message | bytes) -> bool:
-        """Queue a message without waiting; False (and the peer is dropped) if the outbox is full."""
+        """Queue a message without waiting; False (the peer is dropped) if the outbox is full."""
         if self.closing:
             return False
         try:
@@ -182,9 +182,7 @@ class Node:
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
         self.book = AnnouncementBook(options.trust)
-        self.peerbook = PeerBook(
-            self.rng, list(options.peers), target=options.target_connections
-        )
+        self.peerbook = PeerBook(self.rng, list(options.peers), target=options.target_connections)
         self.peers: dict[bytes, PeerConn] = {}
         self.listener: Listener | None = None
         self.listen_port = options.listen[1]

@@ -97,9 +97,7 @@ async def run_node(settings: NodeSettings, key: nacl.signing.SigningKey) -> int:
     def emit(name: str, fields: dict[str, Any]) -> None:
         events.emit(name, **fields)
 
-    applicator = Applicator(
-        settings.data_dir, settings.backup_dir, emit, settings.max_package_size
-    )
+    applicator = Applicator(settings.data_dir, settings.backup_dir, emit, settings.max_package_size)
     agent = Agent(
         node,
         swarm,

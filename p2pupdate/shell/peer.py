@@ -10,6 +10,8 @@ this connection only and goes on.
 
 from __future__ import annotations
 
+import contextlib
+
 import trio
 
 from p2pupdate.config import DEFAULT_LIMITS, Limits
@@ -133,7 +135,5 @@ class Connection:
         self.closed = True
         with trio.move_on_after(1) as scope:
             scope.shield = True
-            try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await self.stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass

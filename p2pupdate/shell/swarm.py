@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,16 +39,25 @@ from p2pupdate.core.download import (
     Ban,
     Cancel,
     Completed,
-    DownloadFailed,
     Downloader,
+    DownloadFailed,
     DownloadState,
     Request,
     VerifyPackage,
     WriteChunk,
 )
-from p2pupdate.core.messages import TABLE_PAGE_LIST, Bitfield, Chunk, Complete, GetTable, Have
+from p2pupdate.core.messages import (
+    TABLE_PAGE_LIST,
+    Bitfield,
+    Chunk,
+    Complete,
+    GetTable,
+    Have,
+    Message,
+    Reject,
+    Table,
+)
 from p2pupdate.core.messages import Cancel as CancelMsg
-from p2pupdate.core.messages import Message, Reject, Table
 from p2pupdate.core.messages import Request as RequestMsg
 from p2pupdate.core.ratelimit import TokenBucket
 from p2pupdate.core.seeding import SuperSeeder
@@ -152,6 +161,7 @@ class Swarm:
         self.bytes_uploaded = 0
         self.bytes_uploaded_by_package: dict[bytes, int] = {}
         self.bad_chunks = 0
+        self.last_served: dict[bytes, float] = {}
         self.on_complete_from_peer: Callable[[bytes, PeerConn], None] | None = None
         self._table_fetches: dict[bytes, _TableFetch] = {}
         self._labels: dict[bytes, str] = {}
@@ -191,9 +201,7 @@ class Swarm:
             self._set_table(pkg, [table[i : i + 32] for i in range(0, len(table), 32)])
         pkg.complete = True
         if self.options.super_seed:
-            pkg.seeder = SuperSeeder(
-                pkg.nchunks, rng=self.rng, window=self.options.pipeline_depth
-            )
+            pkg.seeder = SuperSeeder(pkg.nchunks, rng=self.rng, window=self.options.pipeline_depth)
         for peer in list(self.node.peers.values()):
             self._advertise(peer, pkg)
 
@@ -288,6 +296,7 @@ class Swarm:
                 data = await self.store.read_chunk(package_id, index, length)
                 await peer.send(Chunk(package_id, index, data))
             self.bytes_uploaded += length
+            self.last_served[package_id] = trio.current_time()
             self.bytes_uploaded_by_package[package_id] = (
                 self.bytes_uploaded_by_package.get(package_id, 0) + length
             )
@@ -581,7 +590,10 @@ class Swarm:
                 if now - last_persist >= self.options.persist_interval:
                     last_persist = now
                     await self._persist(pkg, dl)
-                if on_progress is not None and now - last_progress >= self.options.progress_interval:
+                if (
+                    on_progress is not None
+                    and now - last_progress >= self.options.progress_interval
+                ):
                     rate = (dl.bytes_done - last_bytes) / max(now - last_progress, 1e-6)
                     last_bytes, last_progress = dl.bytes_done, now
                     on_progress(dl.progress, dl.bytes_done, pkg.size, rate)
@@ -663,6 +675,16 @@ class Swarm:
         peer = self.node.peers.get(node_id)
         if peer is not None:
             self.node.ban(peer.addr, node_id, reason)
+
+    async def forget(self, package_id: bytes) -> None:
+        """Stop serving a package and delete it from the store (cache eviction)."""
+        pkg = self.packages.get(package_id)
+        if pkg is not None and pkg.downloader is None:
+            del self.packages[package_id]
+        elif pkg is not None:
+            pkg.complete = False
+        self.last_served.pop(package_id, None)
+        await self.store.remove(package_id)
 
     def cancel_download(self, package_id: bytes) -> None:
         pkg = self.packages.get(package_id)

@@ -80,7 +80,9 @@ async def start_peer(
     key = nacl.signing.SigningKey(os.urandom(32) if seed is None else bytes([seed]) * 32)
     node = Node(options, transport or TcpTransport(), key, emit=emit, rng=random.Random(i))
     st = store if store is not None else MemoryStore()
-    swarm = Swarm(node, st, swarm_options or SwarmOptions(request_timeout=2.0), rng=random.Random(i))
+    swarm = Swarm(
+        node, st, swarm_options or SwarmOptions(request_timeout=2.0), rng=random.Random(i)
+    )
     await nursery.start(node.run)
     return Peer(node, swarm, st, events)
 

@@ -116,9 +116,7 @@ async def test_late_node_gets_it_by_anti_entropy(transport: str) -> None:
     async with running_nodes(2, line, factory) as nodes:
         await nodes[0].inject(make_announcement([AUTHORITY], version="2.0.0"))
         await wait_all(nodes, "app/stable", "2.0.0")
-        async with running_nodes(
-            1, lambda i, a: [nodes[1].listen_addr], factory
-        ) as late:
+        async with running_nodes(1, lambda i, a: [nodes[1].listen_addr], factory) as late:
             await wait_all(late, "app/stable", "2.0.0")
     assert listen_host
 

@@ -24,7 +24,7 @@ from p2pupdate.shell.memstore import MemoryStore
 from p2pupdate.shell.node import Node
 from p2pupdate.shell.swarm import Swarm
 from tests.helpers import make_announcement
-from tests.shell.test_gossip import AUTHORITY, TRUST, line, running_nodes, tcp_factory, wait_all
+from tests.shell.test_gossip import AUTHORITY, line, running_nodes, tcp_factory, wait_all
 
 STRANGER = nacl.signing.SigningKey(b"\x09" * 32)
 

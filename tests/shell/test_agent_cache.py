@@ -1,0 +1,56 @@
+"""The agent's cache upkeep: LRU eviction that never touches pinned packages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nacl.signing
+import trio
+
+from p2pupdate.shell.agent import Agent, AgentOptions
+from p2pupdate.shell.applicator import Applicator
+from p2pupdate.shell.events import EventLog
+from p2pupdate.shell.memstore import MemoryStore
+from p2pupdate.shell.node import Node, NodeOptions
+from p2pupdate.shell.swarm import Swarm
+from p2pupdate.shell.transport import MemoryNetwork
+from tests.helpers import content_of, make_announcement
+from tests.shell.test_gossip import AUTHORITY, TRUST
+
+
+async def test_lru_unpinned_packages_are_evicted_and_the_newest_is_kept(tmp_path: Path) -> None:
+    net = MemoryNetwork()
+    node = Node(
+        NodeOptions(listen=("10.0.0.1", 1), trust=TRUST),
+        net.transport("10.0.0.1"),
+        nacl.signing.SigningKey(b"\x03" * 32),
+    )
+    store = MemoryStore()
+    swarm = Swarm(node, store)
+    events = EventLog(None, "me")
+    applicator = Applicator(tmp_path / "d", tmp_path / "b", lambda n, f: None)
+    agent = Agent(node, swarm, applicator, events, AgentOptions(cache_size=150_000))
+    blobs = {v: bytes([i]) * 70_000 for i, v in enumerate(["1.0.0", "1.1.0", "1.2.0"])}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        for i, (version, data) in enumerate(blobs.items()):
+            info = content_of(data)
+            store.add_complete_chunks(info.package_id, [data[:65536], data[65536:]])
+            agent.cache.add(info.package_id, info.size, float(i))
+            # The channel's newest is 1.2.0 once it arrives (pinned "newest").
+            await node.inject(make_announcement([AUTHORITY], version=version, data=data))
+        await agent.maintain_cache()
+        kept = {p for p, _ in store.list_complete()}
+        newest = content_of(blobs["1.2.0"]).package_id
+        oldest = content_of(blobs["1.0.0"]).package_id
+        assert newest in kept, "the newest of a channel is pinned"
+        assert oldest not in kept, "least recently used goes first"
+        assert sum(s for _, s in store.list_complete()) <= 150_000
+        # Over capacity with only pinned packages: kept, and status says why.
+        agent.cache.set_capacity(10)
+        await agent.maintain_cache()
+        assert newest in {p for p, _ in store.list_complete()}
+        status = agent.status()["cache"]
+        assert status["over_capacity"] and "newest" in status["over_capacity"]
+        nursery.cancel_scope.cancel()
+    events.close()
