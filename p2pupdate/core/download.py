@@ -1,0 +1,792 @@
+"""The per-package download state machine: which chunk to ask which peer for, and when.
+
+What it does
+    :class:`Downloader` keeps the bitmap of verified chunks of one package, what every peer
+    advertises (BITFIELD and HAVE), the requests in flight with their deadlines, and the
+    strikes of slow peers. It picks chunks rarest-first with a random tie-break, keeps up to
+    ``pipeline_depth`` requests in flight per peer, re-requests from another peer what timed
+    out, goes into endgame (stragglers asked of a second peer, the duplicate cancelled when
+    one copy arrives) once every missing chunk is in flight, and verifies every chunk against
+    the signed chunk table before anything is written.
+
+What it does not do
+    No I/O of any kind. It never reads a clock (every input carries ``now``), never touches
+    a socket or a file, and draws randomness only from the ``random.Random`` it is given.
+    It does not fetch or check the chunk table (the caller passes the verified table), does
+    not persist the bitmap, does not hash the whole file and does not know about priority,
+    rate limits or bans beyond saying "ban this peer": the shell does all that.
+
+How the shell drives it
+    Feed every input as it happens (``on_peer_bitfield``, ``on_peer_have``, ``on_chunk``,
+    ``on_reject``, ``on_peer_gone``, ``on_chunk_written``, ``on_write_failed``,
+    ``on_package_verified``, ``on_timer``), carry out the actions each returns, in order,
+    then call ``poll(now)`` to fill the peers' pipelines, and sleep until ``next_deadline()``.
+    Inputs return only their immediate consequences; only ``poll`` issues new requests.
+
+    The chunk life cycle is: wanted -> requested (one or, in endgame, more peers) ->
+    verified (:class:`WriteChunk` returned) -> written (the shell calls
+    ``on_chunk_written``: now it is in :attr:`Downloader.have`, servable, and announced with
+    :class:`AnnounceHave`). ``have`` therefore means "in the partial file", not "durable":
+    to persist the bitmap, copy ``have`` first, fsync the data, then write the copy.
+    When every chunk is written the state becomes Verifying and :class:`VerifyPackage` asks
+    the shell to hash the whole file; ``on_package_verified(ok)`` ends in Complete or Failed.
+
+Peers are opaque hashable keys (the shell uses ``"host:port"`` strings); the class is
+generic in that key type: ``dl: Downloader[str] = Downloader(...)``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
+
+import blake3
+from bitarray import bitarray, frozenbitarray
+from bitarray.util import zeros
+
+from p2pupdate.config import DEFAULT_LIMITS
+from p2pupdate.core.availability import Availability
+from p2pupdate.errors import LocalProtocolError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from random import Random
+
+__all__ = [
+    "TRANSITIONS",
+    "AnnounceHave",
+    "Ban",
+    "Cancel",
+    "Completed",
+    "DownloadAction",
+    "DownloadFailed",
+    "DownloadState",
+    "Downloader",
+    "PeerT",
+    "Request",
+    "VerifyPackage",
+    "WriteChunk",
+]
+
+PeerT = TypeVar("PeerT", bound=Hashable)
+
+HASH_LEN = 32  # BLAKE3 digest size used by the chunk table
+
+
+class DownloadState(Enum):
+    """Where a download is. FAILED is sticky; COMPLETE is final."""
+
+    PENDING = "pending"  # created, nothing requested or received yet
+    DOWNLOADING = "downloading"  # at least one chunk requested or received
+    VERIFYING = "verifying"  # every chunk written; the shell hashes the whole file
+    COMPLETE = "complete"  # the whole-file hash matched the package id
+    FAILED = "failed"  # see Downloader.failure_reason
+
+
+TRANSITIONS: Mapping[DownloadState, frozenset[DownloadState]] = {
+    DownloadState.PENDING: frozenset(
+        {DownloadState.DOWNLOADING, DownloadState.VERIFYING, DownloadState.FAILED}
+    ),
+    DownloadState.DOWNLOADING: frozenset({DownloadState.VERIFYING, DownloadState.FAILED}),
+    DownloadState.VERIFYING: frozenset({DownloadState.COMPLETE, DownloadState.FAILED}),
+    DownloadState.COMPLETE: frozenset(),
+    DownloadState.FAILED: frozenset(),
+}
+"""Every legal state change; anything else raises LocalProtocolError."""
+
+
+# ---------------------------------------------------------------------------------------
+# Actions: what the shell must do. Frozen, compared by value, so tests assert them exactly.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request(Generic[PeerT]):
+    """Send REQUEST(index) to ``peer``."""
+
+    peer: PeerT
+    index: int
+
+
+@dataclass(frozen=True)
+class Cancel(Generic[PeerT]):
+    """Send CANCEL(index) to ``peer``: we no longer want it from there (a copy arrived
+    elsewhere, the request timed out, or the download ended)."""
+
+    peer: PeerT
+    index: int
+
+
+@dataclass(frozen=True)
+class WriteChunk:
+    """Write ``data`` (already verified) at ``index * chunk_size`` in the partial file, then
+    call ``on_chunk_written(index)`` (or ``on_write_failed(index)``)."""
+
+    index: int
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Ban(Generic[PeerT]):
+    """Ban ``peer`` and close its connection. The downloader has already dropped it; call
+    ``on_peer_gone(peer)`` once the connection is closed."""
+
+    peer: PeerT
+    reason: str
+
+
+@dataclass(frozen=True)
+class AnnounceHave:
+    """Tell every connected peer we now serve these chunks (HAVE)."""
+
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class VerifyPackage:
+    """Every chunk is written: hash the whole file and call ``on_package_verified(ok)``."""
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The package is complete and verified: move it into the cache."""
+
+
+@dataclass(frozen=True)
+class DownloadFailed:
+    """The download failed for ``reason``; it will do nothing more."""
+
+    reason: str
+
+
+DownloadAction: TypeAlias = (
+    Request[PeerT]
+    | Cancel[PeerT]
+    | Ban[PeerT]
+    | WriteChunk
+    | AnnounceHave
+    | VerifyPackage
+    | Completed
+    | DownloadFailed
+)
+
+
+class _Peer:
+    """What we know about one connected peer (internal)."""
+
+    __slots__ = ("adv_gen", "bits", "eg_starved", "limit", "requests", "starved")
+
+    def __init__(self, nchunks: int, limit: int) -> None:
+        self.bits: bitarray = zeros(nchunks)  # what it advertises
+        self.requests: dict[int, int] = {}  # chunk index -> request id, in flight to it
+        self.limit = limit  # current pipeline depth (halved on timeout, +1 per delivery)
+        self.adv_gen = 0  # bumped when it advertises something new
+        # (generation marks) of the last poll that found nothing more to ask it for:
+        # skipped until something that could give it candidates changes.
+        self.starved: tuple[int, int] | None = None
+        self.eg_starved: tuple[int, int, int] | None = None
+
+
+class Downloader(Generic[PeerT]):
+    """Download state of one package; see the module docstring for the protocol.
+
+    Efficiency: availability is a partition of the missing chunks into bitmaps by the
+    number of peers advertising them, so picking the rarest chunks one peer has is a few
+    C-level bitmap operations per non-empty availability level, never a Python loop over
+    chunks; a new bitfield or a departing peer moves whole bitmaps between levels. ``poll``
+    visits only peers with free slots, and skips those that had nothing to offer until
+    something that could change that happens.
+    """
+
+    def __init__(
+        self,
+        package_id: bytes,
+        size: int,
+        chunk_hashes: Sequence[bytes],
+        *,
+        have: bitarray | None = None,
+        rng: Random,
+        pipeline_depth: int = 8,
+        request_timeout: float = 10.0,
+        endgame_copies: int = 2,
+        chunk_size: int = DEFAULT_LIMITS.chunk_size,
+    ) -> None:
+        """Start (or resume, with ``have``) the download of one package.
+
+        ``chunk_hashes`` is the verified chunk table (one 32-byte BLAKE3 per chunk, the last
+        chunk shorter; an empty package has none). ``have`` is the bitmap of chunks already
+        verified in the partial file. ``endgame_copies`` caps how many peers are asked for
+        one chunk at a time in endgame. Bad arguments raise ValueError.
+        """
+        if len(package_id) != HASH_LEN:
+            raise ValueError("package_id must be 32 bytes")
+        if size < 0:
+            raise ValueError("size must not be negative")
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        nchunks = -(-size // chunk_size)
+        if len(chunk_hashes) != nchunks:
+            raise ValueError(
+                f"chunk table has {len(chunk_hashes)} entries, {size} bytes need {nchunks}"
+            )
+        if any(len(h) != HASH_LEN for h in chunk_hashes):
+            raise ValueError("every chunk hash must be 32 bytes")
+        if have is not None and len(have) != nchunks:
+            raise ValueError(f"have bitmap has {len(have)} bits, expected {nchunks}")
+        if pipeline_depth < 1:
+            raise ValueError("pipeline_depth must be at least 1")
+        if not request_timeout > 0:
+            raise ValueError("request_timeout must be positive")
+        if endgame_copies < 1:
+            raise ValueError("endgame_copies must be at least 1")
+
+        self._package_id = bytes(package_id)
+        self._size = size
+        self._chunk_size = chunk_size
+        self._n = nchunks
+        self._hashes: tuple[bytes, ...] = tuple(bytes(h) for h in chunk_hashes)
+        self._rng = rng
+        self._depth = pipeline_depth
+        self._timeout = float(request_timeout)
+        self._endgame_copies = endgame_copies
+
+        self._state = DownloadState.PENDING
+        self._failure: str | None = None
+
+        # Chunk sets. Invariant: have, writing, inflight_bits, wanted partition [0, n).
+        self._have: bitarray = zeros(nchunks) if have is None else bitarray(have, endian="big")
+        self._writing: bitarray = zeros(nchunks)  # verified, WriteChunk out, not written yet
+        self._inflight_bits: bitarray = zeros(nchunks)  # requested from at least one peer
+        self._wanted: bitarray = ~self._have  # missing and neither requested nor writing
+        self._missing = nchunks - self._have.count()
+
+        self._avail = Availability(self._wanted)  # over the missing chunks
+
+        self._peers: dict[PeerT, _Peer] = {}
+        self._hungry: dict[PeerT, None] = {}  # peers with free pipeline slots, in order
+        self._banned: set[PeerT] = set()
+        self._received: dict[PeerT, int] = {}  # verified chunks accepted from each peer
+        self._strikes: dict[PeerT, int] = {}  # timed-out requests per peer
+        # chunk -> peers whose request for it timed out (asked elsewhere if possible)
+        self._timed_out: dict[int, set[PeerT]] = {}
+
+        self._inflight: dict[int, dict[PeerT, int]] = {}  # chunk -> {peer: request id}
+        # request id -> (peer, chunk, deadline)
+        self._requests: dict[int, tuple[PeerT, int, float]] = {}
+        self._heap: list[tuple[float, int]] = []  # (deadline, request id), lazily cleaned
+        self._next_rid = 0
+
+        self._wanted_gen = 0  # bumped when a chunk becomes wanted again / a peer leaves
+        self._flight_gen = 0  # bumped when endgame candidates may have grown
+        self._duplicates = 0
+
+    # -----------------------------------------------------------------------------------
+    # Read-only views
+    # -----------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> DownloadState:
+        """The current state."""
+        return self._state
+
+    @property
+    def failure_reason(self) -> str | None:
+        """Why the download failed (None unless FAILED)."""
+        return self._failure
+
+    @property
+    def package_id(self) -> bytes:
+        """The package id this download is for."""
+        return self._package_id
+
+    @property
+    def size(self) -> int:
+        """Package size in bytes."""
+        return self._size
+
+    @property
+    def nchunks(self) -> int:
+        """Number of chunks in the package."""
+        return self._n
+
+    @property
+    def chunk_size(self) -> int:
+        """Size of every chunk but the last."""
+        return self._chunk_size
+
+    @property
+    def have(self) -> frozenbitarray:
+        """Copy of the bitmap of chunks written to the partial file (verified)."""
+        return frozenbitarray(self._have)
+
+    def has_chunk(self, index: int) -> bool:
+        """Whether chunk ``index`` is written and may be served."""
+        return 0 <= index < self._n and bool(self._have[index])
+
+    @property
+    def missing(self) -> int:
+        """Chunks not yet written (including those being requested or written)."""
+        return self._missing
+
+    @property
+    def bytes_done(self) -> int:
+        """Bytes of the package written and verified."""
+        if self._n == 0:
+            return 0
+        done = self._have.count() * self._chunk_size
+        if self._have[self._n - 1]:
+            done -= self._chunk_size - self.chunk_len(self._n - 1)
+        return done
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the package written, 0.0 to 1.0 (1.0 for an empty package)."""
+        if self._size == 0:
+            return 1.0
+        return self.bytes_done / self._size
+
+    @property
+    def in_flight(self) -> int:
+        """Number of requests in flight (endgame duplicates counted separately)."""
+        return len(self._requests)
+
+    @property
+    def in_endgame(self) -> bool:
+        """True when every missing chunk is in flight (endgame: duplicates allowed)."""
+        return bool(self._inflight) and self._no_fresh_chunks()
+
+    @property
+    def duplicates(self) -> int:
+        """Verified chunks received that we already had (endgame and late arrivals)."""
+        return self._duplicates
+
+    def chunk_len(self, index: int) -> int:
+        """Length of chunk ``index`` (the last one may be shorter)."""
+        if index == self._n - 1:
+            return self._size - index * self._chunk_size
+        return self._chunk_size
+
+    def sources(self) -> dict[PeerT, int]:
+        """Verified chunks accepted per peer (for ``download_complete``'s ``sources``)."""
+        return dict(self._received)
+
+    def strikes(self, peer: PeerT) -> int:
+        """Timed-out requests charged to ``peer`` (kept after it leaves)."""
+        return self._strikes.get(peer, 0)
+
+    def peers(self) -> list[PeerT]:
+        """Peers currently known (connected and not banned)."""
+        return list(self._peers)
+
+    def pipeline_limit(self, peer: PeerT) -> int:
+        """Current in-flight limit for ``peer`` (0 if unknown)."""
+        p = self._peers.get(peer)
+        return 0 if p is None else p.limit
+
+    def requests_to(self, peer: PeerT) -> list[int]:
+        """Chunks in flight to ``peer``, oldest first."""
+        p = self._peers.get(peer)
+        return [] if p is None else list(p.requests)
+
+    def next_deadline(self) -> float | None:
+        """When ``on_timer`` must next be called (earliest request deadline), or None."""
+        heap = self._heap
+        while heap and heap[0][1] not in self._requests:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    # -----------------------------------------------------------------------------------
+    # Inputs from peers
+    # -----------------------------------------------------------------------------------
+
+    def on_peer_bitfield(
+        self, peer: PeerT, bits: bitarray, now: float
+    ) -> list[DownloadAction[PeerT]]:
+        """``peer`` advertises exactly ``bits`` (replacing what it advertised before).
+
+        A bitfield of the wrong length raises RemoteProtocolError (nothing is changed).
+        """
+        if len(bits) != self._n:
+            raise RemoteProtocolError(f"bitfield has {len(bits)} bits, expected {self._n}")
+        if peer in self._banned or not self._active():
+            return []
+        p = self._peers.get(peer)
+        if p is None:
+            p = self._add_peer(peer)
+        else:
+            self._avail.remove(p.bits)
+        p.bits = bitarray(bits, endian="big")
+        self._avail.add(p.bits)
+        p.adv_gen += 1
+        return []
+
+    def on_peer_have(
+        self, peer: PeerT, indices: Iterable[int], now: float
+    ) -> list[DownloadAction[PeerT]]:
+        """``peer`` now also has these chunks (a peer seen for the first time starts empty).
+
+        An index out of range raises RemoteProtocolError (nothing is changed).
+        """
+        idx = list(indices)
+        for i in idx:
+            self._check_index(i)
+        if peer in self._banned or not self._active():
+            return []
+        p = self._peers.get(peer)
+        if p is None:
+            p = self._add_peer(peer)
+        bits = p.bits
+        changed = False
+        for i in idx:
+            if not bits[i]:
+                bits[i] = 1
+                self._avail.move(i, +1)
+                changed = True
+        if changed:
+            p.adv_gen += 1
+        return []
+
+    def on_peer_gone(self, peer: PeerT, now: float) -> list[DownloadAction[PeerT]]:
+        """``peer``'s connection is closed: its requests go back to the pool.
+
+        Also ends the "ignore this banned key" period that follows a :class:`Ban`.
+        """
+        self._banned.discard(peer)
+        self._drop_peer(peer)
+        return []
+
+    def on_chunk(
+        self, peer: PeerT, index: int, data: bytes, now: float
+    ) -> list[DownloadAction[PeerT]]:
+        """``peer`` sent chunk ``index``.
+
+        The chunk is checked against the table first: a wrong length or hash returns
+        ``[Ban(peer, "bad_chunk")]`` and nothing else (nothing is written). A verified chunk
+        we lack returns ``WriteChunk`` followed by ``Cancel`` for every other peer it was
+        requested from; a verified chunk we already have or are writing (endgame duplicate,
+        late or unrequested arrival) is ignored. Out-of-range raises RemoteProtocolError.
+        """
+        self._check_index(index)
+        if peer in self._banned or not self._active():
+            return []
+        if (
+            len(data) != self.chunk_len(index)
+            or blake3.blake3(data).digest() != self._hashes[index]
+        ):
+            return self._ban(peer, "bad_chunk")
+        p = self._peers.get(peer)
+        if p is not None:
+            rid = p.requests.get(index)
+            if rid is not None:
+                self._forget_request(peer, p, index, rid)
+                p.limit = min(self._depth, p.limit + 1)
+                self._update_hungry(peer, p)
+        if self._have[index] or self._writing[index]:
+            self._duplicates += 1
+            return []
+        actions: list[DownloadAction[PeerT]] = [WriteChunk(index, bytes(data))]
+        for q, rid in list(self._inflight.get(index, {}).items()):
+            self._forget_request(q, self._peers[q], index, rid)
+            actions.append(Cancel(q, index))
+        self._wanted[index] = 0
+        self._writing[index] = 1
+        self._timed_out.pop(index, None)
+        self._received[peer] = self._received.get(peer, 0) + 1
+        if self._state is DownloadState.PENDING:
+            self._transition(DownloadState.DOWNLOADING)
+        return actions
+
+    def on_reject(self, peer: PeerT, index: int, now: float) -> list[DownloadAction[PeerT]]:
+        """``peer`` refused chunk ``index`` (it lacks it): ask elsewhere, forget its claim.
+
+        A reject for something not requested from it is ignored. No strike: an honest peer
+        may have lost a chunk (evicted) or be a super-seed that has since sent it elsewhere.
+        """
+        self._check_index(index)
+        if peer in self._banned or not self._active():
+            return []
+        p = self._peers.get(peer)
+        if p is None:
+            return []
+        rid = p.requests.get(index)
+        if rid is None:
+            return []
+        self._forget_request(peer, p, index, rid, freed=True)
+        self._release_if_unowned(index)
+        if p.bits[index]:
+            p.bits[index] = 0
+            self._avail.move(index, -1)
+        return []
+
+    # -----------------------------------------------------------------------------------
+    # Inputs from the shell
+    # -----------------------------------------------------------------------------------
+
+    def on_chunk_written(self, index: int) -> list[DownloadAction[PeerT]]:
+        """The shell wrote chunk ``index`` (after a WriteChunk): it is now in ``have``.
+
+        Returns ``AnnounceHave((index,))`` and, for the last chunk, ``VerifyPackage()``.
+        Calling it for a chunk that was not handed out by WriteChunk raises
+        LocalProtocolError. It is accepted after ``fail()`` too (the chunk stays servable).
+        """
+        if not 0 <= index < self._n or not self._writing[index]:
+            raise LocalProtocolError(f"chunk {index} was not waiting to be written")
+        self._writing[index] = 0
+        self._have[index] = 1
+        self._avail.discard(index)
+        self._missing -= 1
+        actions: list[DownloadAction[PeerT]] = [AnnounceHave((index,))]
+        if self._missing == 0 and self._active():
+            actions.extend(self._start_verifying())
+        return actions
+
+    def on_write_failed(self, index: int) -> list[DownloadAction[PeerT]]:
+        """Writing chunk ``index`` failed: it is wanted again (call ``fail`` for disk full)."""
+        if not 0 <= index < self._n or not self._writing[index]:
+            raise LocalProtocolError(f"chunk {index} was not waiting to be written")
+        self._writing[index] = 0
+        self._wanted[index] = 1
+        self._wanted_gen += 1
+        return []
+
+    def on_package_verified(self, ok: bool) -> list[DownloadAction[PeerT]]:
+        """Result of the whole-file hash asked for by VerifyPackage.
+
+        ``ok`` gives ``[Completed()]``; a mismatch fails the download with
+        ``package_hash_mismatch``. Raises LocalProtocolError unless VERIFYING.
+        """
+        if ok:
+            self._transition(DownloadState.COMPLETE)
+            return [Completed()]
+        self._transition(DownloadState.FAILED)
+        self._failure = "package_hash_mismatch"
+        return [DownloadFailed("package_hash_mismatch")]
+
+    def fail(self, reason: str) -> list[DownloadAction[PeerT]]:
+        """Give up (disk full, superseded, cancelled): cancel every request, go FAILED.
+
+        Raises LocalProtocolError when already COMPLETE or FAILED (FAILED is sticky).
+        Chunks being written may still be reported with ``on_chunk_written``.
+        """
+        self._transition(DownloadState.FAILED)
+        self._failure = reason
+        actions: list[DownloadAction[PeerT]] = self._cancel_all()
+        actions.append(DownloadFailed(reason))
+        return actions
+
+    def on_timer(self, now: float) -> list[DownloadAction[PeerT]]:
+        """Expire requests whose deadline is ``<= now``.
+
+        Each expired request returns ``Cancel(peer, index)``, adds a strike to the peer and
+        halves its pipeline limit; the chunk is asked of another peer at the next ``poll``
+        when another has it. A copy that arrives late is still accepted.
+        """
+        actions: list[DownloadAction[PeerT]] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, rid = heapq.heappop(heap)
+            req = self._requests.get(rid)
+            if req is None:
+                continue
+            peer, index, _ = req
+            p = self._peers[peer]
+            self._strikes[peer] = self._strikes.get(peer, 0) + 1
+            p.limit = max(1, p.limit // 2)
+            self._timed_out.setdefault(index, set()).add(peer)
+            self._forget_request(peer, p, index, rid, freed=True)
+            self._release_if_unowned(index)
+            actions.append(Cancel(peer, index))
+        return actions
+
+    def poll(self, now: float) -> list[DownloadAction[PeerT]]:
+        """Fill every peer's pipeline: return the new :class:`Request` actions.
+
+        Normal mode asks each peer with free slots for the rarest chunks it has that are
+        not in flight (random among equally rare ones). Once every missing chunk is in
+        flight (endgame) it asks peers for chunks already in flight elsewhere, fewest
+        copies first, up to ``endgame_copies`` per chunk. Also starts verification when
+        nothing is missing (a resume with every chunk, an empty package).
+        """
+        if not self._active():
+            return []
+        if self._missing == 0:
+            return self._start_verifying()
+        actions: list[DownloadAction[PeerT]] = []
+        for peer in list(self._hungry):
+            p = self._peers[peer]
+            mark = (self._wanted_gen, p.adv_gen)
+            if p.starved != mark:
+                free = p.limit - len(p.requests)
+                if self._pick_rarest(peer, p, free, now, actions) < free:
+                    p.starved = mark
+        if self._inflight and self._no_fresh_chunks():
+            for peer in list(self._hungry):
+                p = self._peers[peer]
+                if p.eg_starved != (self._flight_gen, self._wanted_gen, p.adv_gen):
+                    free = p.limit - len(p.requests)
+                    if self._pick_endgame(peer, p, free, now, actions) < free:
+                        p.eg_starved = (self._flight_gen, self._wanted_gen, p.adv_gen)
+        if actions and self._state is DownloadState.PENDING:
+            self._transition(DownloadState.DOWNLOADING)
+        return actions
+
+    # -----------------------------------------------------------------------------------
+    # Internals
+    # -----------------------------------------------------------------------------------
+
+    def _active(self) -> bool:
+        return self._state in (DownloadState.PENDING, DownloadState.DOWNLOADING)
+
+    def _transition(self, new: DownloadState) -> None:
+        if new not in TRANSITIONS[self._state]:
+            raise LocalProtocolError(
+                f"illegal download transition {self._state.value} -> {new.value}"
+            )
+        self._state = new
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < self._n:
+            raise RemoteProtocolError(f"chunk index {index} out of range 0..{self._n - 1}")
+
+    def _start_verifying(self) -> list[DownloadAction[PeerT]]:
+        self._transition(DownloadState.VERIFYING)
+        actions = self._cancel_all()
+        actions.append(VerifyPackage())
+        return actions
+
+    def _cancel_all(self) -> list[DownloadAction[PeerT]]:
+        actions: list[DownloadAction[PeerT]] = []
+        for peer, index, _ in list(self._requests.values()):
+            actions.append(Cancel(peer, index))
+        for peer, p in self._peers.items():
+            p.requests.clear()
+            self._update_hungry(peer, p)
+        self._requests.clear()
+        self._inflight.clear()
+        self._heap.clear()
+        self._inflight_bits.setall(0)
+        return actions
+
+    def _add_peer(self, peer: PeerT) -> _Peer:
+        p = _Peer(self._n, self._depth)
+        self._peers[peer] = p
+        self._hungry[peer] = None
+        return p
+
+    def _drop_peer(self, peer: PeerT) -> None:
+        p = self._peers.pop(peer, None)
+        if p is None:
+            return
+        self._avail.remove(p.bits)
+        for index, rid in list(p.requests.items()):
+            self._forget_request(peer, p, index, rid, freed=True)
+            self._release_if_unowned(index)
+        self._hungry.pop(peer, None)
+        # Exclusions that this peer made possible may lapse: re-examine everyone.
+        self._wanted_gen += 1
+
+    def _ban(self, peer: PeerT, reason: str) -> list[DownloadAction[PeerT]]:
+        self._drop_peer(peer)
+        self._banned.add(peer)
+        return [Ban(peer, reason)]
+
+    def _issue(self, peer: PeerT, p: _Peer, index: int, now: float) -> Request[PeerT]:
+        rid = self._next_rid
+        self._next_rid += 1
+        deadline = now + self._timeout
+        self._requests[rid] = (peer, index, deadline)
+        p.requests[index] = rid
+        holders = self._inflight.get(index)
+        if holders is None:  # a new chunk in flight: a new endgame candidate for others
+            self._inflight[index] = {peer: rid}
+            self._inflight_bits[index] = 1
+            self._wanted[index] = 0
+            self._flight_gen += 1
+        else:
+            holders[peer] = rid
+        heap = self._heap
+        heapq.heappush(heap, (deadline, rid))
+        if len(heap) > 64 + 4 * len(self._requests):
+            # Answered requests leave stale entries behind; keep memory bounded by the
+            # requests in flight, not by the chunks received in one timeout period.
+            self._heap = [(d, r) for r, (_, _, d) in self._requests.items()]
+            heapq.heapify(self._heap)
+        self._update_hungry(peer, p)
+        return Request(peer, index)
+
+    def _forget_request(
+        self, peer: PeerT, p: _Peer, index: int, rid: int, *, freed: bool = False
+    ) -> None:
+        """Remove one request from the books (the chunk's fate is decided by the caller).
+
+        ``freed``: the request ended without the chunk, so if other copies are still in
+        flight a copy slot opened and endgame candidates may have grown.
+        """
+        del self._requests[rid]
+        del p.requests[index]
+        holders = self._inflight[index]
+        del holders[peer]
+        if not holders:
+            del self._inflight[index]
+            self._inflight_bits[index] = 0
+        elif freed:
+            self._flight_gen += 1
+        self._update_hungry(peer, p)
+
+    def _update_hungry(self, peer: PeerT, p: _Peer) -> None:
+        if len(p.requests) < p.limit:
+            self._hungry[peer] = None
+        else:
+            self._hungry.pop(peer, None)
+
+    def _release_if_unowned(self, index: int) -> None:
+        """After a request ended without this chunk: make it wanted if nobody else has it
+        in flight and it is neither written nor being written."""
+        if (
+            index not in self._inflight
+            and not self._have[index]
+            and not self._writing[index]
+            and not self._wanted[index]
+        ):
+            self._wanted[index] = 1
+            self._wanted_gen += 1
+
+    def _excluded(self, peer: PeerT, index: int) -> bool:
+        """Whether ``peer`` timed out on ``index`` and another live peer could serve it."""
+        ex = self._timed_out.get(index)
+        if not ex or peer not in ex:
+            return False
+        return any(q.bits[index] for k, q in self._peers.items() if k not in ex)
+
+    def _no_fresh_chunks(self) -> bool:
+        # Endgame starts when every missing chunk is in flight (or being written). A chunk
+        # that no peer has yet blocks it: early in a swarm most chunks are nowhere yet,
+        # and duplicate requests then would waste the uploads the swarm lives on.
+        return not self._wanted.any()
+
+    def _pick_rarest(
+        self, peer: PeerT, p: _Peer, free: int, now: float, out: list[DownloadAction[PeerT]]
+    ) -> int:
+        picked = self._avail.pick_rarest(
+            p.bits & self._wanted, free, self._rng, lambda i: not self._excluded(peer, i)
+        )
+        out.extend(self._issue(peer, p, i, now) for i in picked)
+        return len(picked)
+
+    def _pick_endgame(
+        self, peer: PeerT, p: _Peer, free: int, now: float, out: list[DownloadAction[PeerT]]
+    ) -> int:
+        bits = p.bits
+        cands: list[tuple[int, float, int]] = []
+        for index, holders in self._inflight.items():
+            if len(holders) >= self._endgame_copies or peer in holders or not bits[index]:
+                continue
+            if self._excluded(peer, index):
+                continue
+            cands.append((len(holders), self._rng.random(), index))
+        cands.sort()
+        for _, _, index in cands[:free]:
+            out.append(self._issue(peer, p, index, now))
+        return min(free, len(cands))

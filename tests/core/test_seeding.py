@@ -1,0 +1,441 @@
+"""Tests of the super-seeder, and a whole swarm (seed + 10 downloaders) run in lockstep."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+import blake3
+import pytest
+from bitarray import bitarray
+from bitarray.util import ones, zeros
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pupdate.core.download import (
+    AnnounceHave,
+    Ban,
+    Cancel,
+    Completed,
+    DownloadAction,
+    Downloader,
+    DownloadState,
+    Request,
+    VerifyPackage,
+    WriteChunk,
+)
+from p2pupdate.core.seeding import SuperSeeder
+from p2pupdate.errors import LocalProtocolError, RemoteProtocolError
+
+
+def seeder(n: int, window: int = 8, seed: int = 0) -> SuperSeeder[str]:
+    return SuperSeeder(n, rng=random.Random(seed), window=window)
+
+
+def bits_of(n: int, indices: set[int]) -> bitarray:
+    b = zeros(n)
+    for i in indices:
+        b[i] = 1
+    return b
+
+
+# ---------------------------------------------------------------------------------------
+# Revealing
+# ---------------------------------------------------------------------------------------
+
+
+def test_distinct_peers_are_shown_distinct_chunks() -> None:
+    ss = seeder(100, window=8)
+    shown: list[int] = []
+    for p in "ABCDE":
+        ss.on_peer_joined(p, zeros(100))
+        got = ss.reveal(p)
+        assert len(got) == 8
+        shown += got
+    assert len(set(shown)) == 40
+    assert ss.reveal("A") == []  # its window is full
+
+
+def test_window_is_topped_up_when_a_chunk_is_held() -> None:
+    ss = seeder(50, window=4)
+    ss.on_peer_joined("A", zeros(50))
+    first = ss.reveal("A")
+    ss.on_sent("A", first[0])
+    assert ss.outstanding("A") == 4 and ss.reveal("A") == []  # on its way, not held yet
+    ss.on_peer_have("A", [first[0]])
+    assert ss.outstanding("A") == 3
+    (more,) = ss.reveal("A")
+    assert more not in first
+
+
+def test_never_shows_what_the_peer_holds_or_was_shown() -> None:
+    ss = seeder(6, window=8)
+    ss.on_peer_joined("A", bits_of(6, {0, 1, 2}))
+    assert sorted(ss.reveal("A")) == [3, 4, 5]
+    assert ss.reveal("A") == []
+
+
+def test_no_second_send_while_a_chunk_has_not_gone_out() -> None:
+    ss = seeder(4, window=1)
+    ss.on_peer_joined("A", zeros(4))
+    ss.on_peer_joined("B", zeros(4))
+    (a,) = ss.reveal("A")
+    assert ss.should_serve("A", a)
+    ss.on_sent("A", a)
+    ss.on_peer_have("A", [a])
+    # B learned of `a` from A's HAVE but asks the seed: refused, A has it.
+    assert not ss.should_serve("B", a)
+    assert ss.not_out == 3
+    for p in ("C", "D", "E"):
+        ss.on_peer_joined(p, zeros(4))
+        (c,) = ss.reveal(p)
+        assert ss.should_serve(p, c)
+        ss.on_sent(p, c)
+    assert ss.all_out  # everything is out: the seed serves anyone now
+    assert ss.should_serve("B", a)
+    assert ss.total_sent == 4 and all(ss.sent_count(i) == 1 for i in range(4))
+
+
+def test_chunk_whose_only_holder_left_is_sent_again() -> None:
+    ss = seeder(3, window=1)
+    ss.on_peer_joined("A", zeros(3))
+    ss.on_peer_joined("B", zeros(3))
+    (a,) = ss.reveal("A")
+    ss.on_sent("A", a)
+    ss.on_peer_have("A", [a])
+    assert not ss.should_serve("B", a)
+    ss.on_peer_gone("A")
+    assert ss.not_out == 3
+    assert ss.should_serve("B", a)
+    # And it is shown again: a fresh peer gets one of the three, `a` included.
+    shown = set()
+    for p in ("C", "D", "E"):
+        ss.on_peer_joined(p, zeros(3))
+        shown.update(ss.reveal(p))
+    assert a in shown
+
+
+def test_chunks_stuck_with_a_stalled_peer_are_shown_to_others() -> None:
+    ss = seeder(4, window=8)
+    ss.on_peer_joined("stalled", zeros(4))
+    assert sorted(ss.reveal("stalled")) == [0, 1, 2, 3]
+    ss.on_peer_joined("B", zeros(4))
+    assert sorted(ss.reveal("B")) == [0, 1, 2, 3]  # nothing else is left to show
+    assert ss.should_serve("B", 0)
+    ss.on_sent("B", 0)
+    assert not ss.should_serve("stalled", 0)  # 0 is out and 1..3 are not
+    assert ss.should_serve("stalled", 1)
+
+
+def test_after_every_chunk_is_out_the_rarest_are_shown() -> None:
+    ss = seeder(3, window=8)
+    ss.on_peer_joined("A", bits_of(3, {0, 1}))
+    ss.on_peer_joined("B", bits_of(3, {0}))
+    ss.on_peer_joined("C", zeros(3))
+    assert ss.reveal("C") == [2]  # the one that is not out; not 0 or 1 yet
+    ss.on_peer_have("A", [2])
+    assert ss.all_out
+    assert ss.reveal("C") == [1, 0]  # 1 is held once, 0 twice
+
+
+def test_a_full_peer_makes_everything_out() -> None:
+    ss = seeder(5)
+    ss.on_peer_joined("mirror", ones(5))
+    ss.on_peer_joined("A", zeros(5))
+    assert ss.all_out and ss.should_serve("A", 3)
+
+
+def test_refusal_forgets_the_reveal_so_it_can_be_shown_again() -> None:
+    ss = seeder(2, window=2)
+    ss.on_peer_joined("A", zeros(2))
+    ss.on_peer_joined("B", zeros(2))
+    assert sorted(ss.reveal("A")) == [0, 1]
+    assert sorted(ss.reveal("B")) == [0, 1]
+    ss.on_sent("A", 0)
+    assert not ss.should_serve("B", 0)
+    assert ss.revealed_to("B") == bits_of(2, {1})
+    ss.on_sent("A", 1)  # now all out; B may be shown 0 again
+    assert ss.reveal("B") == [0]
+
+
+def test_misuse_and_malformed_input() -> None:
+    ss = seeder(4)
+    with pytest.raises(RemoteProtocolError):
+        ss.on_peer_joined("A", zeros(5))
+    ss.on_peer_joined("A", zeros(4))
+    with pytest.raises(LocalProtocolError):
+        ss.on_peer_joined("A", zeros(4))
+    with pytest.raises(RemoteProtocolError):
+        ss.on_peer_have("A", [4])
+    with pytest.raises(RemoteProtocolError):
+        ss.should_serve("A", -1)
+    with pytest.raises(LocalProtocolError):
+        ss.on_sent("A", 9)
+    assert ss.reveal("nobody") == []
+    with pytest.raises(ValueError):
+        SuperSeeder(4, rng=random.Random(0), window=0)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.data())
+def test_random_operations_keep_the_send_once_rules(data: st.DataObject) -> None:
+    n = data.draw(st.integers(1, 12), label="nchunks")
+    window = data.draw(st.integers(1, 4), label="window")
+    ss = seeder(n, window=window, seed=data.draw(st.integers(0, 9)))
+    names = ["A", "B", "C", "D"]
+    held: dict[str, set[int]] = {}  # live peers -> chunks they hold
+    transit: dict[str, set[int]] = {}  # live peers -> chunks the seed is sending them
+    shown: dict[str, set[int]] = {}  # live peers -> chunks revealed and not refused
+
+    def out() -> set[int]:
+        return set().union(*held.values(), *transit.values()) if held else set()
+
+    for _ in range(data.draw(st.integers(1, 60), label="steps")):
+        op = data.draw(st.integers(0, 5))
+        p = data.draw(st.sampled_from(names))
+        if op == 0 and p not in held:
+            have = {i for i in range(n) if data.draw(st.integers(0, 3)) == 0}
+            ss.on_peer_joined(p, bits_of(n, have))
+            held[p], transit[p], shown[p] = have, set(), set()
+        elif op == 1 and p in held:
+            ss.on_peer_gone(p)
+            del held[p], transit[p], shown[p]
+        elif op == 2 and p in held:  # p fetches a chunk from another peer that holds it
+            others = sorted(set().union(*(h for q, h in held.items() if q != p)) - held[p])
+            if others:
+                i = data.draw(st.sampled_from(others))
+                held[p].add(i)
+                transit[p].discard(i)
+                ss.on_peer_have(p, [i])
+        elif op == 3 and p in held and shown[p] - held[p] - transit[p]:
+            i = data.draw(st.sampled_from(sorted(shown[p] - held[p] - transit[p])))
+            before = out()
+            if ss.should_serve(p, i):
+                # Never a second send while some chunk has not gone out.
+                assert i not in before or len(before) == n
+                ss.on_sent(p, i)
+                transit[p].add(i)
+            else:
+                assert i in before and len(before) < n
+                shown[p].discard(i)
+        elif op == 4 and p in held and transit[p]:  # a chunk from the seed arrives
+            i = data.draw(st.sampled_from(sorted(transit[p])))
+            transit[p].discard(i)
+            held[p].add(i)
+            ss.on_peer_have(p, [i])
+        elif op == 5 and p in held:
+            not_out = set(range(n)) - out()
+            unshown = not_out - set().union(*shown.values()) - held[p]
+            got = ss.reveal(p)
+            assert len(set(got)) == len(got)
+            assert not set(got) & (held[p] | shown[p]), "shown twice to one peer"
+            if not_out:
+                assert set(got) <= not_out, "an out chunk shown while another is not out"
+            fresh = [i for i in got if i in unshown]
+            assert len(fresh) == min(len(got), len(unshown)), "stole before using fresh"
+            shown[p].update(got)
+            assert (
+                ss.outstanding(p)
+                == len((shown[p] | transit[p]) - held[p])
+                <= max(window, len(transit[p] - shown[p]))
+            )
+        assert ss.not_out == n - len(out())
+
+
+# ---------------------------------------------------------------------------------------
+# A whole swarm, in lockstep: one tick = one chunk uploaded per node
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Swarm:
+    """Seed + downloaders with equal upload capacity; messages arrive one tick later."""
+
+    nchunks: int
+    npeers: int
+    super_seed: bool = True
+    chunk_size: int = 32
+    upload_per_tick: int = 1
+    leave: dict[int, str] = field(default_factory=dict)  # tick -> peer that leaves for good
+    tick: int = 0
+
+    def __post_init__(self) -> None:
+        self.content = random.Random(1).randbytes(self.nchunks * self.chunk_size - 5)
+        cs = self.chunk_size
+        self.chunks = [self.content[i : i + cs] for i in range(0, len(self.content), cs)]
+        hashes = [blake3.blake3(c).digest() for c in self.chunks]
+        self.package_id = blake3.blake3(self.content).digest()
+        self.names = [f"d{i}" for i in range(self.npeers)]
+        self.ss: SuperSeeder[str] = SuperSeeder(self.nchunks, rng=random.Random(99))
+        self.dls: dict[str, Downloader[str]] = {
+            name: Downloader(
+                self.package_id,
+                len(self.content),
+                hashes,
+                rng=random.Random(k),
+                pipeline_depth=8,
+                request_timeout=1e9,
+                chunk_size=cs,
+            )
+            for k, name in enumerate(self.names)
+        }
+        self.alive = set(self.names)
+        self.disk: dict[str, dict[int, bytes]] = {name: {} for name in self.names}
+        # Each node's pending requests, per requester, served round-robin so that no
+        # peer monopolises an uploader (what the shell's upload slots do).
+        self.queue: dict[str, dict[str, deque[int]]] = {name: {} for name in [*self.names, "seed"]}
+        self.done_at: dict[str, int] = {}
+        self.uploaded: dict[str, int] = dict.fromkeys(["seed", *self.names], 0)
+        self.inbox: list[tuple[str, str, str, object]] = []
+        for name in self.names:
+            seed_bits = zeros(self.nchunks) if self.super_seed else ones(self.nchunks)
+            self.send("seed", name, "bitfield", seed_bits)
+            for other in [*self.names, "seed"]:
+                if other != name:
+                    self.send(name, other, "bitfield", zeros(self.nchunks))
+
+    def send(self, src: str, dst: str, kind: str, arg: object) -> None:
+        self.inbox.append((src, dst, kind, arg))
+
+    def act(self, node: str, actions: list[DownloadAction[str]]) -> None:
+        dl = self.dls[node]
+        for a in actions:
+            if isinstance(a, Request):
+                self.send(node, a.peer, "request", a.index)
+            elif isinstance(a, Cancel):
+                self.send(node, a.peer, "cancel", a.index)
+            elif isinstance(a, WriteChunk):
+                assert a.data == self.chunks[a.index]
+                self.disk[node][a.index] = a.data
+                self.act(node, dl.on_chunk_written(a.index))
+            elif isinstance(a, AnnounceHave):
+                for other in [*sorted(self.alive), "seed"]:
+                    if other != node:
+                        self.send(node, other, "have", list(a.indices))
+            elif isinstance(a, VerifyPackage):
+                whole = b"".join(self.disk[node][i] for i in range(self.nchunks))
+                self.act(node, dl.on_package_verified(whole == self.content))
+            elif isinstance(a, Completed):
+                self.done_at[node] = self.tick
+            elif isinstance(a, Ban):  # pragma: no cover - nobody lies here
+                raise AssertionError(a)
+
+    def deliver(self, src: str, dst: str, kind: str, arg: object) -> None:
+        live = {*self.alive, "seed"}
+        if src not in live or dst not in live:
+            return
+        now = float(self.tick)
+        if dst == "seed":
+            if kind == "bitfield":
+                assert isinstance(arg, bitarray)
+                self.ss.on_peer_joined(src, arg)
+            elif kind == "have":
+                assert isinstance(arg, list)
+                self.ss.on_peer_have(src, arg)
+        else:
+            dl = self.dls[dst]
+            if kind == "bitfield":
+                assert isinstance(arg, bitarray)
+                self.act(dst, dl.on_peer_bitfield(src, arg, now))
+            elif kind == "have":
+                assert isinstance(arg, list)
+                self.act(dst, dl.on_peer_have(src, arg, now))
+            elif kind == "chunk":
+                assert isinstance(arg, tuple)
+                self.act(dst, dl.on_chunk(src, arg[0], arg[1], now))
+            elif kind == "reject":
+                assert isinstance(arg, int)
+                self.act(dst, dl.on_reject(src, arg, now))
+        if kind == "request":
+            assert isinstance(arg, int)
+            self.queue[dst].setdefault(src, deque()).append(arg)
+        elif kind == "cancel" and arg in self.queue[dst].get(src, ()):
+            self.queue[dst][src].remove(arg)  # type: ignore[arg-type]
+
+    def serve(self, node: str) -> None:
+        budget = self.upload_per_tick
+        q = self.queue[node]
+        while budget and q:
+            peer = next(iter(q))
+            requests = q.pop(peer)
+            if not requests:  # emptied by cancels
+                continue
+            i = requests.popleft()
+            if requests:
+                q[peer] = requests  # to the back of the round
+            if peer not in self.alive:
+                continue
+            if node == "seed":
+                ok = not self.super_seed or self.ss.should_serve(peer, i)
+            else:
+                ok = self.dls[node].has_chunk(i)
+            if not ok:
+                self.send(node, peer, "reject", i)
+                continue
+            self.send(node, peer, "chunk", (i, self.chunks[i]))
+            self.uploaded[node] += 1
+            budget -= 1
+            if node == "seed" and self.super_seed:
+                self.ss.on_sent(peer, i)
+
+    def step(self) -> None:
+        self.tick += 1
+        if self.tick in self.leave:
+            gone = self.leave[self.tick]
+            self.alive.discard(gone)
+            self.ss.on_peer_gone(gone)
+            for name in self.alive:
+                self.act(name, self.dls[name].on_peer_gone(gone, float(self.tick)))
+        inbox, self.inbox = self.inbox, []
+        for msg in inbox:
+            self.deliver(*msg)
+        for node in ["seed", *sorted(self.alive)]:
+            self.serve(node)
+        if self.super_seed:
+            for name in sorted(self.alive):
+                shown = self.ss.reveal(name)
+                if shown:
+                    self.send("seed", name, "have", shown)
+        for name in sorted(self.alive):
+            dl = self.dls[name]
+            self.act(name, dl.on_timer(float(self.tick)))
+            self.act(name, dl.poll(float(self.tick)))
+
+    def run(self, limit: int) -> None:
+        while self.tick < limit and any(n not in self.done_at for n in self.alive):
+            self.step()
+        for name in self.alive:
+            assert self.dls[name].state is DownloadState.COMPLETE, name
+            assert b"".join(self.disk[name][i] for i in range(self.nchunks)) == self.content
+
+
+def test_swarm_seed_sends_about_one_copy_and_everyone_finishes_near_the_bound() -> None:
+    n = 300
+    swarm = Swarm(n, 10)
+    swarm.run(limit=4 * n)
+    ratio = swarm.uploaded["seed"] / n
+    finish = max(swarm.done_at.values())
+    # Kumar-Ross bound here: max(F/u_s, N*F/(u_s + N*u)) = n ticks (every node uploads 1/tick).
+    print(f"super-seed: seed sent {ratio:.3f}x, all done in {finish / n:.3f}x the bound")
+    assert ratio <= 1.10
+    assert finish <= 1.10 * n
+    # Everybody served everybody: peers uploaded the rest.
+    assert sum(swarm.uploaded[p] for p in swarm.names) >= 9 * n
+
+
+def test_swarm_without_super_seeding_makes_the_seed_send_more() -> None:
+    n = 150
+    plain = Swarm(n, 10, super_seed=False)
+    plain.run(limit=10 * n)
+    sup = Swarm(n, 10)
+    sup.run(limit=10 * n)
+    assert sup.uploaded["seed"] < plain.uploaded["seed"]
+
+
+def test_swarm_survives_a_peer_leaving_with_chunks_only_it_had() -> None:
+    n = 200
+    swarm = Swarm(n, 10, leave={n // 3: "d4", n // 2: "d7"})
+    swarm.run(limit=6 * n)
+    assert swarm.alive == set(swarm.names) - {"d4", "d7"}
+    assert swarm.uploaded["seed"] / n <= 1.3  # re-sends only what only the leavers had
