@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import signal
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import nacl.signing
 import trio
 
+from p2pupdate import __version__
 from p2pupdate.core.keys import format_pubkey
 from p2pupdate.core.policy import TrustConfig
 from p2pupdate.errors import UsageError
@@ -33,6 +35,7 @@ from p2pupdate.shell.events import EventLog, setup_logging
 from p2pupdate.shell.keyfile import load_or_create_node_key
 from p2pupdate.shell.node import Node, NodeOptions
 from p2pupdate.shell.nodeconfig import NodeSettings, load_settings
+from p2pupdate.shell.sentinel import BootSentinel
 from p2pupdate.shell.store import DiskStore
 from p2pupdate.shell.swarm import Swarm, SwarmOptions
 from p2pupdate.shell.transport import TcpTransport
@@ -51,8 +54,30 @@ def run_node_command(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     setup_logging(settings.log_level, settings.log_json)
     key = load_or_create_node_key(settings.data_dir)
+    # First thing, before networking: count this boot of a freshly swapped program.
+    sentinel = BootSentinel(
+        settings.data_dir / "self",
+        Path(sys.argv[0]).absolute(),
+        boot_attempts=settings.boot_attempts,
+        emit=lambda name, fields: log.warning("%s %s", name, fields),
+    )
+    outcome = sentinel.on_boot(__version__)
+    if outcome.exit_code is not None:
+        log.error(
+            "boot sentinel: %s %s (%s); exiting %d for the supervisor",
+            outcome.action,
+            outcome.version,
+            outcome.detail,
+            outcome.exit_code,
+        )
+        return outcome.exit_code
+    if outcome.action != "continue":
+        log.warning(
+            "boot sentinel: %s %s %s", outcome.action, outcome.version or "", outcome.detail
+        )
+    confirm = sentinel if outcome.action == "counted" else None
     try:
-        return trio.run(run_node, settings, key)
+        return trio.run(run_node, settings, key, confirm)
     except BaseExceptionGroup as group:
         usage = group.subgroup(UsageError)
         if usage is not None:
@@ -67,7 +92,11 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
     return exc
 
 
-async def run_node(settings: NodeSettings, key: nacl.signing.SigningKey) -> int:
+async def run_node(
+    settings: NodeSettings,
+    key: nacl.signing.SigningKey,
+    sentinel: BootSentinel | None = None,
+) -> int:
     node_hex = bytes(key.verify_key).hex()
     events = EventLog(settings.events, node_hex)
     inherited = os.environ.pop(LISTEN_FD_ENV, None)
@@ -132,6 +161,8 @@ async def run_node(settings: NodeSettings, key: nacl.signing.SigningKey) -> int:
             )
             sdnotify.notify("READY=1")
             nursery.start_soon(_snapshots, settings.data_dir, agent)
+            if sentinel is not None:
+                nursery.start_soon(_confirm_when_healthy, sentinel, node, settings.confirm_window)
             interval = sdnotify.watchdog_interval()
             if interval is not None:
                 nursery.start_soon(_watchdog, interval)
@@ -147,6 +178,15 @@ async def run_node(settings: NodeSettings, key: nacl.signing.SigningKey) -> int:
         store.close()
         events.close()
     return 0
+
+
+async def _confirm_when_healthy(sentinel: BootSentinel, node: Node, window: float) -> None:
+    """Healthy (DESIGN.md): up for the confirm window with the listener and control socket
+    working, or earlier on a completed peer handshake. No peers is not a failure."""
+    with trio.move_on_after(window):
+        await node.first_handshake.wait()
+    await trio.to_thread.run_sync(sentinel.confirm, __version__)
+    log.info("boot of %s confirmed healthy", __version__)
 
 
 async def _wait_for_stop() -> None:
