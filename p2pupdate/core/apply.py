@@ -1,0 +1,650 @@
+"""Pure decisions of the applicator: what to install, when to retry, when to give up.
+
+Nothing here touches a file, a process or a clock. The shell
+(:mod:`p2pupdate.shell.applicator`, :mod:`p2pupdate.shell.sentinel`) asks these
+functions and state machines what to do, carries it out, and feeds the
+results back in, with ``now`` passed as a number.
+
+Three decisions live here:
+
+* :func:`should_install` -- the upgrade gate (newer? quarantined? size? min_version?);
+* :class:`ConfirmMachine` -- one install's attempts: swap, optional restart,
+  health checks inside a confirmation window, a bounded number of attempts;
+* :func:`boot_decision` / :func:`recovery_decision` -- what to do on start when a
+  boot sentinel or an unconfirmed install was left behind.
+
+Plus :func:`check_archive`, the path rules for a directory target's tar archive.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+
+import semver
+
+from p2pupdate.errors import ApplyError
+
+__all__ = [
+    "BAD_ARCHIVE",
+    "BAD_VERSION",
+    "BELOW_MIN_VERSION",
+    "DISK_FULL",
+    "HASH_MISMATCH",
+    "HEALTH_CHECK_FAILED",
+    "HEALTH_TIMEOUT",
+    "INSTALL_FAILED",
+    "INTERRUPTED",
+    "MAX_VERSION_LEN",
+    "NOT_CONFIRMED",
+    "NOT_NEWER",
+    "NO_BACKUP",
+    "OPERATOR_ROLLBACK",
+    "PACKAGE_MISSING",
+    "QUARANTINED",
+    "RESTART_FAILED",
+    "ROLLBACK_FAILED",
+    "TOO_LARGE",
+    "TOO_MANY_ATTEMPTS",
+    "Accept",
+    "ArchiveMember",
+    "BootClear",
+    "BootContinue",
+    "BootCount",
+    "BootDecision",
+    "BootRollBack",
+    "ConfirmAction",
+    "ConfirmMachine",
+    "ConfirmState",
+    "Confirmed",
+    "GiveUp",
+    "PersistAttempt",
+    "RecoverFinishRollback",
+    "RecoverGiveUp",
+    "RecoverRetry",
+    "RecoverWait",
+    "RecoveryDecision",
+    "Refuse",
+    "RunHealthCheck",
+    "RunRestart",
+    "SentinelRecord",
+    "WaitUntil",
+    "boot_decision",
+    "check_archive",
+    "check_interval",
+    "compare_versions",
+    "is_newer",
+    "normalize_version",
+    "parse_version",
+    "recovery_decision",
+    "should_install",
+    "version_in",
+]
+
+# ---------------------------------------------------------------------------
+# Reasons: short snake_case names that reach events and ``status``.
+# ---------------------------------------------------------------------------
+
+NOT_NEWER = "not_newer"
+QUARANTINED = "quarantined"
+TOO_LARGE = "too_large"
+HASH_MISMATCH = "hash_mismatch"
+BELOW_MIN_VERSION = "below_min_version"
+BAD_VERSION = "bad_version"
+BAD_ARCHIVE = "bad_archive"
+HEALTH_CHECK_FAILED = "health_check_failed"
+HEALTH_TIMEOUT = "health_timeout"
+NOT_CONFIRMED = "not_confirmed"
+RESTART_FAILED = "restart_failed"
+TOO_MANY_ATTEMPTS = "too_many_attempts"
+INTERRUPTED = "interrupted"
+ROLLBACK_FAILED = "rollback_failed"
+DISK_FULL = "disk_full"
+INSTALL_FAILED = "install_failed"
+PACKAGE_MISSING = "package_missing"
+NO_BACKUP = "no_backup"
+OPERATOR_ROLLBACK = "operator_rollback"
+
+# DESIGN.md: a version string is at most 64 bytes.
+MAX_VERSION_LEN = 64
+
+
+# ---------------------------------------------------------------------------
+# Versions
+# ---------------------------------------------------------------------------
+
+
+def parse_version(text: str) -> semver.Version:
+    """Parse a semver string, dropping build metadata (it never orders versions).
+
+    Raises ValueError for anything that is not semver or is longer than 64 bytes.
+    """
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_VERSION_LEN:
+        raise ValueError(f"version longer than {MAX_VERSION_LEN} bytes")
+    try:
+        version = semver.Version.parse(text)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a semantic version: {text!r}") from exc
+    return version.replace(build=None)
+
+
+def normalize_version(text: str) -> str:
+    """The version without build metadata, as a string (``1.2.0+b7`` -> ``1.2.0``)."""
+    return str(parse_version(text))
+
+
+def compare_versions(a: str, b: str) -> int:
+    """-1, 0 or 1 as ``a`` orders before, with or after ``b`` (semver precedence)."""
+    return parse_version(a).compare(parse_version(b))
+
+
+def is_newer(new_version: str, installed_version: str | None) -> bool:
+    """True when ``new_version`` is strictly newer; an unknown installed version is older."""
+    if installed_version is None:
+        return True
+    try:
+        installed = parse_version(installed_version)
+    except ValueError:
+        # A hand-written ``version = "..."`` that is not semver counts as unknown.
+        return True
+    return parse_version(new_version).compare(installed) > 0
+
+
+def version_in(version: str, versions: Collection[str]) -> bool:
+    """Whether ``version`` equals one of ``versions``, ignoring build metadata."""
+    if version in versions:
+        return True
+    try:
+        target = parse_version(version)
+    except ValueError:
+        return False
+    for other in versions:
+        try:
+            if parse_version(other).compare(target) == 0:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+# ---------------------------------------------------------------------------
+# The upgrade gate
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Accept:
+    """Install it."""
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Do not install it, for ``reason`` (one of the constants above)."""
+
+    reason: str
+    detail: str = ""
+
+
+def should_install(
+    installed_version: str | None,
+    new_version: str,
+    quarantined: Collection[str],
+    size: int,
+    max_size: int,
+    explicit_rollback: bool = False,
+    min_version: str | None = None,
+) -> Accept | Refuse:
+    """Decide whether ``new_version`` may replace ``installed_version``.
+
+    Checks, in this order (the first that fails names the reason):
+    ``bad_version``, ``quarantined``, ``too_large``, ``not_newer`` and
+    ``below_min_version``. An explicit rollback (an operator asked for this
+    version) skips the last two; it never skips quarantine.
+    """
+    try:
+        parse_version(new_version)
+    except ValueError as exc:
+        return Refuse(BAD_VERSION, str(exc))
+    if version_in(new_version, quarantined):
+        return Refuse(QUARANTINED, f"{new_version} is quarantined")
+    if size < 0 or size > max_size:
+        return Refuse(TOO_LARGE, f"{size} bytes, limit {max_size}")
+    if explicit_rollback:
+        return Accept()
+    if not is_newer(new_version, installed_version):
+        return Refuse(NOT_NEWER, f"{new_version} is not newer than {installed_version}")
+    if min_version is not None and installed_version is not None:
+        try:
+            below = parse_version(installed_version).compare(parse_version(min_version)) < 0
+        except ValueError:
+            below = False  # unknown installed version or bad min_version: not known to be below
+        if below:
+            return Refuse(
+                BELOW_MIN_VERSION,
+                f"installed {installed_version} is below min_version {min_version}",
+            )
+    return Accept()
+
+
+# ---------------------------------------------------------------------------
+# One install's attempts: restart, health checks, confirmation window
+# ---------------------------------------------------------------------------
+
+
+def check_interval(window: float) -> float:
+    """Pause between health checks inside a confirmation window."""
+    return min(1.0, max(0.05, window / 20))
+
+
+class ConfirmState(enum.Enum):
+    """States of :class:`ConfirmMachine`."""
+
+    READY = "ready"  # nothing started yet
+    INSTALLING = "installing"  # attempt persisted; the shell puts the new version in place
+    RESTARTING = "restarting"  # restart command running
+    CHECKING = "checking"  # a health check is running
+    WAITING = "waiting"  # between health checks, inside the window
+    CONFIRMED = "confirmed"  # terminal: keep the new version
+    GAVE_UP = "gave_up"  # terminal: roll back, restart, quarantine
+    ERROR = "error"  # sticky: the shell misused the machine
+
+
+@dataclass(frozen=True)
+class PersistAttempt:
+    """Persist ``attempt`` as the attempt counter, put the new version in place
+    (if it is not already), then call :meth:`ConfirmMachine.on_installed`."""
+
+    attempt: int
+
+
+@dataclass(frozen=True)
+class RunRestart:
+    """Run the restart command, killed after ``timeout`` s; report with ``on_restart_result``."""
+
+    timeout: float
+
+
+@dataclass(frozen=True)
+class RunHealthCheck:
+    """Run the health check, killed after ``timeout`` s; report with ``on_health_result``."""
+
+    timeout: float
+
+
+@dataclass(frozen=True)
+class WaitUntil:
+    """Sleep until ``deadline`` (same clock as ``now``), then call ``on_timer``."""
+
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """The new version is healthy: commit it."""
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """Roll back to the last good version, restart it, quarantine the new one."""
+
+    reason: str
+
+
+ConfirmAction = PersistAttempt | RunRestart | RunHealthCheck | WaitUntil | Confirmed | GiveUp
+
+# Which input is legal in which state: anything else is a bug in the shell.
+_LEGAL: dict[str, frozenset[ConfirmState]] = {
+    "start": frozenset({ConfirmState.READY}),
+    "installed": frozenset({ConfirmState.INSTALLING}),
+    "restart_result": frozenset({ConfirmState.RESTARTING}),
+    "health_result": frozenset({ConfirmState.CHECKING}),
+    "timer": frozenset({ConfirmState.WAITING}),
+}
+
+
+@dataclass
+class ConfirmMachine:
+    """Attempts of one install of one version, as an explicit state machine.
+
+    An *attempt* is: persist the counter, put the new version in place, run the
+    restart command (if any), then health checks until one passes. With a
+    restart command the checks are repeated inside ``window`` seconds after the
+    restart; a window that runs out, or a restart that fails, is a failed
+    attempt, and the next attempt restarts again, up to ``max_attempts`` in
+    all (counting ``attempts_done`` from earlier runs that crashed). Without a
+    restart command one failed check is final: re-running a program's
+    ``--version`` gives the same answer.
+    """
+
+    attempts_done: int
+    max_attempts: int
+    window: float
+    has_restart: bool
+    health_timeout: float
+    state: ConfirmState = ConfirmState.READY
+    deadline: float = 0.0
+    last_failure: str = ""
+    checks: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.attempts_done < 0:
+            raise ValueError("attempts_done must not be negative")
+        if self.window <= 0 or self.health_timeout <= 0:
+            raise ValueError("window and health_timeout must be positive")
+
+    # -- inputs ------------------------------------------------------------
+
+    def start(self, now: float) -> ConfirmAction:
+        """Begin: the first attempt, or give up at once if the bound is used up."""
+        self._enter("start")
+        if self.attempts_done >= self.max_attempts:
+            self.last_failure = TOO_MANY_ATTEMPTS
+            self.state = ConfirmState.GAVE_UP
+            return GiveUp(TOO_MANY_ATTEMPTS)
+        return self._next_attempt()
+
+    def on_installed(self, now: float) -> ConfirmAction:
+        """The new version is in place (for this attempt)."""
+        self._enter("installed")
+        if self.has_restart:
+            self.state = ConfirmState.RESTARTING
+            return RunRestart(self.health_timeout)
+        self.state = ConfirmState.CHECKING
+        self.deadline = now + self.health_timeout
+        self.checks += 1
+        return RunHealthCheck(self.health_timeout)
+
+    def on_restart_result(self, ok: bool, now: float) -> ConfirmAction:
+        """The restart command finished (``ok``: exit 0 in time)."""
+        self._enter("restart_result")
+        if not ok:
+            return self._attempt_failed(RESTART_FAILED)
+        self.state = ConfirmState.CHECKING
+        self.deadline = now + self.window
+        self.checks += 1
+        return RunHealthCheck(min(self.health_timeout, self.window))
+
+    def on_health_result(
+        self, ok: bool, now: float, reason: str = HEALTH_CHECK_FAILED
+    ) -> ConfirmAction:
+        """A health check finished; ``reason`` says how it failed when not ``ok``."""
+        self._enter("health_result")
+        if ok:
+            self.state = ConfirmState.CONFIRMED
+            return Confirmed()
+        if not self.has_restart:
+            return self._attempt_failed(reason)
+        wake = now + check_interval(self.window)
+        if wake < self.deadline:
+            self.state = ConfirmState.WAITING
+            return WaitUntil(wake)
+        return self._attempt_failed(NOT_CONFIRMED)
+
+    def on_timer(self, now: float) -> ConfirmAction:
+        """The pause between checks is over."""
+        self._enter("timer")
+        remaining = self.deadline - now
+        if remaining <= 0:
+            return self._attempt_failed(NOT_CONFIRMED)
+        self.state = ConfirmState.CHECKING
+        self.checks += 1
+        return RunHealthCheck(min(self.health_timeout, remaining))
+
+    # -- internals ---------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """True in a terminal state."""
+        return self.state in (ConfirmState.CONFIRMED, ConfirmState.GAVE_UP)
+
+    def _enter(self, event: str) -> None:
+        if self.state is ConfirmState.ERROR or self.state not in _LEGAL[event]:
+            previous = self.state
+            self.state = ConfirmState.ERROR
+            raise ApplyError("illegal_transition", f"{event} in state {previous.value}")
+
+    def _next_attempt(self) -> ConfirmAction:
+        self.attempts_done += 1
+        self.state = ConfirmState.INSTALLING
+        return PersistAttempt(self.attempts_done)
+
+    def _attempt_failed(self, reason: str) -> ConfirmAction:
+        self.last_failure = reason
+        if self.has_restart and self.attempts_done < self.max_attempts:
+            return self._next_attempt()
+        self.state = ConfirmState.GAVE_UP
+        return GiveUp(reason)
+
+
+# ---------------------------------------------------------------------------
+# Recovery of an unconfirmed install found on start
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecoverRetry:
+    """Roll back (done by the shell first), then install the same package again."""
+
+
+@dataclass(frozen=True)
+class RecoverWait:
+    """Roll back and wait: the package is gone, the node fetches it and calls apply again."""
+
+
+@dataclass(frozen=True)
+class RecoverGiveUp:
+    """Roll back and quarantine the version: it used up its attempts."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecoverFinishRollback:
+    """A rollback was under way: finish it and quarantine the version."""
+
+    reason: str
+
+
+RecoveryDecision = RecoverRetry | RecoverWait | RecoverGiveUp | RecoverFinishRollback
+
+
+def recovery_decision(
+    phase: str,
+    attempts: int,
+    max_attempts: int,
+    package_available: bool,
+    failure_reason: str | None = None,
+) -> RecoveryDecision:
+    """What to do with a pending install record found on start.
+
+    ``phase`` is ``installing`` (the install was interrupted: it may be retried,
+    and the interrupted try already counted as one attempt) or ``rolling_back``
+    (the version had already failed).
+    """
+    if phase == "rolling_back":
+        return RecoverFinishRollback(failure_reason or INTERRUPTED)
+    if phase != "installing":
+        raise ValueError(f"unknown pending phase {phase!r}")
+    if attempts >= max_attempts:
+        return RecoverGiveUp(TOO_MANY_ATTEMPTS)
+    if not package_available:
+        return RecoverWait()
+    return RecoverRetry()
+
+
+# ---------------------------------------------------------------------------
+# Boot sentinel for the node's own program
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SentinelRecord:
+    """A freshly swapped program, not yet confirmed healthy."""
+
+    new_version: str
+    last_good_version: str | None
+    boot_attempts: int
+    armed_at: float
+    program: str = ""
+
+    def __post_init__(self) -> None:
+        if self.boot_attempts < 0:
+            raise ValueError("boot_attempts must not be negative")
+        parse_version(self.new_version)
+
+
+@dataclass(frozen=True)
+class BootContinue:
+    """No sentinel: start normally."""
+
+
+@dataclass(frozen=True)
+class BootCount:
+    """Persist ``attempt`` as the boot counter, then start normally (confirm when healthy)."""
+
+    attempt: int
+
+
+@dataclass(frozen=True)
+class BootRollBack:
+    """Too many boots: quarantine ``version``; if ``restore``, put the last good
+    program back and exit with code 3, else clear the sentinel and keep going."""
+
+    version: str
+    restore: bool
+
+
+@dataclass(frozen=True)
+class BootClear:
+    """The sentinel is corrupt or stale: delete it and start normally."""
+
+    reason: str
+
+
+BootDecision = BootContinue | BootCount | BootRollBack | BootClear
+
+
+def boot_decision(
+    record: SentinelRecord | None,
+    corrupt: bool,
+    running_version: str,
+    boot_attempts: int,
+    has_last_good: bool,
+    program: str = "",
+) -> BootDecision:
+    """Decide at the very start of a node what its boot sentinel means.
+
+    ``boot_attempts`` is the bound: the program may boot that many times
+    unconfirmed; the next boot rolls back. The counter is persisted before
+    the code it guards runs, so a crash still counts. A sentinel for another
+    version or another program (both known) is stale.
+    """
+    if corrupt:
+        return BootClear("corrupt")
+    if record is None:
+        return BootContinue()
+    if program and record.program and program != record.program:
+        return BootClear("stale")
+    try:
+        same = compare_versions(record.new_version, running_version) == 0
+    except ValueError:
+        same = False
+    if not same:
+        return BootClear("stale")
+    if record.boot_attempts >= boot_attempts:
+        return BootRollBack(record.new_version, restore=has_last_good)
+    return BootCount(record.boot_attempts + 1)
+
+
+# ---------------------------------------------------------------------------
+# Directory targets: what a release archive may contain
+# ---------------------------------------------------------------------------
+
+_MEMBER_KINDS = frozenset({"file", "dir", "symlink", "hardlink"})
+
+
+@dataclass(frozen=True)
+class ArchiveMember:
+    """One tar member as the shell read it: ``kind`` is file, dir, symlink,
+    hardlink, or anything else (device, fifo, sparse...) which is refused."""
+
+    name: str
+    kind: str
+    size: int = 0
+    linkname: str = ""
+
+
+def _normalize(path: str) -> list[str] | None:
+    """Lexically normalize a relative POSIX path; None if it climbs above the root."""
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                return None
+            parts.pop()
+        else:
+            parts.append(part)
+    return parts
+
+
+def check_archive(
+    members: Iterable[ArchiveMember], max_total: int, max_members: int
+) -> Accept | Refuse:
+    """Refuse an archive that could write outside its release directory.
+
+    Rejected: absolute names, ``..`` in names, NUL bytes, links (symbolic or
+    hard) that point outside the tree or at an absolute path, members
+    written through an earlier symlink, duplicates of non-directories,
+    device files and other special kinds, more than ``max_members`` members,
+    and more than ``max_total`` bytes unpacked.
+    """
+    total = 0
+    count = 0
+    seen: dict[str, str] = {}
+    for m in members:
+        count += 1
+        if count > max_members:
+            return Refuse(BAD_ARCHIVE, f"more than {max_members} members")
+        if m.kind not in _MEMBER_KINDS:
+            return Refuse(BAD_ARCHIVE, f"{m.name!r}: {m.kind} members are not allowed")
+        if not m.name or "\x00" in m.name or "\x00" in m.linkname:
+            return Refuse(BAD_ARCHIVE, f"bad member name {m.name!r}")
+        if m.name.startswith("/"):
+            return Refuse(BAD_ARCHIVE, f"{m.name!r}: absolute path")
+        if ".." in m.name.split("/"):
+            return Refuse(BAD_ARCHIVE, f"{m.name!r}: '..' in path")
+        parts = _normalize(m.name)
+        if parts is None:  # pragma: no cover - '..' was refused above
+            return Refuse(BAD_ARCHIVE, f"{m.name!r}: outside the tree")
+        if not parts:
+            if m.kind == "dir":
+                continue  # "./": the release directory itself
+            return Refuse(BAD_ARCHIVE, f"{m.name!r}: names the release directory")
+        key = "/".join(parts)
+        for i in range(1, len(parts)):
+            if seen.get("/".join(parts[:i])) in ("symlink", "file", "hardlink"):
+                return Refuse(BAD_ARCHIVE, f"{m.name!r}: written through a link or file")
+        if key in seen and (m.kind != "dir" or seen[key] != "dir"):
+            return Refuse(BAD_ARCHIVE, f"{m.name!r}: duplicate member")
+        if m.kind == "symlink":
+            if not m.linkname or m.linkname.startswith("/"):
+                return Refuse(BAD_ARCHIVE, f"{m.name!r}: link to an absolute path")
+            if _normalize("/".join([*parts[:-1], m.linkname])) is None:
+                return Refuse(BAD_ARCHIVE, f"{m.name!r}: link points outside the tree")
+        elif m.kind == "hardlink":
+            target = _normalize(m.linkname) if not m.linkname.startswith("/") else None
+            if not target or seen.get("/".join(target)) != "file":
+                return Refuse(BAD_ARCHIVE, f"{m.name!r}: hard link outside the tree")
+        elif m.kind == "file":
+            if m.size < 0:
+                return Refuse(BAD_ARCHIVE, f"{m.name!r}: negative size")
+            total += m.size
+            if total > max_total:
+                return Refuse(BAD_ARCHIVE, f"unpacks to more than {max_total} bytes")
+        seen[key] = m.kind
+    return Accept()

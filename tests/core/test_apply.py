@@ -1,0 +1,518 @@
+"""Pure applicator decisions: the upgrade gate, the attempt/confirm machine,
+recovery, the boot sentinel counter and the archive path rules."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pupdate.core import apply as core
+from p2pupdate.core.apply import (
+    Accept,
+    ArchiveMember,
+    BootClear,
+    BootContinue,
+    BootCount,
+    BootRollBack,
+    Confirmed,
+    ConfirmMachine,
+    ConfirmState,
+    GiveUp,
+    PersistAttempt,
+    Refuse,
+    RunHealthCheck,
+    RunRestart,
+    SentinelRecord,
+    WaitUntil,
+)
+from p2pupdate.errors import ApplyError
+
+MiB = 1024 * 1024
+
+# ---------------------------------------------------------------------------
+# Versions and the upgrade gate
+# ---------------------------------------------------------------------------
+
+
+def test_parse_version_drops_build_metadata() -> None:
+    assert str(core.parse_version("1.2.3-rc.1+build.7")) == "1.2.3-rc.1"
+    assert core.compare_versions("1.2.3+a", "1.2.3+b") == 0
+    assert core.compare_versions("1.2.3-rc.1", "1.2.3") == -1
+    assert core.compare_versions("1.10.0", "1.9.0") == 1
+
+
+@pytest.mark.parametrize("bad", ["", "1.2", "v1.2.3", "1.2.3.4", "1.2.3-" + "a" * 60, "x"])
+def test_parse_version_refuses_non_semver_and_long(bad: str) -> None:
+    with pytest.raises(ValueError):
+        core.parse_version(bad)
+
+
+@pytest.mark.parametrize(
+    ("installed", "new", "kwargs", "expected"),
+    [
+        (None, "1.0.0", {}, Accept()),
+        ("1.0.0", "1.0.1", {}, Accept()),
+        ("1.0.0", "1.0.0", {}, Refuse(core.NOT_NEWER)),
+        ("1.0.0+b1", "1.0.0+b2", {}, Refuse(core.NOT_NEWER)),
+        ("1.1.0", "1.0.9", {}, Refuse(core.NOT_NEWER)),
+        ("1.0.0", "1.0.0-rc.1", {}, Refuse(core.NOT_NEWER)),
+        ("1.1.0", "1.0.9", {"explicit_rollback": True}, Accept()),
+        ("not semver", "1.0.0", {}, Accept()),  # unknown installed version: anything is newer
+        ("1.0.0", "2.0", {}, Refuse(core.BAD_VERSION)),
+        ("1.0.0", "2.0.0", {"quarantined": ["2.0.0"]}, Refuse(core.QUARANTINED)),
+        ("1.0.0", "2.0.0+b9", {"quarantined": ["2.0.0+b1"]}, Refuse(core.QUARANTINED)),
+        ("3.0.0", "2.0.0", {"quarantined": ["2.0.0"]}, Refuse(core.QUARANTINED)),
+        (
+            "1.0.0",
+            "2.0.0",
+            {"explicit_rollback": True, "quarantined": ["2.0.0"]},
+            Refuse(core.QUARANTINED),
+        ),
+        ("1.0.0", "2.0.0", {"size": 10 * MiB + 1}, Refuse(core.TOO_LARGE)),
+        ("1.0.0", "2.0.0", {"size": 10 * MiB}, Accept()),
+        ("1.0.0", "2.0.0", {"size": -1}, Refuse(core.TOO_LARGE)),
+        ("1.0.0", "2.0.0", {"min_version": "1.5.0"}, Refuse(core.BELOW_MIN_VERSION)),
+        ("1.5.0", "2.0.0", {"min_version": "1.5.0"}, Accept()),
+        (None, "2.0.0", {"min_version": "1.5.0"}, Accept()),  # unknown: not known to be below
+        ("1.0.0", "2.0.0", {"min_version": "1.5.0", "explicit_rollback": True}, Accept()),
+    ],
+)
+def test_should_install_table(
+    installed: str | None, new: str, kwargs: dict[str, object], expected: Accept | Refuse
+) -> None:
+    args: dict[str, object] = {"quarantined": [], "size": 1000, "max_size": 10 * MiB}
+    args.update(kwargs)
+    decision = core.should_install(installed, new, **args)  # type: ignore[arg-type]
+    if isinstance(expected, Refuse):
+        assert isinstance(decision, Refuse)
+        assert decision.reason == expected.reason
+        assert decision.detail  # every refusal says why
+    else:
+        assert decision == Accept()
+
+
+versions = st.builds(
+    lambda a, b, c, pre: f"{a}.{b}.{c}" + (f"-rc.{pre}" if pre is not None else ""),
+    st.integers(0, 3),
+    st.integers(0, 3),
+    st.integers(0, 3),
+    st.none() | st.integers(0, 2),
+)
+
+
+@given(
+    installed=st.none() | versions,
+    new=versions,
+    quarantined=st.lists(versions, max_size=3),
+    size=st.integers(-1, 200),
+    max_size=st.integers(0, 200),
+    explicit=st.booleans(),
+    min_version=st.none() | versions,
+)
+def test_should_install_refuses_exactly_when_a_rule_says_so(
+    installed: str | None,
+    new: str,
+    quarantined: list[str],
+    size: int,
+    max_size: int,
+    explicit: bool,
+    min_version: str | None,
+) -> None:
+    d = core.should_install(installed, new, quarantined, size, max_size, explicit, min_version)
+    q = any(core.compare_versions(new, v) == 0 for v in quarantined)
+    big = size < 0 or size > max_size
+    old = installed is not None and core.compare_versions(new, installed) <= 0
+    below = (
+        min_version is not None
+        and installed is not None
+        and core.compare_versions(installed, min_version) < 0
+    )
+    # Priority: quarantined, too_large, then (unless explicit) not_newer, below_min_version.
+    if q:
+        assert d == Refuse(core.QUARANTINED, d.detail if isinstance(d, Refuse) else "")
+    elif big:
+        assert isinstance(d, Refuse) and d.reason == core.TOO_LARGE
+    elif not explicit and old:
+        assert isinstance(d, Refuse) and d.reason == core.NOT_NEWER
+    elif not explicit and below:
+        assert isinstance(d, Refuse) and d.reason == core.BELOW_MIN_VERSION
+    else:
+        assert d == Accept()
+    if isinstance(d, Accept) and not explicit:
+        assert core.is_newer(new, installed)  # never a downgrade without an explicit request
+
+
+# ---------------------------------------------------------------------------
+# ConfirmMachine
+# ---------------------------------------------------------------------------
+
+
+def machine(
+    *, done: int = 0, max_attempts: int = 3, window: float = 10.0, restart: bool = True
+) -> ConfirmMachine:
+    return ConfirmMachine(
+        attempts_done=done,
+        max_attempts=max_attempts,
+        window=window,
+        has_restart=restart,
+        health_timeout=3.0,
+    )
+
+
+def test_without_restart_one_passing_check_confirms() -> None:
+    m = machine(restart=False)
+    assert m.start(0.0) == PersistAttempt(1)
+    assert m.on_installed(0.0) == RunHealthCheck(3.0)
+    assert m.on_health_result(True, 0.5) == Confirmed()
+    assert m.state is ConfirmState.CONFIRMED and m.done
+
+
+def test_without_restart_one_failing_check_is_final() -> None:
+    m = machine(restart=False)
+    m.start(0.0)
+    m.on_installed(0.0)
+    assert m.on_health_result(False, 3.0, core.HEALTH_TIMEOUT) == GiveUp(core.HEALTH_TIMEOUT)
+    assert m.attempts_done == 1  # --version gives the same answer twice: no retry
+
+
+def test_restart_then_checks_inside_the_window_until_one_passes() -> None:
+    m = machine(window=10.0)
+    m.start(0.0)
+    assert m.on_installed(0.0) == RunRestart(3.0)
+    assert m.on_restart_result(True, 1.0) == RunHealthCheck(3.0)
+    wait = m.on_health_result(False, 1.2)
+    assert wait == WaitUntil(1.2 + core.check_interval(10.0))
+    assert isinstance(wait, WaitUntil)
+    assert m.on_timer(wait.deadline) == RunHealthCheck(3.0)
+    assert m.on_health_result(True, 2.0) == Confirmed()
+    assert m.attempts_done == 1
+
+
+def test_window_running_out_is_a_failed_attempt_and_restarts_again() -> None:
+    m = machine(window=1.0, max_attempts=2)
+    m.start(0.0)
+    m.on_installed(0.0)
+    m.on_restart_result(True, 0.0)  # window ends at 1.0
+    now = 0.0
+    action = m.on_health_result(False, now)
+    while isinstance(action, WaitUntil):
+        now = action.deadline
+        action = m.on_timer(now)
+        assert isinstance(action, RunHealthCheck)
+        assert action.timeout <= 1.0 - now + 1e-9  # a check never runs past the window
+        now += 0.01
+        action = m.on_health_result(False, now)
+    assert action == PersistAttempt(2)  # the counter is persisted before the restart
+    assert m.on_installed(now) == RunRestart(3.0)
+    m.on_restart_result(True, now)
+    action = m.on_health_result(False, now + 0.99)
+    assert action == GiveUp(core.NOT_CONFIRMED)
+
+
+def test_failed_restart_counts_as_a_failed_attempt() -> None:
+    m = machine(max_attempts=2)
+    m.start(0.0)
+    m.on_installed(0.0)
+    assert m.on_restart_result(False, 1.0) == PersistAttempt(2)
+    m.on_installed(1.0)
+    assert m.on_restart_result(False, 2.0) == GiveUp(core.RESTART_FAILED)
+
+
+def test_attempts_from_a_crashed_run_count() -> None:
+    m = machine(done=2, max_attempts=3)
+    assert m.start(0.0) == PersistAttempt(3)
+    m.on_installed(0.0)
+    assert m.on_restart_result(False, 0.0) == GiveUp(core.RESTART_FAILED)
+
+
+def test_used_up_attempts_give_up_at_once() -> None:
+    m = machine(done=3, max_attempts=3)
+    assert m.start(0.0) == GiveUp(core.TOO_MANY_ATTEMPTS)
+    assert m.state is ConfirmState.GAVE_UP
+
+
+def test_illegal_transition_raises_and_error_is_sticky() -> None:
+    m = machine()
+    with pytest.raises(ApplyError) as info:
+        m.on_health_result(True, 0.0)
+    assert info.value.reason == "illegal_transition"
+    assert m.state is ConfirmState.ERROR
+    with pytest.raises(ApplyError):
+        m.start(0.0)  # legal in READY, but ERROR is sticky
+
+
+def test_terminal_states_accept_nothing() -> None:
+    m = machine(restart=False)
+    m.start(0.0)
+    m.on_installed(0.0)
+    m.on_health_result(True, 0.0)
+    with pytest.raises(ApplyError):
+        m.start(1.0)
+    with pytest.raises(ApplyError):
+        m.on_installed(1.0)
+    with pytest.raises(ApplyError):
+        m.on_health_result(True, 1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_attempts": 0}, {"done": -1}, {"window": 0.0}],
+)
+def test_machine_rejects_bad_parameters(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        machine(**kwargs)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300)
+@given(
+    done=st.integers(0, 4),
+    max_attempts=st.integers(1, 4),
+    restart=st.booleans(),
+    window=st.floats(0.1, 5.0),
+    results=st.lists(st.tuples(st.booleans(), st.floats(0.0, 2.0)), max_size=200),
+)
+def test_machine_invariants(
+    done: int,
+    max_attempts: int,
+    restart: bool,
+    window: float,
+    results: list[tuple[bool, float]],
+) -> None:
+    """Drive the machine with arbitrary results and delays; check what must always hold."""
+    m = machine(done=done, max_attempts=max_attempts, window=window, restart=restart)
+    now = 0.0
+    action = m.start(now)
+    persisted: list[int] = []
+    window_start: float | None = None
+    last_health_ok = False
+    feed = iter(results)
+    for _ in range(2000):
+        if m.done:
+            break
+        match action:
+            case PersistAttempt(attempt=n):
+                persisted.append(n)
+                action = m.on_installed(now)
+            case RunRestart():
+                ok, dt = next(feed, (True, 0.1))
+                now += dt
+                window_start = now
+                action = m.on_restart_result(ok, now)
+            case RunHealthCheck(timeout=t):
+                assert 0 < t <= 3.0
+                ok, dt = next(feed, (False, 0.1))
+                now += min(dt, t)
+                last_health_ok = ok
+                if restart:
+                    assert window_start is not None
+                    assert now <= window_start + window + 1e-9  # checks stay in the window
+                action = m.on_health_result(ok, now)
+            case WaitUntil(deadline=d):
+                assert d > now
+                now = d
+                action = m.on_timer(now)
+    assert m.done, "the machine must end"
+    # Attempts are persisted one by one, continuing the earlier count, within the bound.
+    assert persisted == list(range(done + 1, done + 1 + len(persisted)))
+    assert (persisted[-1] if persisted else done) <= max(max_attempts, done)
+    if not restart:
+        assert len(persisted) <= 1
+    if isinstance(action, Confirmed):
+        assert last_health_ok and persisted
+    else:
+        assert isinstance(action, GiveUp)
+        if done >= max_attempts:
+            assert action.reason == core.TOO_MANY_ATTEMPTS and not persisted
+        elif restart:
+            assert persisted[-1] == max_attempts  # every attempt was used first
+
+
+# ---------------------------------------------------------------------------
+# Recovery
+# ---------------------------------------------------------------------------
+
+
+def test_recovery_decision_table() -> None:
+    assert core.recovery_decision("installing", 1, 3, True) == core.RecoverRetry()
+    assert core.recovery_decision("installing", 1, 3, False) == core.RecoverWait()
+    assert core.recovery_decision("installing", 3, 3, True) == core.RecoverGiveUp(
+        core.TOO_MANY_ATTEMPTS
+    )
+    assert core.recovery_decision(
+        "rolling_back", 1, 3, True, core.NOT_CONFIRMED
+    ) == core.RecoverFinishRollback(core.NOT_CONFIRMED)
+    assert core.recovery_decision("rolling_back", 0, 3, False) == core.RecoverFinishRollback(
+        core.INTERRUPTED
+    )
+    with pytest.raises(ValueError):
+        core.recovery_decision("bogus", 0, 3, True)
+
+
+@given(max_attempts=st.integers(1, 6))
+def test_repeated_crashes_end_in_give_up_after_the_bound(max_attempts: int) -> None:
+    """Each run persists attempt n+1 then crashes; recovery gives up exactly at the bound."""
+    attempts = 0
+    retries = 0
+    while True:
+        d = core.recovery_decision("installing", attempts, max_attempts, True)
+        if isinstance(d, core.RecoverGiveUp):
+            break
+        assert isinstance(d, core.RecoverRetry)
+        retries += 1
+        attempts += 1  # the retry persists its attempt, then the process dies again
+    assert attempts == max_attempts
+    assert retries == max_attempts
+
+
+# ---------------------------------------------------------------------------
+# Boot sentinel
+# ---------------------------------------------------------------------------
+
+
+def record(attempts: int, version: str = "2.0.0", program: str = "/opt/p") -> SentinelRecord:
+    return SentinelRecord(version, "1.0.0", attempts, 0.0, program)
+
+
+def test_boot_decision_table() -> None:
+    assert core.boot_decision(None, False, "2.0.0", 3, True) == BootContinue()
+    assert core.boot_decision(None, True, "2.0.0", 3, True) == BootClear("corrupt")
+    assert core.boot_decision(record(0), False, "1.0.0", 3, True) == BootClear("stale")
+    assert core.boot_decision(record(0), False, "2.0.0+b1", 3, True) == BootCount(1)
+    assert core.boot_decision(record(2), False, "2.0.0", 3, True) == BootCount(3)
+    assert core.boot_decision(record(3), False, "2.0.0", 3, True) == BootRollBack("2.0.0", True)
+    assert core.boot_decision(record(5), False, "2.0.0", 3, False) == BootRollBack("2.0.0", False)
+    assert core.boot_decision(
+        record(0), False, "2.0.0", 3, True, program="/opt/other"
+    ) == BootClear("stale")
+    assert core.boot_decision(record(0), False, "garbage", 3, True) == BootClear("stale")
+
+
+def test_sentinel_record_validates() -> None:
+    with pytest.raises(ValueError):
+        SentinelRecord("2.0", None, 0, 0.0)
+    with pytest.raises(ValueError):
+        SentinelRecord("2.0.0", None, -1, 0.0)
+
+
+@given(bound=st.integers(1, 8), confirm_at=st.none() | st.integers(1, 10))
+def test_crash_loop_rolls_back_exactly_past_the_bound(bound: int, confirm_at: int | None) -> None:
+    """Boot over and over (crashing each time) until confirmed or rolled back."""
+    rec: SentinelRecord | None = record(0)
+    boots = 0
+    outcome = None
+    while rec is not None:
+        d = core.boot_decision(rec, False, "2.0.0", bound, True)
+        if isinstance(d, BootRollBack):
+            outcome = "rolled_back"
+            break
+        assert isinstance(d, BootCount)
+        assert d.attempt == rec.boot_attempts + 1 <= bound  # persisted before running
+        rec = SentinelRecord(rec.new_version, rec.last_good_version, d.attempt, 0.0, rec.program)
+        boots += 1
+        if confirm_at is not None and boots == confirm_at:
+            rec = None  # healthy: confirm removes the sentinel
+            outcome = "confirmed"
+    if confirm_at is not None and confirm_at <= bound:
+        assert outcome == "confirmed" and boots == confirm_at
+    else:
+        assert outcome == "rolled_back" and boots == bound
+
+
+# ---------------------------------------------------------------------------
+# Archive members
+# ---------------------------------------------------------------------------
+
+
+def members(
+    *specs: tuple[str, str] | tuple[str, str, int] | tuple[str, str, int, str],
+) -> list[ArchiveMember]:
+    return [ArchiveMember(*spec) for spec in specs]
+
+
+def test_check_archive_accepts_an_ordinary_release() -> None:
+    ok = members(
+        ("./", "dir"),
+        ("bin", "dir"),
+        ("bin/app", "file", 100),
+        ("lib", "dir"),
+        ("lib/x.so", "file", 50),
+        ("lib64", "symlink", 0, "lib"),
+        ("bin/app2", "hardlink", 0, "bin/app"),
+        ("share/doc/link", "symlink", 0, "../../lib/x.so"),
+    )
+    assert core.check_archive(ok, 1000, 100) == Accept()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        members(("/etc/passwd", "file", 1)),
+        members(("../evil", "file", 1)),
+        members(("a/../../evil", "file", 1)),
+        members(("a/b/../../../evil", "file", 1)),
+        members(("link", "symlink", 0, "/etc")),
+        members(("link", "symlink", 0, "../outside")),
+        members(("a/link", "symlink", 0, "../../outside")),
+        members(("link", "symlink", 0, ".."), ("link/evil", "file", 1)),
+        members(("link", "symlink", 0, "."), ("link/x", "file", 1)),  # writes through a link
+        members(("hl", "hardlink", 0, "/etc/shadow")),
+        members(("hl", "hardlink", 0, "../x")),
+        members(("hl", "hardlink", 0, "not-there")),
+        members(("dev", "device")),
+        members(("pipe", "fifo")),
+        members(("big", "sparse", 10)),
+        members(("a", "file", 600), ("b", "file", 500)),  # unpacks past the limit
+        members(("a", "file", 1), ("a", "symlink", 0, "/etc/passwd")),  # duplicate
+        members(("", "file", 1)),
+        members(("a\x00b", "file", 1)),
+        members(("x", "file", -1)),
+        members((".", "file", 1)),
+    ],
+)
+def test_check_archive_refuses_hostile_members(bad: list[ArchiveMember]) -> None:
+    d = core.check_archive(bad, 1000, 100)
+    assert isinstance(d, Refuse) and d.reason == core.BAD_ARCHIVE
+
+
+def test_check_archive_caps_member_count() -> None:
+    many = [ArchiveMember(f"f{i}", "file", 0) for i in range(11)]
+    assert isinstance(core.check_archive(many, 1000, 10), Refuse)
+    assert core.check_archive(many[:10], 1000, 10) == Accept()
+
+
+_segment = st.sampled_from(["a", "b", "..", ".", "", "c"])
+_path = st.lists(_segment, min_size=1, max_size=5).map("/".join)
+
+
+@settings(max_examples=500)
+@given(
+    specs=st.lists(
+        st.tuples(
+            st.booleans().map(lambda absolute: "/" if absolute else ""),
+            _path,
+            st.sampled_from(["file", "dir", "symlink", "hardlink"]),
+            _path,
+        ),
+        max_size=6,
+    )
+)
+def test_accepted_archives_never_point_outside(
+    specs: list[tuple[str, str, str, str]],
+) -> None:
+    ms = [ArchiveMember(p + name, kind, 1, link) for p, name, kind, link in specs]
+    if not isinstance(core.check_archive(ms, 10**6, 100), Accept):
+        return
+    for m in ms:
+        depth = 0
+        for part in m.name.split("/"):
+            depth += {"..": -1, ".": 0, "": 0}.get(part, 1)
+            assert depth >= 0
+        assert not m.name.startswith("/")
+        if m.kind in ("symlink", "hardlink"):
+            assert not m.linkname.startswith("/")
+            start = m.name.split("/")[:-1] if m.kind == "symlink" else []
+            depth = sum({"..": -1, ".": 0, "": 0}.get(p, 1) for p in start if p not in ("", "."))
+            for part in m.linkname.split("/"):
+                depth += {"..": -1, ".": 0, "": 0}.get(part, 1)
+                assert depth >= 0
