@@ -73,8 +73,13 @@ async def wait_all(nodes: list[Node], channel: str, version: str, timeout: float
             await trio.sleep(0.02)
 
 
-async def test_line_of_ten_over_tcp_reaches_all_and_pex_makes_a_mesh() -> None:
-    async with running_nodes(10, line, tcp_factory) as nodes:
+@pytest.mark.parametrize("transport", ["tcp", "memory"])
+async def test_line_of_ten_reaches_all_and_pex_makes_a_mesh(transport: str) -> None:
+    net = MemoryNetwork()
+    factory: Callable[[int], Transport] = (
+        tcp_factory if transport == "tcp" else (lambda i: net.transport("127.0.0.1"))
+    )
+    async with running_nodes(10, line, factory) as nodes:
         ann = make_announcement([AUTHORITY], version="1.0.0")
         await trio.sleep(0.3)
         decision = await nodes[-1].inject(ann)
@@ -131,3 +136,49 @@ async def test_restarted_node_keeps_its_announcements(tmp_path: Path) -> None:
     async with running_nodes(1, line, tcp_factory, tmp_path) as nodes:
         ann = nodes[0].book.newest("app/stable")
         assert ann is not None and ann.body.version == "3.1.0"
+
+
+async def test_simultaneous_dials_leave_exactly_one_connection_per_pair() -> None:
+    # Both nodes know each other from the start, so both dial at once.
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    async with trio.open_nursery() as nursery:
+        nodes = []
+        for i in range(2):
+            options = NodeOptions(
+                listen=("127.0.0.1", ports[i]),
+                trust=TRUST,
+                peers=(("127.0.0.1", ports[1 - i]),),
+                timeouts=FAST,
+                check_interval=0.2,
+            )
+            nd = Node(options, TcpTransport(), nacl.signing.SigningKey(bytes([50 + i]) * 32))
+            await nursery.start(nd.run)
+            nodes.append(nd)
+        await trio.sleep(1.5)
+        assert [len(nd.peers) for nd in nodes] == [1, 1]
+        a, b = nodes
+        # Both kept the same TCP connection: one side outbound, the other inbound.
+        assert a.peers[b.node_id].conn.outbound != b.peers[a.node_id].conn.outbound
+        nursery.cancel_scope.cancel()
+
+
+async def test_connection_to_self_is_closed_and_not_redialed() -> None:
+    async with trio.open_nursery() as nursery:
+        probe = Node(
+            NodeOptions(listen=("127.0.0.1", 0), trust=TRUST, timeouts=FAST),
+            TcpTransport(),
+            nacl.signing.SigningKey(b"\x33" * 32),
+        )
+        await nursery.start(probe.run)
+        probe.peerbook.add(("localhost", probe.listen_port))  # ourselves, by another name
+        probe._wake_dialer.set()
+        await trio.sleep(1.0)
+        assert probe.peers == {}
+        assert ("localhost", probe.listen_port) not in probe.peerbook.known()
+        nursery.cancel_scope.cancel()

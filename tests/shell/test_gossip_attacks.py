@@ -163,3 +163,24 @@ async def test_peer_opening_500_connections_is_refused_and_gossip_goes_on() -> N
         finally:
             for s in streams:
                 await s.aclose()
+
+
+async def test_incompatible_protocol_version_is_refused_at_the_handshake() -> None:
+    async with running_nodes(2, line, tcp_factory) as nodes:
+        stream = await trio.open_tcp_stream(*nodes[0].listen_addr)
+        await stream.send_all(encode(Hello(PROTOCOL_VERSION + 1, os.urandom(32), 0, "future")))
+        with trio.fail_after(5):
+            while await stream.receive_some(65536):
+                pass  # its own HELLO, then EOF
+        await stream.aclose()
+        assert len(nodes[0].peers) == 1  # only the honest neighbour
+
+
+async def test_silent_peer_is_dropped_at_the_handshake_deadline() -> None:
+    async with running_nodes(2, line, tcp_factory) as nodes:
+        stream = await raw_peer(nodes[0], hello=False)
+        with trio.fail_after(6):
+            while await stream.receive_some(65536):
+                pass
+        await stream.aclose()
+        await _still_gossips(nodes, "5.0.0")

@@ -1,0 +1,73 @@
+"""AnnouncementBook: newest per channel, seen-set bound, inventory pulls, fan-out."""
+
+from __future__ import annotations
+
+import random
+
+import nacl.signing
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2pupdate.core.gossip import AnnouncementBook, choose_fanout
+from p2pupdate.core.policy import TrustConfig
+from tests.helpers import make_announcement
+
+KEY = nacl.signing.SigningKey(b"\x02" * 32)
+TRUST = TrustConfig(frozenset({bytes(KEY.verify_key)}))
+
+
+def test_newest_per_channel_and_inventory() -> None:
+    book = AnnouncementBook(TRUST)
+    a1 = make_announcement([KEY], version="1.0.0")
+    a2 = make_announcement([KEY], version="1.1.0", data=b"other")
+    b1 = make_announcement([KEY], channel="db/stable", version="3.0.0")
+    assert book.offer(a1, a1.body.created).ok
+    assert book.offer(b1, b1.body.created).ok
+    assert book.offer(a2, a2.body.created).ok
+    assert book.newest("app/stable") == a2
+    assert book.inventory() == (("app/stable", a2.id), ("db/stable", b1.id))
+    assert book.by_id(a2.id) == a2 and book.by_id(a1.id) is None
+    # An older one arriving late is not newest and is not kept.
+    assert book.offer(a1, a1.body.created).reason in ("duplicate", "not_newest")
+    assert book.newest("app/stable") == a2
+
+
+def test_wants_pulls_only_unseen_ids_that_differ_from_ours() -> None:
+    book = AnnouncementBook(TRUST)
+    a1 = make_announcement([KEY], version="1.0.0")
+    book.offer(a1, a1.body.created)
+    other = bytes(32)
+    assert book.wants([("app/stable", a1.id)]) == []
+    assert book.wants([("app/stable", other), ("x/y", other)]) == [other, other]
+
+
+def test_seen_set_is_bounded() -> None:
+    book = AnnouncementBook(TRUST, max_seen=3)
+    anns = [make_announcement([KEY], version=f"1.0.{i}") for i in range(5)]
+    for a in anns:
+        book.offer(a, a.body.created)
+    assert not book.seen(anns[0].id) and book.seen(anns[4].id)
+
+
+def test_expire_drops_announcements_past_their_expiry() -> None:
+    book = AnnouncementBook(TRUST)
+    a = make_announcement([KEY], version="1.0.0", expires_in=100)
+    book.offer(a, a.body.created)
+    assert book.expire(a.body.created + 50) == []
+    assert book.expire(a.body.expires + TRUST.clock_skew + 1) == [a]
+    assert book.newest("app/stable") is None
+
+
+@given(st.integers(0, 30), st.integers(1, 10), st.integers(0, 2**32))
+def test_fanout_is_everyone_but_the_sender_when_few_else_a_random_subset(
+    n: int, fanout: int, seed: int
+) -> None:
+    peers = list(range(n))
+    exclude = 0 if n else None
+    out = choose_fanout(peers, random.Random(seed), exclude=exclude, fanout=fanout)
+    assert exclude not in out
+    assert len(set(out)) == len(out)
+    if n - 1 <= fanout:
+        assert sorted(out) == peers[1:]
+    else:
+        assert len(out) == fanout
