@@ -313,6 +313,10 @@ class Node:
             log.debug("%s: connection ended: %s", conn.label, exc)
             if dialed is not None and peer is None:
                 self.peerbook.on_dial_failed(dialed, trio.current_time())
+        except Exception:
+            # A bug in handling one peer must not take the node down: say so loudly,
+            # close this connection only, and keep serving everyone else.
+            log.exception("%s: internal error, closing this connection", conn.label)
         finally:
             self._connections -= 1
             if peer is not None:
