@@ -104,6 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("scenario", nargs="?", default="ten-nodes", metavar="SCENARIO")
     sim.add_argument("--out", type=Path, metavar="DIR")
     sim.add_argument("--no-live", action="store_true", help="plain log lines, no live view")
+
+    rel = sub.add_parser("release", help="releases of p2pupdate itself")
+    rsub = rel.add_subparsers(dest="rcommand", metavar="ACTION", parser_class=_Parser)
+    rb_ = rsub.add_parser("build", help="build the wheelhouse archive of this checkout")
+    rb_.add_argument("--out", required=True, type=Path, metavar="FILE")
+    rb_.add_argument("--source", type=Path, metavar="DIR", help="checkout (default: this one)")
+    rb_.add_argument("--track", default="stable", metavar="TRACK")
+    rb_.add_argument("--find-links", action="append", default=[], type=Path, metavar="DIR")
+    rb_.add_argument("--no-index", action="store_true", help="no package registry")
+    rb_.add_argument("--no-build-isolation", action="store_true")
+
+    se = sub.add_parser("self", help="the managed install of p2pupdate itself")
+    ssub = se.add_subparsers(dest="scommand", metavar="ACTION", parser_class=_Parser)
+    si = ssub.add_parser("install", help="set up or update a managed install")
+    si.add_argument("--install-dir", required=True, type=Path, metavar="DIR")
+    si.add_argument("--wheelhouse", type=Path, metavar="FILE")
+    si.add_argument("--source", type=Path, metavar="DIR", help="checkout to build from")
     return p
 
 
@@ -142,6 +159,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from p2pupdate.shell.controlcmd import run_control_command
 
         return run_control_command(args)
+    if cmd == "release":
+        from p2pupdate.selfupdate.commands import run_release_command
+
+        return run_release_command(args)
+    if cmd == "self":
+        from p2pupdate.selfupdate.commands import run_self_command
+
+        return run_self_command(args)
     if cmd == "sim":
         from p2pupdate.sim.cli import run_sim_command
 

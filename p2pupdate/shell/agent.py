@@ -15,11 +15,12 @@ clear). It makes no protocol decision itself.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -32,7 +33,7 @@ from p2pupdate.shell.events import EventLog
 from p2pupdate.shell.node import Node, PeerConn
 from p2pupdate.shell.swarm import Swarm
 
-__all__ = ["Agent", "AgentOptions"]
+__all__ = ["Agent", "AgentOptions", "SelfUpdateHook"]
 
 log = logging.getLogger("p2pupdate.agent")
 
@@ -44,6 +45,20 @@ class AgentOptions:
     cache_size: int = 1024**3
 
 
+class SelfUpdateHook(Protocol):
+    """The node's own program (``p2pupdate.selfupdate.manager.SelfUpdater``)."""
+
+    def handles(self, channel: str) -> bool: ...
+
+    def on_announcement(self, ann: Announcement) -> None: ...
+
+    async def on_downloaded(self, ann: Announcement) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def status_line(self) -> str: ...
+
+
 @dataclass
 class _ChannelState:
     download: Announcement | None = None
@@ -52,6 +67,8 @@ class _ChannelState:
     available: Announcement | None = None  # not downloaded (auto_download off)
     last_refusal: dict[str, str] | None = None
     applying: bool = False
+    # Package id that `p2pupdate apply` asked for before its download finished.
+    apply_when_done: bytes | None = None
     progress: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,6 +91,9 @@ class Agent:
         self._nursery: trio.Nursery | None = None
         self._tmp = Path(tempfile.mkdtemp(prefix="p2pupdate-export-"))
         self.cache = CacheIndex(options.cache_size)
+        # Self-update: its own channel is cached like any other and handed to the hook.
+        self.self_update: SelfUpdateHook | None = None
+        self.self_update_off = "off: not a managed install"
         node.on_announcement = self.on_announcement
 
     def _chan(self, channel: str) -> _ChannelState:
@@ -81,17 +101,22 @@ class Agent:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Recover interrupted installs, resume what the data dir holds, then serve."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await self.applicator.recover(list(self.targets.values()))
-            for ann in self.node.book.all_newest():
-                if self.swarm.store.has_complete(ann.body.package_id):
-                    await self.swarm.add_complete(ann)
-            for ann in self.node.book.all_newest():
-                await self.on_announcement(ann, None)
-            await self.maintain_cache()
-            task_status.started()
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self.applicator.recover(list(self.targets.values()))
+                for ann in self.node.book.all_newest():
+                    if self.swarm.store.has_complete(ann.body.package_id):
+                        await self.swarm.add_complete(ann)
+                for ann in self.node.book.all_newest():
+                    await self.on_announcement(ann, None)
+                await self.maintain_cache()
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            # The export dir is ours alone (DiskStore exports leave it empty); no await
+            # here, so it goes even when run is cancelled.
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     # -- deciding -------------------------------------------------------------------
     def _refusal(self, ann: Announcement, target: TargetSpec) -> str | None:
@@ -124,6 +149,8 @@ class Agent:
         st = self._chan(b.channel)
         target = self.targets.get(b.channel)
         apply_it = False
+        if self.self_update is not None and self.self_update.handles(b.channel):
+            self.self_update.on_announcement(ann)
         if target is not None:
             reason = self._refusal(ann, target)
             if reason == "not_newer" and self.applicator.installed_version(target) == b.version:
@@ -144,8 +171,10 @@ class Agent:
                 st.scope.cancel()
         if not self.options.auto_download:
             st.available = ann
-            if self.swarm.store.has_complete(b.package_id):
-                await self._downloaded(ann, target, apply_it)
+            if self.swarm.store.has_complete(b.package_id) and self._nursery is not None:
+                # In the agent's nursery, not the caller's (a peer's reader task): a
+                # peer that disconnects must not cancel an install half way.
+                self._nursery.start_soon(self._downloaded, ann, target, apply_it)
             return
         self._start_download(ann, target, apply_it)
 
@@ -164,6 +193,7 @@ class Agent:
         b = ann.body
         st = self._chan(b.channel)
         base = {"channel": b.channel, "version": b.version, "package_id": b.package_id.hex()}
+        st.progress = {"progress": 0.0, "bytes_done": 0, "bytes_total": b.size}
         try:
             with scope:
                 started = time.monotonic()
@@ -216,10 +246,17 @@ class Agent:
     async def _downloaded(
         self, ann: Announcement, target: TargetSpec | None, apply_it: bool
     ) -> None:
+        if target is None and self.self_update is not None:
+            if self.self_update.handles(ann.body.channel):
+                await self.self_update.on_downloaded(ann)
+            return
         if target is None or not apply_it:
             return
         st = self._chan(ann.body.channel)
-        if not target.auto_apply:
+        asked = st.apply_when_done == ann.body.package_id
+        if asked:
+            st.apply_when_done = None
+        if not target.auto_apply and not asked:
             st.waiting = ann
             log.info(
                 "%s %s downloaded; waiting for `p2pupdate apply`",
@@ -244,8 +281,10 @@ class Agent:
             )
         finally:
             st.applying = False
-        if st.waiting is ann:
-            st.waiting = None
+        for attr in ("waiting", "available"):
+            held = getattr(st, attr)
+            if held is not None and held.body.package_id == b.package_id:
+                setattr(st, attr, None)
         return ok
 
     # -- cache --------------------------------------------------------------------------
@@ -303,13 +342,9 @@ class Agent:
             if op == "apply":
                 return await self._control_apply(target)
             if op == "rollback":
-                ok = await self.applicator.rollback(target)
-                return {
-                    "ok": ok,
-                    "message" if ok else "error": "rolled back"
-                    if ok
-                    else "rollback failed (see status)",
-                }
+                if await self.applicator.rollback(target):
+                    return {"ok": True, "message": f"{target.channel} rolled back"}
+                return {"ok": False, "error": f"rollback failed: {self._last_failure(target)}"}
             version = request.get("version")
             if not isinstance(version, str):
                 return {"ok": False, "usage": True, "error": "version missing"}
@@ -317,6 +352,14 @@ class Agent:
                 return {"ok": True, "message": f"quarantine of {channel} {version} lifted"}
             return {"ok": False, "usage": True, "error": f"{channel} {version} is not quarantined"}
         return {"ok": False, "usage": True, "error": f"unknown op {op!r}"}
+
+    def _last_failure(self, target: TargetSpec) -> str:
+        """The reason (and detail) the applicator recorded for the channel's last result."""
+        channel = self.applicator.status([target])["channels"].get(target.channel, {})
+        last = channel.get("last") or {}
+        reason = last.get("reason") or "unknown reason"
+        detail = last.get("detail")
+        return f"{reason} ({detail})" if detail else str(reason)
 
     async def _control_apply(self, target: TargetSpec) -> dict[str, Any]:
         st = self._chan(target.channel)
@@ -327,9 +370,12 @@ class Agent:
         if reason is not None:
             return {"ok": False, "usage": True, "error": f"{ann.body.version}: {reason}"}
         if not self.swarm.store.has_complete(ann.body.package_id):
-            self._start_download(ann, target, True)
-            forced = TargetSpec(**{**target.__dict__, "auto_apply": True})
-            self.targets[target.channel] = forced
+            # Apply this download when it is done; the target's auto_apply stays as it is.
+            st.apply_when_done = ann.body.package_id
+            if st.download is None or st.download.body.package_id != ann.body.package_id:
+                if st.scope is not None:
+                    st.scope.cancel()
+                self._start_download(ann, target, True)
             return {"ok": True, "message": f"downloading {ann.body.version}; it will be applied"}
         ok = await self._apply(ann, target)
         if ok:
@@ -353,11 +399,7 @@ class Agent:
                 "target": str(target.path) if target else None,
                 "newest": newest.body.version if newest else None,
                 "download": dl,
-                "waiting": [
-                    {"version": w.body.version, "package_id": w.body.package_id.hex()}
-                    for w in (st.waiting, st.available if not self.options.auto_download else None)
-                    if w is not None
-                ],
+                "waiting": _waiting(st, self.options.auto_download),
                 "quarantined": [q["version"] for q in a.get("quarantined", [])],
                 "last_refusal": st.last_refusal,
             }
@@ -379,4 +421,22 @@ class Agent:
                 "over_capacity": self.cache.over_capacity_reason(),
             },
             "packages": self.swarm.status(),
+            "self_update": self.self_update.status_line()
+            if self.self_update is not None
+            else self.self_update_off,
+            "self_update_info": self.self_update.status()
+            if self.self_update is not None
+            else {"managed": False},
         }
+
+
+def _waiting(st: _ChannelState, auto_download: bool) -> list[dict[str, str]]:
+    """Updates waiting for `p2pupdate apply`: downloaded ones, and (auto_download off)
+    announced ones; each package once."""
+    held = [st.waiting] if auto_download else [st.waiting, st.available]
+    out: dict[str, dict[str, str]] = {}
+    for ann in held:
+        if ann is not None:
+            pid = ann.body.package_id.hex()
+            out.setdefault(pid, {"version": ann.body.version, "package_id": pid})
+    return list(out.values())

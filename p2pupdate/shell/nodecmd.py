@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,13 @@ from p2pupdate import __version__
 from p2pupdate.core.keys import format_pubkey
 from p2pupdate.core.policy import TrustConfig
 from p2pupdate.errors import UsageError
+from p2pupdate.selfupdate.manager import (
+    SelfUpdateOptions,
+    SelfUpdater,
+    detect_managed_install,
+    off_message,
+    reexec,
+)
 from p2pupdate.shell import sdnotify
 from p2pupdate.shell.agent import Agent, AgentOptions
 from p2pupdate.shell.applicator import Applicator
@@ -76,13 +84,42 @@ def run_node_command(args: argparse.Namespace) -> int:
             "boot sentinel: %s %s %s", outcome.action, outcome.version or "", outcome.detail
         )
     confirm = sentinel if outcome.action == "counted" else None
+    updater = _self_updater(settings)
     try:
-        return trio.run(run_node, settings, key, confirm)
+        rc = trio.run(run_node, settings, key, confirm, updater)
     except BaseExceptionGroup as group:
         usage = group.subgroup(UsageError)
         if usage is not None:
             raise _first(usage) from None
         raise
+    if updater is not None and updater.restart_to is not None:
+        log.info("re-exec into release %s", updater.restart_to)
+        try:
+            reexec(updater.layout.launcher, sys.argv[1:], updater.reexec_fd, LISTEN_FD_ENV)
+        except OSError as exc:
+            # Cannot exec: the supervisor starts the launcher, which runs `current`.
+            print(f"p2pupdate: re-exec failed: {exc}; exiting 3", file=sys.stderr)
+            return 3
+    return rc
+
+
+def _self_updater(settings: NodeSettings) -> SelfUpdater | None:
+    """A self-updater when this runs from a managed install and self_update is on."""
+    if not settings.self_update:
+        return None
+    install = detect_managed_install()
+    if install is None:
+        return None
+    options = SelfUpdateOptions(
+        track=settings.self_update_track,
+        boot_attempts=settings.boot_attempts,
+        wait_for_others=settings.self_update_wait,
+    )
+    return SelfUpdater(install, options, data_dir=settings.data_dir, emit=_log_emit)
+
+
+def _log_emit(name: str, fields: dict[str, Any]) -> None:
+    log.info("%s %s", name, fields)
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -96,11 +133,13 @@ async def run_node(
     settings: NodeSettings,
     key: nacl.signing.SigningKey,
     sentinel: BootSentinel | None = None,
+    updater: SelfUpdater | None = None,
 ) -> int:
     node_hex = bytes(key.verify_key).hex()
     events = EventLog(settings.events, node_hex)
     inherited = os.environ.pop(LISTEN_FD_ENV, None)
-    transport = TcpTransport(int(inherited) if inherited and inherited.isdigit() else None)
+    inherited_fd = int(inherited) if inherited and inherited.isdigit() else None
+    transport = TcpTransport(inherited_fd)
     options = NodeOptions(
         listen=settings.listen,
         trust=TrustConfig(settings.trust, settings.trust_threshold),
@@ -126,6 +165,10 @@ async def run_node(
     def emit(name: str, fields: dict[str, Any]) -> None:
         events.emit(name, **fields)
 
+    if updater is not None:
+        updater.attach(swarm, node.node_id)
+        updater._emit = emit
+
     applicator = Applicator(settings.data_dir, settings.backup_dir, emit, settings.max_package_size)
     agent = Agent(
         node,
@@ -138,6 +181,8 @@ async def run_node(
             cache_size=settings.cache_size,
         ),
     )
+    agent.self_update = updater
+    agent.self_update_off = off_message() if settings.self_update else "off (self_update = false)"
     try:
         async with trio.open_nursery() as nursery:
             try:
@@ -147,11 +192,16 @@ async def run_node(
                 if exc.errno == errno.EADDRINUSE:
                     raise UsageError(f"cannot listen on {host}:{port}: port in use") from None
                 raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            if inherited_fd is not None:
+                # The transport listens on a duplicate; this number is free again.
+                os.close(inherited_fd)
             await nursery.start(
                 partial(serve_control, socket_path=settings.control_socket),
                 settings.data_dir,
                 agent.control,
             )
+            if updater is not None:
+                await nursery.start(updater.run)
             await nursery.start(agent.run)
             log.info(
                 "node %s listening on %s:%d",
@@ -162,15 +212,32 @@ async def run_node(
             sdnotify.notify("READY=1")
             nursery.start_soon(_snapshots, settings.data_dir, agent)
             if sentinel is not None:
-                nursery.start_soon(_confirm_when_healthy, sentinel, node, settings.confirm_window)
+                confirm_sentinel = partial(_confirm_sentinel, sentinel)
+                nursery.start_soon(
+                    _confirm_when_healthy, confirm_sentinel, node, settings.confirm_window
+                )
+            if updater is not None:
+                nursery.start_soon(
+                    _confirm_when_healthy, updater.confirm_healthy, node, settings.confirm_window
+                )
             interval = sdnotify.watchdog_interval()
             if interval is not None:
                 nursery.start_soon(_watchdog, interval)
-            await _wait_for_stop()
-            sdnotify.notify("STOPPING=1")
-            log.info("stopping")
+            if await _wait_for_stop(updater) and updater is not None:
+                # Safe boundary: keep the listening socket open across the exec (a
+                # duplicate outlives the listener's close), then stop every task, so
+                # bitmaps and state are persisted and no write is in flight.
+                sock = getattr(node.listener, "socket", None)
+                if sock is not None:
+                    updater.reexec_fd = os.dup(sock.fileno())
+                log.info("stopping for re-exec into %s", updater.restart_to)
+            else:
+                sdnotify.notify("STOPPING=1")
+                log.info("stopping")
             nursery.cancel_scope.cancel()
     finally:
+        if updater is not None:
+            updater.stopped()
         try:
             write_status_snapshot(settings.data_dir, {**agent.status(), "running": False})
         except OSError as exc:
@@ -180,22 +247,49 @@ async def run_node(
     return 0
 
 
-async def _confirm_when_healthy(sentinel: BootSentinel, node: Node, window: float) -> None:
+async def _confirm_when_healthy(
+    confirm: Callable[[], Awaitable[None]], node: Node, window: float
+) -> None:
     """Healthy (DESIGN.md): up for the confirm window with the listener and control socket
     working, or earlier on a completed peer handshake. No peers is not a failure."""
     with trio.move_on_after(window):
         await node.first_handshake.wait()
-    await trio.to_thread.run_sync(sentinel.confirm, __version__)
+    await confirm()
     log.info("boot of %s confirmed healthy", __version__)
 
 
-async def _wait_for_stop() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                log.info("SIGHUP: self-update is off for this install (not a managed install)")
-                continue
-            return
+async def _confirm_sentinel(sentinel: BootSentinel) -> None:
+    await trio.to_thread.run_sync(sentinel.confirm, __version__)
+
+
+async def _wait_for_stop(updater: SelfUpdater | None) -> bool:
+    """Wait for SIGTERM/SIGINT (False) or a self-update re-exec request (True).
+
+    SIGHUP never stops the node (its default action would): it asks the
+    self-updater to look at ``current`` now, or says that self-update is off.
+    """
+    reexec_wanted = False
+    async with trio.open_nursery() as nursery:
+        if updater is not None:
+
+            async def restart() -> None:
+                nonlocal reexec_wanted
+                await updater.restart_requested.wait()
+                reexec_wanted = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(restart)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    if updater is not None:
+                        updater.check_now()
+                    else:
+                        log.info("SIGHUP: self-update is off (%s)", off_message())
+                    continue
+                nursery.cancel_scope.cancel()
+                break
+    return reexec_wanted
 
 
 async def _snapshots(data_dir: Path, agent: Agent) -> None:

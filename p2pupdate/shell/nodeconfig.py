@@ -112,6 +112,9 @@ class NodeSettings:
     target_connections: int = 8  # peers the node dials on its own
     boot_attempts: int = 3  # starts of a new own release before the launcher reverts
     confirm_window: float = 30.0  # seconds a new own release must stay healthy
+    self_update: bool = True  # follow the own release channel (only in a managed install)
+    self_update_track: str = "stable"  # channel p2pupdate/<track>/<python>-<platform>
+    self_update_wait: float = 60.0  # seconds the installing node waits for the others
     ban_period: float = 600.0
     log_level: str = "info"
     log_json: bool = False
@@ -369,6 +372,14 @@ def _channel(value: object, src: _Src) -> str:
         raise src.err(str(exc)) from None
 
 
+def _track(value: object, src: _Src) -> str:
+    _expect(value, str, "a track name", src)
+    assert isinstance(value, str)
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,31}", value):
+        raise src.err(f"bad track {value!r} (lowercase letters, digits, . _ -)")
+    return value
+
+
 def _version(value: object, src: _Src) -> str:
     _expect(value, str, "a version string", src)
     assert isinstance(value, str)
@@ -404,6 +415,9 @@ _SCALARS: dict[str, tuple[Callable[[object, _Src], Any], str | None]] = {
     "target_connections": (_int_at_least(1), None),
     "boot_attempts": (_int_at_least(1), None),
     "confirm_window": (_duration, None),
+    "self_update": (_bool, None),
+    "self_update_track": (_track, None),
+    "self_update_wait": (_duration, None),
     "ban_period": (_duration, None),
     "log_level": (_log_level, "--log-level"),
     "log_json": (_bool, "--log-json"),

@@ -1,0 +1,694 @@
+"""The managed install: release venvs, the ``current`` link, the stable launcher, shared state.
+
+Layout of a managed install ``DIR``::
+
+    DIR/bin/p2pupdate               the stable launcher (stdlib only; updates never replace it)
+    DIR/releases/<version>/         a venv with that release, built in place (venvs cannot move)
+    DIR/releases/<version>.complete completion marker, written last: no marker, no release
+    DIR/current -> releases/<v>     the release services run, switched atomically
+    DIR/previous -> releases/<v>    the release to go back to ("armed" before each switch)
+    DIR/state/install.lock          flock: one install or switch at a time
+    DIR/state/install.json          the base interpreter new venvs are made with
+    DIR/state/quarantine.json       quarantined releases, shared by every node of the install
+    DIR/state/boots/<key>.json      boot attempts per node and release (launcher counts,
+                                    the node confirms)
+    DIR/state/nodes/<key>.json      registration of a running node: pid, release
+    DIR/state/history.log           one line per boot, switch and rollback, in order
+    DIR/tmp/                        wheels being unpacked
+
+A node's key is a hash of its absolute data dir (:func:`node_key`); the
+launcher passes it to the node in ``P2PUPDATE_NODE_KEY``.
+
+Functions here are synchronous and blocking (the node runs them in a worker
+thread). The caller holds :func:`install_lock` around :func:`install_release`
+and :func:`switch_current`. Nothing here decides whether to update; see
+:mod:`p2pupdate.selfupdate.manager`.
+
+Fault injection for the crash tests (``P2PUPDATE_FAULT``): ``self_mid_install``
+(venv half made), ``self_after_install`` (release complete, not yet armed),
+``self_after_arm`` (``previous`` written, ``current`` not yet switched),
+``self_after_switch`` (``current`` switched, node not yet re-exec'd).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from p2pupdate.core.announcement import validate_version
+from p2pupdate.errors import ApplyError, StateFileError
+from p2pupdate.selfupdate.release import ReleaseManifest, open_release
+from p2pupdate.shell.fsutil import atomic_write_bytes, fsync_dir, read_bytes_limited
+from p2pupdate.shell.targets import fault, make_symlink_live
+
+__all__ = [
+    "DEFAULT_BOOT_ATTEMPTS",
+    "LAUNCHER_MARK",
+    "NODE_KEY_ENV",
+    "SELF_FAULT_POINTS",
+    "Layout",
+    "base_python",
+    "confirm_boot",
+    "install_lock",
+    "install_release",
+    "is_complete",
+    "log_history",
+    "node_key",
+    "prune_releases",
+    "quarantine",
+    "quarantine_clear",
+    "quarantined",
+    "read_boot_record",
+    "read_link",
+    "register_node",
+    "registered_nodes",
+    "setup_install",
+    "switch_current",
+    "unregister_node",
+    "write_launcher",
+]
+
+NODE_KEY_ENV = "P2PUPDATE_NODE_KEY"
+LAUNCHER_MARK = "# p2pupdate stable launcher"
+DEFAULT_BOOT_ATTEMPTS = 3
+SELF_FAULT_POINTS = (
+    "self_mid_install",
+    "self_after_install",
+    "self_after_arm",
+    "self_after_switch",
+)
+_FORMAT = 1
+_MAX_STATE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of a managed install rooted at ``root``."""
+
+    root: Path
+
+    @property
+    def launcher(self) -> Path:
+        return self.root / "bin" / "p2pupdate"
+
+    @property
+    def releases(self) -> Path:
+        return self.root / "releases"
+
+    @property
+    def current(self) -> Path:
+        return self.root / "current"
+
+    @property
+    def previous(self) -> Path:
+        return self.root / "previous"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.state / "quarantine.json"
+
+    @property
+    def history(self) -> Path:
+        return self.state / "history.log"
+
+    def release(self, version: str) -> Path:
+        return self.releases / validate_version(version)
+
+    def marker(self, version: str) -> Path:
+        return self.releases / f"{validate_version(version)}.complete"
+
+    def program(self, version: str) -> Path:
+        return self.release(version) / "bin" / "p2pupdate"
+
+    def boot_path(self, key: str) -> Path:
+        return self.state / "boots" / f"{key}.json"
+
+    def node_path(self, key: str) -> Path:
+        return self.state / "nodes" / f"{key}.json"
+
+
+def node_key(data_dir: Path | str) -> str:
+    """The key of a node in an install's state: a hash of its absolute data dir."""
+    return hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:16]
+
+
+def base_python() -> str:
+    """The interpreter new release venvs are made with (not a venv's own python)."""
+    return str(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+# ---------------------------------------------------------------- small state files
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        data = read_bytes_limited(path, _MAX_STATE)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StateFileError(f"{path}: {exc}") from exc
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StateFileError(f"{path}: {exc}") from exc
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(obj, sort_keys=True).encode())
+
+
+def log_history(layout: Layout, line: str) -> None:
+    """Append one line to the install's history (one write, O_APPEND: lines never mix)."""
+    layout.state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.history, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, f"{time.time():.3f} {line}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def install_lock(layout: Layout) -> Iterator[None]:
+    """Hold the install's lock (blocking): one install or switch at a time."""
+    layout.state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.state / "install.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_link(link: Path) -> str | None:
+    """The release name a ``current``/``previous`` link points at; None if there is no link.
+
+    Raises StateFileError when the link exists but is not a link into ``releases/``.
+    """
+    try:
+        dest = os.readlink(link)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateFileError(f"{link}: {exc}") from exc
+    parts = Path(dest).parts
+    if len(parts) != 2 or parts[0] != "releases":
+        raise StateFileError(f"{link} points at {dest!r}, not releases/<version>")
+    return parts[1]
+
+
+def is_complete(layout: Layout, version: str) -> bool:
+    """Whether ``version`` is a whole release (its marker and its program are there)."""
+    try:
+        return layout.marker(version).is_file() and layout.program(version).exists()
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------- quarantine
+
+
+def _quarantine_entries(layout: Layout) -> list[dict[str, Any]]:
+    try:
+        obj = _read_json(layout.quarantine_path)
+    except StateFileError:
+        return []
+    entries = obj.get("versions") if isinstance(obj, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("version"), str)]
+
+
+@contextlib.contextmanager
+def _quarantine_lock(layout: Layout) -> Iterator[None]:
+    layout.state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.state / "quarantine.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def quarantined(layout: Layout) -> list[str]:
+    """Quarantined release versions of this install, oldest first."""
+    return [e["version"] for e in _quarantine_entries(layout)]
+
+
+def quarantine(layout: Layout, version: str, reason: str, node: str = "") -> None:
+    """Record ``version`` as quarantined for every node of the install."""
+    with _quarantine_lock(layout):
+        entries = _quarantine_entries(layout)
+        if version not in [e["version"] for e in entries]:
+            entries.append({"version": version, "reason": reason, "node": node, "at": time.time()})
+            _write_json(layout.quarantine_path, {"format": _FORMAT, "versions": entries})
+
+
+def quarantine_clear(layout: Layout, version: str) -> bool:
+    """Lift the quarantine of ``version``; False if it was not quarantined."""
+    with _quarantine_lock(layout):
+        entries = _quarantine_entries(layout)
+        keep = [e for e in entries if e["version"] != version]
+        if len(keep) == len(entries):
+            return False
+        _write_json(layout.quarantine_path, {"format": _FORMAT, "versions": keep})
+        return True
+
+
+# ---------------------------------------------------------------- installing
+
+
+def _remove_release(layout: Layout, version: str) -> None:
+    """Remove a release: marker first (so a half-removed dir is never taken for whole)."""
+    layout.marker(version).unlink(missing_ok=True)
+    fsync_dir(layout.releases)
+    shutil.rmtree(layout.release(version), ignore_errors=True)
+
+
+def _state_python(layout: Layout) -> str:
+    with contextlib.suppress(StateFileError):
+        obj = _read_json(layout.state / "install.json")
+        python = obj.get("python") if isinstance(obj, dict) else None
+        if isinstance(python, str) and os.access(python, os.X_OK):
+            return python
+    return base_python()
+
+
+def install_release(layout: Layout, archive: Path) -> tuple[ReleaseManifest, bool]:
+    """Install the release ``archive`` into ``releases/<version>``; (manifest, installed now).
+
+    Caller holds :func:`install_lock`. A complete release of that version is
+    left alone (installed now = False). A directory without its marker is a
+    leftover of a killed install: it is removed and built again. On any
+    failure nothing half-made stays and nothing else changes. Raises
+    ApplyError (``bad_archive``, ``wrong_platform``, ``install_failed``).
+    """
+    layout.releases.mkdir(parents=True, exist_ok=True)
+    tmp_root = layout.root / "tmp"
+    tmp_root.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tmp_root, prefix="unpack-") as tmp:
+        manifest = open_release(archive, Path(tmp))
+        version = manifest.version
+        if is_complete(layout, version):
+            return manifest, False
+        release = layout.release(version)
+        if release.exists() or release.is_symlink():
+            _remove_release(layout, version)
+        try:
+            _build_venv(layout, release, Path(tmp) / "wheels", manifest)
+        except BaseException:
+            shutil.rmtree(release, ignore_errors=True)
+            raise
+    return manifest, True
+
+
+def _build_venv(layout: Layout, release: Path, wheels: Path, manifest: ReleaseManifest) -> None:
+    python = _state_python(layout)
+    _run([python, "-m", "venv", "--without-pip", str(release)], "venv")
+    pip_wheel = next((wheels / n for n, _, _ in manifest.wheels if n.startswith("pip-")), None)
+    if pip_wheel is None:
+        raise ApplyError("bad_archive", "no pip wheel in the release")
+    fault("self_mid_install")
+    # pip runs from its own wheel: the release needs no registry and no pip on the host.
+    _run(
+        [
+            str(release / "bin" / "python"),
+            str(pip_wheel / "pip"),
+            "install",
+            "--no-index",
+            "--find-links",
+            str(wheels),
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "-q",
+            f"p2pupdate=={manifest.version}",
+        ],
+        "pip install",
+    )
+    if not (release / "bin" / "p2pupdate").exists():
+        raise ApplyError("install_failed", f"{release}/bin/p2pupdate missing after install")
+    os.sync()  # the whole venv durable before the marker says it is a release
+    marker = layout.marker(manifest.version)
+    atomic_write_bytes(marker, json.dumps(manifest.to_json()).encode())
+    fault("self_after_install")
+
+
+def _run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise ApplyError("install_failed", f"{what} failed ({proc.returncode}): {tail}")
+
+
+def switch_current(layout: Layout, version: str) -> str | None:
+    """Arm (``previous`` := the current release), then point ``current`` at ``version``.
+
+    Caller holds :func:`install_lock`. Returns the release ``current`` pointed
+    at before (None on a fresh install). Refuses a release that is not
+    complete (ApplyError ``install_failed``).
+    """
+    if not is_complete(layout, version):
+        raise ApplyError("install_failed", f"release {version} is not complete")
+    old = read_link(layout.current)
+    if old is not None and old != version:
+        make_symlink_live(layout.previous, layout.release(old))
+        fault("self_after_arm")
+    make_symlink_live(layout.current, layout.release(version))
+    log_history(layout, f"switch {old or '-'} -> {version}")
+    fault("self_after_switch")
+    return old
+
+
+def prune_releases(layout: Layout, keep: set[str]) -> list[str]:
+    """Remove releases outside ``keep``, ``current``, ``previous`` and leftovers; the removed."""
+    with install_lock(layout):
+        for link in (layout.current, layout.previous):
+            with contextlib.suppress(StateFileError):
+                name = read_link(link)
+                if name is not None:
+                    keep = keep | {name}
+        removed: list[str] = []
+        if not layout.releases.is_dir():
+            return removed
+        for entry in sorted(layout.releases.iterdir()):
+            name = entry.name.removesuffix(".complete")
+            if name in keep or entry.name.startswith("."):
+                continue
+            try:
+                validate_version(name)
+            except ValueError:
+                continue
+            _remove_release(layout, name)
+            if name not in removed:
+                removed.append(name)
+        return removed
+
+
+# ---------------------------------------------------------------- boots and nodes
+
+
+def read_boot_record(layout: Layout, key: str) -> dict[str, Any]:
+    """The boot record of node ``key`` (``{"releases": {v: {attempts, confirmed}}, ...}``)."""
+    try:
+        obj = _read_json(layout.boot_path(key))
+    except StateFileError:
+        return {"releases": {}}
+    if not isinstance(obj, dict) or not isinstance(obj.get("releases"), dict):
+        return {"releases": {}}
+    return obj
+
+
+def write_boot_record(layout: Layout, key: str, record: dict[str, Any]) -> None:
+    _write_json(layout.boot_path(key), record)
+
+
+def confirm_boot(layout: Layout, key: str, version: str, bound: int) -> bool:
+    """Node ``key`` runs ``version`` healthily; True if that boot was counted (a new release)."""
+    record = read_boot_record(layout, key)
+    entry = record["releases"].get(version)
+    counted = isinstance(entry, dict) and not entry.get("confirmed", False)
+    record["releases"][version] = {
+        "attempts": entry.get("attempts", 0) if isinstance(entry, dict) else 0,
+        "confirmed": True,
+    }
+    record["bound"] = bound
+    write_boot_record(layout, key, record)
+    return counted
+
+
+def register_node(layout: Layout, key: str, *, pid: int, release: str, data_dir: str) -> None:
+    """Say that node ``key`` (process ``pid``) runs ``release`` from this install."""
+    _write_json(
+        layout.node_path(key),
+        {"pid": pid, "release": release, "data_dir": data_dir, "at": time.time()},
+    )
+
+
+def unregister_node(layout: Layout, key: str) -> None:
+    layout.node_path(key).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def registered_nodes(layout: Layout) -> dict[str, dict[str, Any]]:
+    """Registered nodes whose process is alive: key -> registration."""
+    out: dict[str, dict[str, Any]] = {}
+    directory = layout.state / "nodes"
+    if not directory.is_dir():
+        return out
+    for path in directory.glob("*.json"):
+        with contextlib.suppress(StateFileError):
+            obj = _read_json(path)
+            if isinstance(obj, dict) and isinstance(obj.get("pid"), int) and _alive(obj["pid"]):
+                out[path.stem] = obj
+    return out
+
+
+# ---------------------------------------------------------------- setting up
+
+
+def write_launcher(layout: Layout, python: str) -> None:
+    """Write ``DIR/bin/p2pupdate`` (atomically); only ``self install`` does this."""
+    layout.launcher.parent.mkdir(parents=True, exist_ok=True)
+    text = _LAUNCHER.replace("@PYTHON@", python).replace("@MARK@", LAUNCHER_MARK)
+    text = text.replace("@BOUND@", str(DEFAULT_BOOT_ATTEMPTS))
+    atomic_write_bytes(layout.launcher, text.encode(), mode=0o755)
+
+
+def setup_install(root: Path, archive: Path) -> str:
+    """``self install``: install the release ``archive`` in ``root`` and make it current."""
+    layout = Layout(root.absolute())
+    layout.root.mkdir(parents=True, exist_ok=True)
+    python = base_python()
+    _write_json(layout.state / "install.json", {"format": _FORMAT, "python": python})
+    write_launcher(layout, python)
+    with install_lock(layout):
+        manifest, _ = install_release(layout, archive)
+        switch_current(layout, manifest.version)
+    return manifest.version
+
+
+# The launcher: stdlib only, so a release that cannot even import is counted and
+# rolled back. It keeps the same file formats as the functions above.
+_LAUNCHER = r'''#!@PYTHON@
+@MARK@ (written by `p2pupdate self install`; updates never replace it).
+# For `node`: counts this boot per node and release, switches `current` back past the
+# bound (quarantining the release), then execs DIR/current/bin/p2pupdate.
+import fcntl, hashlib, json, os, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STATE = os.path.join(ROOT, "state")
+DEFAULT_BOUND = @BOUND@
+
+
+def say(msg):
+    sys.stderr.write("p2pupdate launcher: %s\n" % msg)
+    sys.stderr.flush()
+
+
+def history(line):
+    os.makedirs(STATE, exist_ok=True)
+    fd = os.open(os.path.join(STATE, "history.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, ("%.3f %s\n" % (time.time(), line)).encode())
+    finally:
+        os.close(fd)
+
+
+def read_json(path, default):
+    try:
+        with open(path, "rb") as f:
+            obj = json.loads(f.read(262144).decode("utf-8"))
+    except (OSError, ValueError):
+        return default
+    return obj if isinstance(obj, dict) else default
+
+
+def write_json(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        json.dump(obj, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def link(name):
+    try:
+        dest = os.readlink(os.path.join(ROOT, name))
+    except OSError:
+        return None
+    parts = dest.split("/")
+    return parts[1] if len(parts) == 2 and parts[0] == "releases" and parts[1] else None
+
+
+def complete(rel):
+    base = os.path.join(ROOT, "releases", rel)
+    program = os.path.join(base, "bin", "p2pupdate")
+    return os.path.isfile(base + ".complete") and os.path.exists(program)
+
+
+def locked(name):
+    os.makedirs(STATE, exist_ok=True)
+    fd = os.open(os.path.join(STATE, name), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def quarantined():
+    q = read_json(os.path.join(STATE, "quarantine.json"), {})
+    return [e.get("version") for e in q.get("versions", []) if isinstance(e, dict)]
+
+
+def quarantine(rel, key):
+    fd = locked("quarantine.lock")
+    try:
+        path = os.path.join(STATE, "quarantine.json")
+        q = read_json(path, {})
+        entries = [e for e in q.get("versions", []) if isinstance(e, dict)]
+        if rel not in [e.get("version") for e in entries]:
+            entries.append(
+                {"version": rel, "reason": "too_many_attempts", "node": key, "at": time.time()}
+            )
+            write_json(path, {"format": 1, "versions": entries})
+    finally:
+        os.close(fd)
+
+
+def data_dir(args):
+    for i, a in enumerate(args):
+        if a == "--data-dir" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--data-dir="):
+            return a.split("=", 1)[1]
+    for i, a in enumerate(args):
+        cfg = None
+        if a == "--config" and i + 1 < len(args):
+            cfg = args[i + 1]
+        elif a.startswith("--config="):
+            cfg = a.split("=", 1)[1]
+        if cfg:
+            try:
+                import tomllib
+                with open(cfg, "rb") as f:
+                    d = tomllib.load(f).get("data_dir")
+                if isinstance(d, str):
+                    base = os.path.dirname(os.path.abspath(cfg))
+                    return os.path.join(base, os.path.expanduser(d))
+            except (OSError, ValueError, ImportError):
+                pass
+    return "default"
+
+
+def roll_back(rel, key, rec):
+    """Past the bound: quarantine rel; switch current back if there is something to go back to."""
+    quarantine(rel, key)
+    prev = link("previous")
+    if prev is None or prev == rel or not complete(prev) or prev in quarantined():
+        rec["rolled_back"] = {"version": rel, "restored": None, "at": time.time()}
+        rec["releases"][rel]["gave_up"] = True
+        say("release %s failed %d boots and is quarantined; there is nothing to roll back "
+            "to (no good previous release); it is left in place and started as it is"
+            % (rel, rec["releases"][rel]["attempts"]))
+        history("rollback-impossible %s node=%s" % (rel, key))
+        return rel
+    fd = locked("install.lock")
+    try:
+        if link("current") == rel:
+            tmp = os.path.join(ROOT, ".current.%d.link" % os.getpid())
+            os.symlink("releases/" + prev, tmp)
+            os.replace(tmp, os.path.join(ROOT, "current"))
+            dfd = os.open(ROOT, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    finally:
+        os.close(fd)
+    rec["rolled_back"] = {"version": rel, "restored": prev, "at": time.time()}
+    say("release %s failed %d boots: quarantined, current switched back to %s"
+        % (rel, rec["releases"][rel]["attempts"], prev))
+    history("rollback %s -> %s node=%s" % (rel, prev, key))
+    return link("current") or prev
+
+
+def main():
+    args = sys.argv[1:]
+    rel = link("current")
+    if rel is None or not complete(rel):
+        prev = link("previous")
+        if prev is not None and complete(prev):
+            say("current release %r is missing or incomplete; running the previous one, %s"
+                % (rel, prev))
+            rel = prev
+        else:
+            say("no runnable release in %s (current -> %r)" % (ROOT, rel))
+            return 1
+    env = dict(os.environ)
+    env["P2PUPDATE_LAUNCHER"] = os.path.abspath(__file__)
+    if args[:1] == ["node"]:
+        key = hashlib.sha256(os.path.abspath(data_dir(args)).encode()).hexdigest()[:16]
+        path = os.path.join(STATE, "boots", key + ".json")
+        rec = read_json(path, {})
+        if not isinstance(rec.get("releases"), dict):
+            rec["releases"] = {}
+        bound = rec.get("bound")
+        if not isinstance(bound, int) or bound < 1:
+            bound = DEFAULT_BOUND
+        for _ in range(3):
+            entry = rec["releases"].get(rel)
+            if not isinstance(entry, dict):
+                entry = rec["releases"][rel] = {"attempts": 0, "confirmed": False}
+            if entry.get("confirmed") or entry.get("gave_up"):
+                break
+            if entry.get("attempts", 0) >= bound:
+                new = roll_back(rel, key, rec)
+                write_json(path, rec)
+                if new == rel:
+                    break
+                rel = new
+                continue
+            entry["attempts"] = entry.get("attempts", 0) + 1
+            write_json(path, rec)  # counted before the release's code can fail
+            break
+        env["P2PUPDATE_NODE_KEY"] = key
+        attempt = rec["releases"][rel].get("attempts")
+        history("boot %s node=%s pid=%d attempt=%s" % (rel, key, os.getpid(), attempt))
+    program = os.path.join(ROOT, "releases", rel, "bin", "p2pupdate")
+    sys.stdout.flush()
+    os.execve(program, [program] + args, env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
