@@ -28,6 +28,7 @@ from p2pupdate.errors import RemoteProtocolError
 __all__ = [
     "CHANNEL_RE",
     "FORMAT_VERSION",
+    "MAX_CHANNEL_LEN",
     "SIGN_DOMAIN",
     "Announcement",
     "AnnouncementBody",
@@ -40,12 +41,15 @@ __all__ = [
 FORMAT_VERSION = 1
 SIGN_DOMAIN = b"p2pupdate/announcement/v1\x00"
 CHANNEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}(/[a-z0-9][a-z0-9._-]{0,63}){0,3}$")
+# The longest name CHANNEL_RE accepts: four parts of 64 characters and three slashes.
+MAX_CHANNEL_LEN = 4 * 64 + 3
 _BODY_FIELDS = 12
 
 
 def validate_channel(channel: str) -> str:
     """Return ``channel`` if it is a valid channel name, else raise ValueError."""
-    if not isinstance(channel, str) or not CHANNEL_RE.match(channel):
+    # fullmatch: with match(), "$" also matches before a trailing newline ("app\n").
+    if not isinstance(channel, str) or not CHANNEL_RE.fullmatch(channel):
         raise ValueError(
             f"bad channel {channel!r} (lowercase letters, digits, . _ -, up to 4 parts split by /)"
         )
@@ -184,13 +188,13 @@ def sign_announcement(
     if not 1 <= len(keys) <= DEFAULT_LIMITS.max_signatures:
         raise ValueError(f"an announcement needs 1..{DEFAULT_LIMITS.max_signatures} keys")
     body_bytes = body.encode()
-    sigs = tuple(
-        (bytes(k.verify_key), k.sign(SIGN_DOMAIN + body_bytes).signature) for k in keys
-    )
+    sigs = tuple((bytes(k.verify_key), k.sign(SIGN_DOMAIN + body_bytes).signature) for k in keys)
     if len({k for k, _ in sigs}) != len(sigs):
         raise ValueError("the same key was given twice")
-    ann = Announcement(body, body_bytes, sigs)
-    return Announcement(body, body_bytes, sigs, raw=ann.encode())
+    raw = Announcement(body, body_bytes, sigs).encode()
+    if len(raw) > DEFAULT_LIMITS.max_announcement:  # cannot happen with valid fields; guard
+        raise ValueError(f"announcement of {len(raw)} bytes exceeds the limit")
+    return Announcement(body, body_bytes, sigs, raw=raw)
 
 
 def _unpack(data: bytes, limits: Limits) -> object:
@@ -200,7 +204,8 @@ def _unpack(data: bytes, limits: Limits) -> object:
             raw=False,
             use_list=True,
             strict_map_key=True,
-            max_str_len=limits.max_str,
+            # The body's strings are a channel and two versions; the envelope has none.
+            max_str_len=MAX_CHANNEL_LEN,
             max_bin_len=limits.max_announcement,
             max_array_len=_BODY_FIELDS,
             max_map_len=0,

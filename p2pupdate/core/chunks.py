@@ -61,7 +61,7 @@ def page_count(nchunks: int, page_entries: int = PAGE_ENTRIES) -> int:
     return -(-nchunks // page_entries)
 
 
-def hash_chunk(data: bytes | memoryview) -> bytes:
+def hash_chunk(data: bytes | bytearray | memoryview) -> bytes:
     """BLAKE3-256 of one chunk."""
     return blake3.blake3(data).digest()
 

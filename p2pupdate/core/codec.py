@@ -17,7 +17,8 @@ import struct
 import msgpack
 
 from p2pupdate.config import DEFAULT_LIMITS, Limits
-from p2pupdate.core.messages import MESSAGE_TYPES, Bitfield, Have, Inventory, Message, Peers
+from p2pupdate.core.announcement import MAX_CHANNEL_LEN
+from p2pupdate.core.messages import MESSAGE_TYPES, Have, Inventory, Message, Peers
 from p2pupdate.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["HEADER", "FrameDecoder", "decode_body", "encode"]
@@ -56,7 +57,7 @@ def _tuplify(msg_type: type[Message], fields: list[object]) -> list[object]:
     return fields
 
 
-def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+def decode_body(body: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode one frame body into a message, or raise RemoteProtocolError."""
     try:
         obj = msgpack.unpackb(
@@ -64,7 +65,8 @@ def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
             raw=False,
             use_list=True,
             strict_map_key=True,
-            max_str_len=limits.max_str,
+            # Each message caps its own strings; this bounds them all (channels are longer).
+            max_str_len=max(limits.max_str, MAX_CHANNEL_LEN),
             max_bin_len=limits.max_frame,
             max_array_len=limits.max_list,
             max_map_len=0,
@@ -76,7 +78,8 @@ def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         raise RemoteProtocolError("frame body must be a non-empty array")
     _check_depth(obj, 1, limits.max_depth)
     code, *fields = obj
-    msg_type = MESSAGE_TYPES.get(code) if isinstance(code, int) else None
+    # bool is an int in Python: msgpack true must not pass as type code 1.
+    msg_type = MESSAGE_TYPES.get(code) if type(code) is int else None
     if msg_type is None:
         raise RemoteProtocolError(f"unknown message type {code!r}")
     try:
@@ -84,8 +87,6 @@ def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         msg = msg_type(*fields)
     except (TypeError, ValueError, IndexError) as exc:
         raise RemoteProtocolError(f"bad {msg_type.__name__}: {exc}") from exc
-    if isinstance(msg, Bitfield) and msg.nchunks % 8 and msg.bits[-1] & (0xFF >> (msg.nchunks % 8)):
-        raise RemoteProtocolError("bitfield has bits set past its end")
     return msg
 
 
@@ -102,7 +103,7 @@ class FrameDecoder:
         """Bytes received but not yet decoded (non-zero: a frame is in progress)."""
         return len(self._buf)
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         if self._error is not None:
             raise self._error
         self._buf += data
@@ -127,13 +128,16 @@ class FrameDecoder:
         end = HEADER.size + length
         if len(self._buf) < end:
             return None
-        body = bytes(self._buf[HEADER.size : end])
+        # Decode straight from the buffer (no copy of the body; bin fields come out as new
+        # bytes objects), then drop the frame: deleting from the front of a bytearray is cheap.
+        with memoryview(self._buf) as view, view[HEADER.size : end] as body:
+            try:
+                msg = decode_body(body, self._limits)
+            except RemoteProtocolError as exc:
+                self._error = exc
+                raise
         del self._buf[:end]
-        try:
-            return decode_body(body, self._limits)
-        except RemoteProtocolError as exc:
-            self._error = exc
-            raise
+        return msg
 
     def messages(self) -> list[Message]:
         """All complete messages buffered now."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-import nacl.exceptions
+import nacl.bindings
 import nacl.signing
 
 __all__ = [
@@ -42,10 +42,10 @@ def parse_pubkey(text: str) -> bytes:
     if not _HEX64.match(raw):
         raise ValueError(f"bad public key {text!r} (expected {PUBKEY_PREFIX}<64 hex digits>)")
     key = bytes.fromhex(raw)
-    try:
-        nacl.signing.VerifyKey(key)
-    except (nacl.exceptions.CryptoError, ValueError, TypeError):
-        raise ValueError(f"bad public key {text!r}: not an Ed25519 point") from None
+    # VerifyKey() only checks the length; this rejects non-points and small-order points,
+    # which no signature could ever verify against.
+    if not nacl.bindings.crypto_core_ed25519_is_valid_point(key):
+        raise ValueError(f"bad public key {text!r}: not a valid Ed25519 public key")
     return key
 
 

@@ -12,8 +12,11 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from p2pupdate.config import DEFAULT_LIMITS
+from p2pupdate.core.announcement import validate_channel
 
 __all__ = [
+    "MAX_INVENTORY",
+    "MAX_PEERS",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "TABLE_PAGE_LIST",
@@ -40,6 +43,10 @@ PROTOCOL_VERSION = 1
 TABLE_PAGE_LIST = -1  # GET_TABLE page number asking for the list of page hashes
 _L = DEFAULT_LIMITS
 _MAX_INDEX = _L.max_package_size // _L.chunk_size  # chunk indices are below this
+# List lengths chosen so that every valid message fits one frame even at the longest
+# field sizes: 200 peers of 253-byte host names, 200 channels of 259 bytes with their ids.
+MAX_PEERS = 200
+MAX_INVENTORY = 200
 
 
 def _bytes(name: str, value: object, exact: int | None = None, maximum: int | None = None) -> None:
@@ -95,8 +102,8 @@ class Peers(Message):
     peers: tuple[tuple[str, int], ...]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.peers, tuple) or len(self.peers) > 256:
-            raise ValueError("peers must be a list of at most 256 addresses")
+        if not isinstance(self.peers, tuple) or len(self.peers) > MAX_PEERS:
+            raise ValueError(f"peers must be a list of at most {MAX_PEERS} addresses")
         for item in self.peers:
             if not (isinstance(item, tuple) and len(item) == 2):
                 raise ValueError("a peer is [host, port]")
@@ -124,12 +131,12 @@ class Inventory(Message):
     entries: tuple[tuple[str, bytes], ...]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.entries, tuple) or len(self.entries) > 1024:
-            raise ValueError("inventory must list at most 1024 channels")
+        if not isinstance(self.entries, tuple) or len(self.entries) > MAX_INVENTORY:
+            raise ValueError(f"inventory must list at most {MAX_INVENTORY} channels")
         for item in self.entries:
             if not (isinstance(item, tuple) and len(item) == 2):
                 raise ValueError("an inventory entry is [channel, id]")
-            _str("channel", item[0], 255)
+            validate_channel(item[0])  # checks the type too
             _bytes("announcement id", item[1], exact=32)
 
     def to_fields(self) -> list[object]:
@@ -186,6 +193,9 @@ class Bitfield(Message):
         _bytes("package_id", self.package_id, exact=32)
         _int("nchunks", self.nchunks, 0, _MAX_INDEX)
         _bytes("bits", self.bits, exact=-(-self.nchunks // 8))
+        # Bits are most significant first; the padding bits of the last byte must be 0.
+        if self.nchunks % 8 and self.bits[-1] & (0xFF >> (self.nchunks % 8)):
+            raise ValueError("bitfield has bits set past its end")
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,8 @@ def in_rollout(node_id: bytes, version: str, rollout: int) -> bool:
     if rollout >= 100:
         return True
     digest = blake3.blake3(node_id + version.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < rollout / 100
+    # x / 2^64 < rollout / 100, in exact integer arithmetic (floats round near the edge).
+    return int.from_bytes(digest[:8], "big") * 100 < rollout * 2**64
 
 
 def _check_signatures(ann: Announcement, trust: TrustConfig) -> Decision:
@@ -133,7 +134,9 @@ def relay_decision(
         return ACCEPT
     if new_v < old_v:
         return Decision(False, "not_newest")
-    if body.package_id != old.package_id:
+    # One version, one package: a different package id, or the same id with a different
+    # size or chunk table, means the authority signed two conflicting statements.
+    if (body.package_id, body.size, body.table_root) != (old.package_id, old.size, old.table_root):
         return Decision(False, "equivocation")
     if body.created > old.created:
         return Decision(True, replaces=True)

@@ -7,6 +7,7 @@ can be shown to the user as it is.
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 __all__ = ["format_size", "parse_duration", "parse_rate", "parse_size"]
 
@@ -26,9 +27,10 @@ _SIZE_UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+# re.ASCII: \d would otherwise accept any Unicode digit.
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$", re.ASCII)
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.ASCII)
 
 
 def parse_size(text: str) -> int:
@@ -36,7 +38,8 @@ def parse_size(text: str) -> int:
     m = _SIZE_RE.match(text)
     if m is None or m.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"bad size {text!r} (expected e.g. 1048576, 512KiB, 1GiB)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    # Fraction, not float: exact for any length of digits ("1.1GiB" is 1181116006 bytes).
+    return int(Fraction(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
 def parse_rate(text: str) -> int:

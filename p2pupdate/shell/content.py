@@ -40,9 +40,9 @@ __all__ = ["DEFAULT_BUFFER_SIZE", "hash_file", "hash_file_async"]
 
 # Small enough that three buffers stay in the L2/L3 caches between the read and the two
 # hash passes; large enough that per-buffer bookkeeping is noise. A multiple of 64 KiB.
-DEFAULT_BUFFER_SIZE = 2 * 1024 * 1024
+DEFAULT_BUFFER_SIZE = 1024 * 1024
 _NBUFFERS = 3
-# Chunks the reading thread claims at once (fewer lock round trips); the helper steals one.
+# Chunks the reading thread claims at once (fewer lock round trips), and the helper steals.
 _CLAIM = 8
 _STEAL = 2
 

@@ -27,12 +27,13 @@ from p2pupdate.core.announcement import (
     validate_channel,
     validate_version,
 )
+from p2pupdate.core.messages import Announce
 from p2pupdate.core.policy import TrustConfig
 from p2pupdate.core.units import format_size, parse_duration, parse_rate
-from p2pupdate.errors import P2PUpdateError, UsageError
+from p2pupdate.errors import P2PUpdateError, TransferError, UsageError
 from p2pupdate.shell.content import hash_file_async
 from p2pupdate.shell.keyfile import load_secret_key
-from p2pupdate.shell.node import Node, NodeOptions
+from p2pupdate.shell.node import Node, NodeOptions, PeerConn
 from p2pupdate.shell.nodeconfig import parse_hostport
 from p2pupdate.shell.store import DiskStore
 from p2pupdate.shell.swarm import Swarm, SwarmOptions
@@ -69,7 +70,7 @@ def _check_args(args: argparse.Namespace) -> list[nacl.signing.SigningKey]:
         args.upload_rate = parse_rate(args.upload_limit) if args.upload_limit else 0
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    args.peer_addrs = [parse_hostport(p) for p in args.peer]
+    args.peer_addrs = [parse_hostport(p, allow_port_zero=False) for p in args.peer]
     args.listen_addr = parse_hostport(args.listen)
     path: Path = args.file
     if not path.exists():
@@ -99,8 +100,8 @@ def run_publish_command(args: argparse.Namespace) -> int:
         leaf: BaseException = group
         while isinstance(leaf, BaseExceptionGroup):
             leaf = leaf.exceptions[0]
-        if isinstance(leaf, P2PUpdateError):
-            raise leaf from None
+        if isinstance(leaf, (P2PUpdateError, KeyboardInterrupt)):
+            raise leaf from None  # one line (Ctrl-C: "interrupted", exit 130), no traceback
         raise
 
 
@@ -186,14 +187,37 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
         store = DiskStore(Path(tmp) / "store")
         swarm = Swarm(node, store, SwarmOptions(max_upload_speed=args.upload_rate, super_seed=True))
         swarm.set_table(ann, list(info.chunk_hashes))
+        # A replica is a peer that holds a verified copy *and* was sent this announcement:
+        # a peer that already had the package (a re-signed announcement widening the
+        # rollout or extending the expiry) says COMPLETE at once, before it has heard of
+        # it, and exiting then would leave it unannounced.
+        completes: set[bytes] = set()
+        told: set[bytes] = set()
+        telling: set[bytes] = set()
         replicas: set[bytes] = set()
         done = trio.Event()
+        announce = Announce(ann.encode())
 
-        def on_complete(package_id: bytes, peer: object) -> None:
+        def count() -> None:
+            replicas.update(completes & told)
+            if len(replicas) >= args.replicas:
+                done.set()
+
+        def on_complete(package_id: bytes, peer: PeerConn) -> None:
             if package_id == info.package_id:
-                replicas.add(getattr(peer, "node_id", b""))
-                if len(replicas) >= args.replicas:
-                    done.set()
+                completes.add(peer.node_id)
+                count()
+
+        async def tell(peer: PeerConn) -> None:
+            # Written to the socket before we count the peer, so it arrives even if we
+            # exit right after (closing a TCP connection delivers what was sent).
+            try:
+                await peer.send(announce)
+            except TransferError:
+                telling.discard(peer.node_id)  # gone; tell it again if it comes back
+                return
+            told.add(peer.node_id)
+            count()
 
         swarm.on_complete_from_peer = on_complete
         progress = _Progress(info.size, args.replicas)
@@ -208,7 +232,11 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
                 deadline = trio.current_time() + args.timeout
                 last_bytes, last_t = 0, trio.current_time()
                 while not done.is_set():
-                    with trio.move_on_after(0.25):
+                    for nid, peer in list(node.peers.items()):
+                        if nid not in telling:
+                            telling.add(nid)
+                            nursery.start_soon(tell, peer)
+                    with trio.move_on_after(0.1):
                         await done.wait()
                     now_t = trio.current_time()
                     rate = (swarm.bytes_uploaded - last_bytes) / max(now_t - last_t, 1e-6)

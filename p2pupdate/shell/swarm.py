@@ -444,6 +444,7 @@ class Swarm:
         if fetch is None:
             return
         fetch.deliver(peer.node_id, msg.page, msg.hashes)
+        pkg.table_wake.set()  # next page, or another peer at once (not after 0.25 s)
 
     async def _fetch_table(self, pkg: _Package) -> list[bytes]:
         """Get the page-hash list and every page, each checked on its own."""
@@ -502,6 +503,9 @@ class Swarm:
             if not pkg.complete:
                 await self.add_complete(ann)
             return DownloadResult(True)
+        # A partial file created just now holds nothing worth scanning (hashing 1 GiB of
+        # zeros would delay the start by seconds); one left by a stop or crash may.
+        resumed = any(p == pid for p, _ in self.store.list_partial())
         await self.store.open_partial(pid, pkg.size)  # DiskFullError propagates
         if pkg.hashes is None:
             stored = self.store.load_table(pid)
@@ -521,9 +525,9 @@ class Swarm:
         have = self.store.load_bitmap(pid, pkg.nchunks)
         if have is None:
             have = zeros(pkg.nchunks)
-        extra = await self.store.scan_unclaimed(pid, pkg.hashes, have, pkg.size)
-        for i in extra:
-            have[i] = 1
+        if resumed:
+            for i in await self.store.scan_unclaimed(pid, pkg.hashes, have, pkg.size):
+                have[i] = 1
         dl: Downloader[bytes] = Downloader(
             pid,
             pkg.size,

@@ -1,0 +1,568 @@
+"""Swarm download on loopback: 10 ``p2pupdate node`` processes + ``p2pupdate publish``.
+
+Prints one table, every figure measured in this run:
+
+- p2pupdate, unlimited and with every upload (nodes and publisher) limited to ``--limit``:
+  time from the first ``announcement_received`` until every node's ``download_complete``
+  (read from the nodes' ``--events`` files), that time over the Kumar-Ross bound
+  max(F/u_s, N*F/(u_s + sum u_i)) when limited, aggregate goodput N*F/time, the
+  publisher's upload ratio (bytes it printed / package size), the largest peak RSS of a
+  node (VmHWM from /proc, read just before the nodes are stopped);
+- the centralized baseline: the same nodes, each allowed a single connection
+  (``max_connections = 1`` in its config), so each fetches only from the publisher and
+  PEX cannot make them trade;
+- libtorrent 2.x (the PyPI wheel, benchmark-only) on the same package, node count and
+  limits, 64 KiB pieces, 127.0.0.0/8 in the global peer class (see ``_lt_peer.py``); the
+  column is skipped with a note when ``import libtorrent`` fails;
+- kill -9 restart: the upload-limited swarm again, one node is killed with SIGKILL when its
+  progress passes 50% and restarted from its data dir at once; refetched chunks = chunks
+  it fetched after the restart (its ``download_complete`` sources) minus chunks its partial
+  file did not hold intact when it died (compared with the package bytes).
+
+Every process listens on 127.0.0.1, every wait is bounded, every child is killed on
+exit (and by the kernel if this script dies: PR_SET_PDEATHSIG). Files go to /dev/shm
+when it exists. Quick run (< 1 minute):
+
+    /work/venv/bin/python benchmarks/bench_swarm.py --size 8MiB
+
+Full run (targets in DESIGN.md):
+
+    /work/venv/bin/python benchmarks/bench_swarm.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2pupdate.core.units import format_size, parse_rate, parse_size
+
+__all__: list[str] = []
+
+CHUNK = 64 * 1024
+CHANNEL = "bench/swarm"
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent / "p2pupdate"
+
+# -- child processes ---------------------------------------------------------------------
+
+_children: list[subprocess.Popen[bytes]] = []
+
+
+def _pdeathsig() -> Callable[[], None] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    parent = os.getpid()
+
+    def hook() -> None:
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return hook
+
+
+_HOOK = _pdeathsig()
+
+
+def spawn(argv: list[str], *, stdout: Path, stdin: bool = False) -> subprocess.Popen[bytes]:
+    with open(stdout, "wb") as out:
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_HOOK,
+        )
+    _children.append(p)
+    return p
+
+
+def stop(p: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+    with contextlib.suppress(ValueError):
+        _children.remove(p)
+
+
+def kill_all() -> None:
+    for p in list(_children):
+        if p.poll() is None:
+            p.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(5)
+    _children.clear()
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_listening(ports: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listening on port {port} after {timeout} s")
+            time.sleep(0.05)
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident set size of a live process in bytes (0 if unknown)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    m = re.search(r"^VmHWM:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) * 1024 if m else 0
+
+
+def read_events(path: Path) -> list[dict[str, object]]:
+    out = []
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+    return out
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    name: str
+    seconds: float | None = None
+    bound: float | None = None
+    seed_ratio: float | None = None
+    rss: int = 0
+    note: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Setup:
+    work: Path
+    package: Path
+    size: int
+    nodes: int
+    key: Path
+    pubkey: str
+    timeout: float
+
+
+def kumar_ross(size: int, nodes: int, rate: int) -> float | None:
+    if not rate:
+        return None
+    return max(size / rate, nodes * size / (rate + nodes * rate))
+
+
+# -- p2pupdate ---------------------------------------------------------------------------
+
+
+def run_p2pupdate(
+    st: Setup, name: str, limit: int, *, central: bool = False, kill_at: float | None = None
+) -> Result:
+    run = st.work / name.replace(" ", "-")
+    run.mkdir()
+    ports = free_ports(st.nodes + 1)
+    addrs = [f"127.0.0.1:{p}" for p in ports[1:]]
+    procs: list[subprocess.Popen[bytes]] = []
+    argvs: list[list[str]] = []
+    events: list[Path] = []
+    for i, addr in enumerate(addrs):
+        d = run / f"n{i:02d}"
+        d.mkdir()
+        ev = d / "events.jsonl"
+        argv = [
+            str(BIN), "node",
+            "--data-dir", str(d / "data"),
+            "--listen", addr,
+            "--trust", st.pubkey,
+            "--events", str(ev),
+            "--log-level", "warning",
+        ]  # fmt: skip
+        if central:
+            # One connection: the publisher's. PEX may tell a node about the others,
+            # but it can neither dial them nor accept them.
+            cfg = d / "node.toml"
+            cfg.write_text("max_connections = 1\ntarget_connections = 1\n")
+            argv += ["--config", str(cfg)]
+        else:
+            for other in addrs:
+                if other != addr:
+                    argv += ["--peer", other]
+        if limit:
+            argv += ["--upload-limit", str(limit)]
+        if i == 0 and os.environ.get("BENCH_PROFILE"):  # developer aid: cProfile node 0
+            prof = str(d / "node.prof")
+            argv[:1] = [sys.executable, "-m", "cProfile", "-o", prof, "-m", "p2pupdate"]
+        if i == 0 and os.environ.get("BENCH_WRAP"):  # developer aid: run node 0 via a wrapper
+            argv[:1] = [sys.executable, os.environ["BENCH_WRAP"]]
+        argvs.append(argv)
+        events.append(ev)
+        procs.append(spawn(argv, stdout=d / "node.log"))
+    res = Result(name, bound=kumar_ross(st.size, st.nodes, limit))
+    try:
+        wait_listening(ports[1:], 30)
+        if not central:
+            time.sleep(1.0)  # let the mesh form
+        pub_argv = [
+            str(BIN), "publish",
+            "--key", str(st.key),
+            "--channel", CHANNEL,
+            "--version", "1.0.0",
+            "--file", str(st.package),
+            "--replicas", str(st.nodes),
+            "--timeout", str(st.timeout),
+            "--listen", f"127.0.0.1:{ports[0]}",
+        ]  # fmt: skip
+        for addr in addrs:
+            pub_argv += ["--peer", addr]
+        if limit:
+            pub_argv += ["--upload-limit", str(limit)]
+        pub_out = run / "publish.out"
+        pub = spawn(pub_argv, stdout=pub_out)
+        deadline = time.monotonic() + st.timeout + 30
+        victim = st.nodes // 2
+        killed_missing: int | None = None
+        while pub.poll() is None:
+            if killed_missing is not None and all(
+                any(e.get("event") == "download_complete" for e in read_events(ev)) for ev in events
+            ):
+                # The restarted node need not be redialled by the publisher to count.
+                res.note = "publish stopped once all completed"
+                break
+            if time.monotonic() > deadline:
+                res.note = "publish did not exit"
+                break
+            if kill_at is not None and killed_missing is None:
+                prog = [
+                    float(e.get("progress", 0))  # type: ignore[arg-type]
+                    for e in read_events(events[victim])
+                    if e.get("event") == "download_progress"
+                ]
+                if prog and prog[-1] >= kill_at:
+                    procs[victim].kill()
+                    procs[victim].wait(5)
+                    killed_missing = missing_chunks(run / f"n{victim:02d}" / "data", st)
+                    res.extra["killed_at"] = prog[-1]
+                    res.extra["missing"] = killed_missing
+                    procs[victim] = spawn(argvs[victim], stdout=run / "restart.log")
+            time.sleep(0.02 if kill_at is not None else 0.1)
+        # Peak RSS before anything is stopped.
+        res.rss = max(vm_hwm(p.pid) for p in procs)
+        stop(pub)
+        out = pub_out.read_text()
+        m = re.search(r"uploaded (\d+) bytes", out)
+        if m:
+            res.seed_ratio = int(m.group(1)) / st.size
+        elif not res.note:
+            res.note = "publish: " + (out.strip().splitlines() or ["no output"])[-1][:60]
+    finally:
+        t_stop = time.monotonic()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            stop(p)
+        if os.environ.get("BENCH_DEBUG"):
+            print(f"    stopping nodes took {time.monotonic() - t_stop:.1f} s", flush=True)
+    evs = [read_events(e) for e in events]
+    starts = [
+        float(e["t"])  # type: ignore[arg-type]
+        for ev in evs
+        for e in ev
+        if e.get("event") == "announcement_received"
+    ]
+    dones = [
+        [e for e in ev if e.get("event") == "download_complete" and e.get("channel") == CHANNEL]
+        for ev in evs
+    ]
+    if starts and all(dones):
+        res.seconds = max(float(d[-1]["t"]) for d in dones) - min(starts)  # type: ignore[arg-type]
+    elif not res.note:
+        res.note = f"{sum(1 for d in dones if d)}/{st.nodes} nodes completed"
+    if kill_at is not None and dones[victim] and "missing" in res.extra:
+        sources = dones[victim][-1].get("sources")
+        fetched = sum(int(v) for v in sources.values()) if isinstance(sources, dict) else 0
+        res.extra["fetched_after_restart"] = fetched
+        res.extra["refetched"] = max(0, fetched - int(res.extra["missing"]))
+    return res
+
+
+def missing_chunks(data_dir: Path, st: Setup) -> int:
+    """Chunks whose bytes in the (dead) node's partial file are not the package's."""
+    parts = list((data_dir / "store" / "partial").glob("*.part"))
+    nchunks = -(-st.size // CHUNK)
+    if not parts:
+        return nchunks
+    missing = 0
+    with open(parts[0], "rb") as a, open(st.package, "rb") as b:
+        for _ in range(nchunks):
+            if a.read(CHUNK) != b.read(CHUNK):
+                missing += 1
+    return missing
+
+
+# -- libtorrent --------------------------------------------------------------------------
+
+
+def run_libtorrent(st: Setup, name: str, limit: int) -> Result:
+    res = Result(name, bound=kumar_ross(st.size, st.nodes, limit))
+    try:
+        import libtorrent as lt
+    except ImportError as exc:
+        res.note = f"skipped: {exc}"
+        return res
+    run = st.work / name.replace(" ", "-")
+    run.mkdir()
+    with warnings.catch_warnings():  # the file_storage API is deprecated but stable
+        warnings.simplefilter("ignore", DeprecationWarning)
+        fs = lt.file_storage()
+        lt.add_files(fs, str(st.package))
+        ct = lt.create_torrent(fs, CHUNK)
+        lt.set_piece_hashes(ct, str(st.package.parent))
+    torrent = run / "package.torrent"
+    torrent.write_bytes(lt.bencode(ct.generate()))
+    ports = free_ports(st.nodes + 1)
+    procs = []
+    for i, port in enumerate(ports):
+        save = st.package.parent if i == 0 else run / f"l{i:02d}"
+        save.mkdir(exist_ok=True)
+        argv = [
+            sys.executable, str(HERE / "_lt_peer.py"),
+            "--torrent", str(torrent),
+            "--save", str(save),
+            "--port", str(port),
+            "--upload-limit", str(limit),
+        ]  # fmt: skip
+        if i == 0:
+            argv.append("--seed")
+        procs.append(spawn(argv, stdout=run / f"p{i:02d}.out", stdin=True))
+    try:
+        outs = [run / f"p{i:02d}.out" for i in range(len(procs))]
+        deadline = time.monotonic() + 60
+        while not all("ready" in o.read_text() for o in outs):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                res.note = "libtorrent peers did not start"
+                return res
+            time.sleep(0.05)
+        t0 = time.time()
+        everyone = [f"127.0.0.1:{p}" for p in ports]
+        for i, p in enumerate(procs):
+            assert p.stdin is not None
+            peers = [] if i == 0 else [a for j, a in enumerate(everyone) if j != i]
+            p.stdin.write(("go " + " ".join(peers) + "\n").encode())
+            p.stdin.flush()
+        deadline = time.monotonic() + st.timeout
+        dones: dict[int, float] = {}
+        while len(dones) < st.nodes and time.monotonic() < deadline:
+            for i in range(1, len(procs)):
+                if i not in dones:
+                    m = re.search(r"done ([\d.]+)", outs[i].read_text())
+                    if m:
+                        dones[i] = float(m.group(1))
+            time.sleep(0.05)
+        res.rss = max(vm_hwm(p.pid) for p in procs[1:])
+        if len(dones) == st.nodes:
+            res.seconds = max(dones.values()) - t0
+        else:
+            res.note = f"{len(dones)}/{st.nodes} done before the timeout"
+        seed = procs[0]
+        assert seed.stdin is not None
+        seed.stdin.write(b"stats\n")
+        seed.stdin.flush()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            m = re.search(r"up (\d+)", outs[0].read_text())
+            if m:
+                res.seed_ratio = int(m.group(1)) / st.size
+                break
+            time.sleep(0.02)
+        for p in procs:
+            with contextlib.suppress(BrokenPipeError):
+                assert p.stdin is not None
+                p.stdin.write(b"quit\n")
+                p.stdin.flush()
+    finally:
+        for p in procs:
+            stop(p, grace=2.0)
+    return res
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def workdir(keep: bool) -> Iterator[Path]:
+    base = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    path = Path(tempfile.mkdtemp(prefix="bench-swarm-", dir=base))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"(files kept in {path})")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--size", default="100MiB", help="package size (default 100MiB)")
+    ap.add_argument("--nodes", type=int, default=10)
+    ap.add_argument("--limit", default="10MiB/s", help="upload limit of every peer")
+    ap.add_argument(
+        "--only",
+        default="swarm,central,libtorrent,kill",
+        help="comma list of: swarm, central, libtorrent, kill (default all)",
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, events)")
+    a = ap.parse_args()
+    size = parse_size(a.size)
+    limit = parse_rate(a.limit)
+    only = set(a.only.split(","))
+    if not 1 <= a.nodes <= 100 or size < CHUNK or limit <= 0:
+        ap.error("need 1..100 nodes, a size of at least 64 KiB and a positive limit")
+    results: list[Result] = []
+    try:
+        with workdir(a.keep) as work:
+            package = work / "pkg" / "package.bin"
+            package.parent.mkdir()
+            with open(package, "wb") as f:
+                left = size
+                while left:
+                    n = min(left, 1 << 22)
+                    f.write(os.urandom(n))
+                    left -= n
+            key = work / "authority.key"
+            out = subprocess.run(
+                [str(BIN), "keygen", "--out", str(key)], capture_output=True, text=True, check=True
+            )
+            pubkey = out.stdout.strip().splitlines()[-1]
+            central_limited = a.nodes * size / limit
+            st = Setup(work, package, size, a.nodes, key, pubkey, 60 + 3 * central_limited)
+            plan: list[tuple[str, Callable[[], Result]]] = []
+            lim = f"{format_size(limit)}/s"
+            if "swarm" in only:
+                plan.append(("p2pupdate unlimited", lambda: run_p2pupdate(st, "p2p-unl", 0)))
+            if "central" in only:
+                plan.append(
+                    ("centralized unlimited", lambda: run_p2pupdate(st, "cen-unl", 0, central=True))
+                )
+            if "libtorrent" in only:
+                plan.append(("libtorrent unlimited", lambda: run_libtorrent(st, "lt-unl", 0)))
+            if "swarm" in only:
+                plan.append((f"p2pupdate {lim}", lambda: run_p2pupdate(st, "p2p-lim", limit)))
+            if "central" in only:
+                plan.append(
+                    (
+                        f"centralized {lim}",
+                        lambda: run_p2pupdate(st, "cen-lim", limit, central=True),
+                    )
+                )
+            if "libtorrent" in only:
+                plan.append((f"libtorrent {lim}", lambda: run_libtorrent(st, "lt-lim", limit)))
+            if "kill" in only:
+                plan.append(
+                    (
+                        f"p2pupdate {lim}, kill -9",
+                        lambda: run_p2pupdate(st, "p2p-kill", limit, kill_at=0.5),
+                    )
+                )
+            print(
+                f"{a.nodes} nodes + 1 seed, {format_size(size)} package on "
+                f"{'tmpfs' if str(work).startswith('/dev/shm') else 'disk'}, limit {lim}",
+                flush=True,
+            )
+            for label, fn in plan:
+                t = time.monotonic()
+                r = fn()
+                r.name = label
+                results.append(r)
+                print(f"  {label}: done in {time.monotonic() - t:.1f} s wall", flush=True)
+    finally:
+        kill_all()
+    print_table(results, size, a.nodes, ["unlimited", lim])
+    return 0
+
+
+def print_table(results: list[Result], size: int, nodes: int, suffixes: list[str]) -> None:
+    by = {r.name: r for r in results}
+    print()
+    print(
+        f"{'run':<34} {'time s':>8} {'x bound':>8} {'goodput MiB/s':>14} "
+        f"{'seed up x':>10} {'peak RSS MiB':>13}  note"
+    )
+    for r in results:
+        xb = r.seconds / r.bound if r.seconds and r.bound else None
+        gp = nodes * size / r.seconds / 2**20 if r.seconds else None
+        print(
+            f"{r.name:<34} {fmt(r.seconds, '8.2f')} {fmt(xb, '8.2f')} {fmt(gp, '14.1f')} "
+            f"{fmt(r.seed_ratio, '10.2f')} {r.rss / 2**20:13.1f}  {r.note}"
+        )
+    print()
+
+    def ratio(a: str, b: str, what: str) -> None:
+        ra, rb = by.get(a), by.get(b)
+        if ra and rb and ra.seconds and rb.seconds:
+            print(f"{what}: {ra.seconds / rb.seconds:.2f}")
+
+    for suffix in suffixes:
+        ratio(f"centralized {suffix}", f"p2pupdate {suffix}", f"centralized / p2pupdate, {suffix}")
+        ratio(f"p2pupdate {suffix}", f"libtorrent {suffix}", f"p2pupdate / libtorrent, {suffix}")
+    for r in results:
+        if "refetched" in r.extra:
+            n = -(-size // CHUNK)
+            print(
+                f"kill -9 at {r.extra['killed_at']:.0%}: {int(r.extra['missing'])} of {n} chunks "
+                f"missing, {int(r.extra['fetched_after_restart'])} fetched after restart, "
+                f"refetched {int(r.extra['refetched'])} = "
+                f"{r.extra['refetched'] / n:.2%} of the package (target <= 2%)"
+            )
+        elif "killed_at" in r.extra or r.name.endswith("kill -9"):
+            print(f"kill -9: no measure ({r.note or 'the victim did not complete'})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

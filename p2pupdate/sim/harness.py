@@ -1,0 +1,761 @@
+"""Running a scenario: real ``p2pupdate node`` and ``publish`` processes, faults, the end.
+
+:class:`Harness` drives one run through the commands' public contract only
+(command-line flags, config file keys, the ``--events`` JSON-lines files, the
+exit codes and the line ``publish`` prints), never through internal APIs:
+
+1. make a temporary work dir, an authority key (``p2pupdate keygen``), the
+   target app of each version (``p2pupdate.sim.app``), one data dir, config
+   file and installed v1 app per node; on ``netns``, the namespaces;
+2. start the nodes on free ports (127.0.0.1, or one namespace each) with the
+   bootstrap peers of the scenario's topology, and wait until each listens;
+3. publish each version at its time; follow every node's events; inject the
+   faults (kill -9 at a progress, restart later; late joiners; the
+   adversarial peer); refresh the view;
+4. stop when every node has settled on the last publication (applied, or
+   rolled back and quarantined), on timeout, or on Ctrl-C/SIGTERM/SIGHUP;
+5. always, in ``finally``: stop every process (process groups, SIGTERM then
+   SIGKILL), tear the namespaces down, read each target's final bytes, remove
+   the work dir (the caller then writes report.json and timeline.png).
+
+The work dir holds an owner file with the harness's pid; a harness killed by
+SIGKILL leaves its dir behind (its children die with it, see
+``p2pupdate.sim.procs``) and the next run removes it.
+
+What the figures mean is ``p2pupdate.sim.report``; the display is
+``p2pupdate.sim.view``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import blake3
+import trio
+
+import p2pupdate
+from p2pupdate.errors import P2PUpdateError
+from p2pupdate.sim.adversary import Adversary
+from p2pupdate.sim.app import APP_NAME, app_bytes
+from p2pupdate.sim.netns import NetnsNetwork
+from p2pupdate.sim.procs import Child, Supervisor
+from p2pupdate.sim.report import FaultRecord, PublishRecord, RunRecord
+from p2pupdate.sim.scenario import (
+    AdversaryFault,
+    BadReleaseFault,
+    Kill9Fault,
+    LateJoinFault,
+    Scenario,
+)
+from p2pupdate.sim.topology import authority_targets, bootstrap_peers
+from p2pupdate.sim.tracker import EventTail, NodeTrack
+from p2pupdate.sim.view import PlainView, View
+
+__all__ = ["Harness", "SimInterrupted", "free_ports", "sweep_stale_workdirs"]
+
+_TICK = 0.1
+_REFRESH = 0.25
+_READY_TIMEOUT = 60.0
+_NETNS_PORT = 7100
+_UPLOADED_RE = re.compile(r"uploaded (\d+) bytes")
+_WORK_PREFIX = "p2pupdate-sim-"
+_OWNER_FILE = "harness.pid"
+
+
+class SimInterrupted(Exception):
+    """The run was stopped by a signal (Ctrl-C, SIGTERM, SIGHUP)."""
+
+
+def sweep_stale_workdirs(tmp: Path | None = None) -> list[Path]:
+    """Remove work dirs left by harnesses that died without cleaning up (SIGKILL).
+
+    Only directories named like ours that hold an owner file naming a process
+    that no longer exists are removed.
+    """
+    removed = []
+    for path in (tmp or Path(tempfile.gettempdir())).glob(f"{_WORK_PREFIX}*"):
+        try:
+            pid = int((path / _OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free on ``host`` right now (all held until all are found)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class _NodeSpec:
+    index: int
+    name: str
+    host: str
+    port: int
+    root: Path
+    events: Path
+    log: Path
+    peers: list[str]
+    late: bool
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def target(self) -> Path:
+        return self.root / "app" / APP_NAME
+
+
+class Harness:
+    """One run of one scenario; :meth:`run` returns the finished :class:`RunRecord`."""
+
+    def __init__(self, scenario: Scenario, out_dir: Path, view: View | None = None) -> None:
+        self.sc = scenario
+        self.out = out_dir
+        self.started = time.time()
+        self.view: View = view or PlainView(self.started)
+        self.sup = Supervisor()
+        self.rng = random.Random(scenario.seed)
+        self.net: NetnsNetwork | None = None
+        self.work: Path | None = None
+        self.nodes: list[_NodeSpec] = []
+        self.tracks: list[NodeTrack] = []
+        self.tails: list[EventTail] = []
+        self.children: dict[int, Child] = {}  # node index -> current process
+        self.killed: set[int] = set()  # nodes we killed on purpose (not yet restarted)
+        self.addresses: dict[str, str] = {}
+        self.packages: dict[str, Path] = {}
+        self.digests: dict[str, str] = {}  # blake3 hex of app bytes -> version
+        self.pubkey = ""
+        self.key_path: Path | None = None
+        self.authority_host = "127.0.0.1"
+        self.authority_port = 0
+        self.publishes: list[PublishRecord] = []
+        self.pub_children: dict[str, Child] = {}
+        self.faults: list[tuple[Any, FaultRecord]] = []
+        self.restart_due: dict[int, float] = {}
+        self.adversary: Adversary | None = None
+        self.rec = RunRecord(scenario, self.tracks, self.addresses, started=self.started)
+        self._stop_signal: int | None = None
+        self._env = self._child_env()
+
+    # -- the whole run ------------------------------------------------------------
+    async def run(self) -> RunRecord:
+        """Run the scenario to its end; cleanup happens whatever goes wrong."""
+        old = self._install_signal_handlers()
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "logs").mkdir(exist_ok=True)
+            (self.out / "events").mkdir(exist_ok=True)
+            sweep_stale_workdirs()
+            self.work = Path(tempfile.mkdtemp(prefix=_WORK_PREFIX))
+            (self.work / _OWNER_FILE).write_text(f"{os.getpid()}\n")
+            # Children's own temporary files (the publisher's store, ...) go inside
+            # the work dir, so they go with it even if a child is killed.
+            (self.work / "tmp").mkdir()
+            self._env["TMPDIR"] = str(self.work / "tmp")
+            self.view.start()
+            try:
+                await self._run_inner()
+            except BaseExceptionGroup as group:
+                raise _collapse(group) from None
+        except (KeyboardInterrupt, SimInterrupted):
+            self.rec.interrupted = True
+            self.view.note("interrupted: stopping every process")
+        except P2PUpdateError as exc:
+            self.rec.error = str(exc)
+            raise
+        finally:
+            try:
+                self._finish()
+            finally:
+                self.view.stop()
+                self._restore_signal_handlers(old)
+        return self.rec
+
+    async def _run_inner(self) -> None:
+        self._prepare()
+        for spec in self.nodes:
+            if not spec.late:
+                self._start_node(spec)
+        await self._wait_ready([s for s in self.nodes if not s.late])
+        self.rec.ready = time.time()
+        self.view.note(f"{sum(not s.late for s in self.nodes)} nodes up")
+        async with trio.open_nursery() as nursery:
+            adv = self.sc.faults_of(AdversaryFault)
+            if adv:
+                await self._start_adversary(nursery, adv[0])
+            await self._loop()
+            nursery.cancel_scope.cancel()
+
+    # -- preparation --------------------------------------------------------------
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # Children import the same p2pupdate as the harness, installed or not.
+        pkg_root = str(Path(p2pupdate.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
+        env.pop("NOTIFY_SOCKET", None)
+        env.pop("WATCHDOG_USEC", None)
+        return env
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "p2pupdate", *args]
+
+    def _prepare(self) -> None:
+        sc = self.sc
+        assert self.work is not None
+        self._check_stop()
+        # Network: addresses for the authority and each node.
+        if sc.network == "netns":
+            rate = sc.upload_limit
+            self.net = NetnsNetwork(slots=sc.nodes + 1, rates=[rate] * (sc.nodes + 1))
+            self.net.setup(self.rng)
+            self.rec.network = {
+                "kind": "netns",
+                "prefix": self.net.prefix,
+                "subnet": f"{self.net.subnet}.0/24",
+                "shaping": f"tc tbf {rate} bytes/s per slot" if rate else "none",
+            }
+            self.authority_host, self.authority_port = self.net.address(0), _NETNS_PORT
+            hosts = [(self.net.address(i + 1), _NETNS_PORT) for i in range(sc.nodes)]
+        else:
+            ports = free_ports(sc.nodes + 1)
+            self.authority_port = ports[0]
+            hosts = [("127.0.0.1", p) for p in ports[1:]]
+            self.rec.network = {"kind": "loopback", "shaping": "node limiters"}
+        self.addresses[f"{self.authority_host}:{self.authority_port}"] = "authority"
+        # Authority key, through the CLI like a person would.
+        self.key_path = self.work / "authority.key"
+        out = subprocess.run(
+            self._cmd("keygen", "--out", str(self.key_path)),
+            capture_output=True, text=True, env=self._env, check=False,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise P2PUpdateError(f"p2pupdate keygen failed: {out.stderr.strip()}")
+        self.pubkey = out.stdout.strip().splitlines()[-1]
+        # Packages: the installed version and each publication.
+        pkg_dir = self.work / "packages"
+        pkg_dir.mkdir()
+        versions = [(sc.initial_version, True)] + [(p.version, p.healthy) for p in sc.publications]
+        for version, healthy in versions:
+            data = app_bytes(version, healthy, sc.package_size)
+            path = pkg_dir / f"{APP_NAME}-{version}"
+            path.write_bytes(data)
+            path.chmod(0o755)
+            self.packages[version] = path
+            self.digests[blake3.blake3(data).hexdigest()] = version
+        # Nodes.
+        late = self.sc.late_nodes
+        edges = bootstrap_peers(sc.topology, sc.nodes, sc.degree, self.rng, late)
+        initial = self.packages[sc.initial_version].read_bytes()
+        for i, (host, port) in enumerate(hosts):
+            name = f"n{i:02d}"
+            root = self.work / name
+            spec = _NodeSpec(
+                index=i,
+                name=name,
+                host=host,
+                port=port,
+                root=root,
+                events=self.out / "events" / f"{name}.jsonl",
+                log=self.out / "logs" / f"{name}.log",
+                peers=[],
+                late=i in late,
+            )
+            self.nodes.append(spec)
+            self.addresses[spec.address] = name
+        for spec in self.nodes:
+            spec.peers = [self.nodes[j].address for j in edges[spec.index]]
+            spec.target.parent.mkdir(parents=True)
+            spec.data_dir.mkdir(parents=True)
+            spec.target.write_bytes(initial)
+            spec.target.chmod(0o755)
+            spec.events.unlink(missing_ok=True)
+            config = spec.root / "node.toml"
+            config.write_text(self._node_config(spec))
+            argv = self._cmd(
+                "node",
+                "--data-dir", str(spec.data_dir),
+                "--listen", spec.address,
+                "--trust", self.pubkey,
+                "--events", str(spec.events),
+                "--config", str(config),
+            )  # fmt: skip
+            for peer in spec.peers:
+                argv += ["--peer", peer]
+            if sc.upload_limit and sc.network == "loopback":
+                argv += ["--upload-limit", str(sc.upload_limit)]
+            spec.argv = self.net.wrap(spec.index + 1, argv) if self.net else argv
+            track = NodeTrack(spec.index, spec.name, spec.address, version=sc.initial_version)
+            self.tracks.append(track)
+            self.tails.append(EventTail(spec.events))
+        for fault in sc.faults:
+            node = getattr(fault, "node", None)
+            self.faults.append((fault, FaultRecord(fault.kind, node=node)))
+        self.rec.faults = [r for _, r in self.faults]
+
+    def _node_config(self, spec: _NodeSpec) -> str:
+        sc = self.sc
+        lines = [
+            "# written by p2pupdate sim",
+            f"check_interval = {sc.check_interval!r}",
+            'log_level = "info"',
+        ]
+        if sc.topology == "star":
+            # Fetch from the authority only: once it is connected, nobody else gets in,
+            # and the node dials nobody the authority's peer exchange tells it about.
+            lines += ["max_connections = 1", "target_connections = 1"]
+        lines += [
+            "",
+            f'[targets."{sc.channel}"]',
+            f'path = "{spec.target}"',
+            f'version = "{sc.initial_version}"',
+            "",
+        ]
+        return "\n".join(lines)
+
+    # -- processes ----------------------------------------------------------------
+    def _start_node(self, spec: _NodeSpec) -> None:
+        track = self.tracks[spec.index]
+        child = self.sup.spawn(
+            spec.name, spec.argv, log_path=spec.log, env=self._env, cwd=spec.root
+        )
+        self.children[spec.index] = child
+        if track.started_at is None:
+            track.started_at = time.time()
+        track.process = "running"
+
+    async def _wait_ready(self, specs: list[_NodeSpec]) -> None:
+        """Until each node accepts TCP connections (or exits: an error to report)."""
+        deadline = time.monotonic() + _READY_TIMEOUT
+        pending = list(specs)
+        while pending:
+            self._check_stop()
+            still = []
+            for spec in pending:
+                child = self.children[spec.index]
+                if not child.alive():
+                    raise P2PUpdateError(
+                        f"node {spec.name} exited with code {child.returncode} at start: "
+                        f"{_last_line(spec.log)} (log: {spec.log})"
+                    )
+                if not await _can_connect(spec.host, spec.port):
+                    still.append(spec)
+            pending = still
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(s.name for s in pending)
+                raise P2PUpdateError(f"nodes not listening after {_READY_TIMEOUT:.0f}s: {names}")
+            if pending:
+                await trio.sleep(0.1)
+
+    async def _start_adversary(self, nursery: trio.Nursery, fault: AdversaryFault) -> None:
+        host = self.net.bridge_address if self.net else "127.0.0.1"
+        targets = [(s.host, s.port) for s in self.nodes]
+        self.adversary = Adversary(fault.mode, host, targets, rng=random.Random(self.sc.seed + 1))
+        await nursery.start(self.adversary.run)
+        self.addresses[self.adversary.address] = "adversary"
+        for f, rec in self.faults:
+            if f is fault:
+                rec.fired, rec.fired_at = True, time.time()
+                rec.detail = f"{fault.mode} at {self.adversary.address}"
+        self.view.note(f"adversary ({fault.mode}) listening on {self.adversary.address}")
+
+    def _publish(self, index: int) -> None:
+        sc = self.sc
+        pub = sc.publications[index]
+        assert self.key_path is not None
+        targets = authority_targets(sc.topology, sc.nodes, sc.authority_peers, sc.late_nodes)
+        star = sc.topology == "star"
+        argv = self._cmd(
+            "publish",
+            "--key", str(self.key_path),
+            "--channel", sc.channel,
+            "--version", pub.version,
+            "--file", str(self.packages[pub.version]),
+            "--replicas", str(min(sc.replicas, len(targets) if star else sc.nodes)),
+            "--timeout", str(sc.timeout),
+            "--listen", f"{self.authority_host}:{self.authority_port}",
+        )  # fmt: skip
+        for j in targets:
+            argv += ["--peer", self.nodes[j].address]
+        if sc.upload_limit and sc.network == "loopback":
+            argv += ["--upload-limit", str(sc.upload_limit)]
+        if self.net is not None:
+            argv = self.net.wrap(0, argv)
+        record = PublishRecord(
+            pub.version, pub.healthy, time.time(),
+            address=f"{self.authority_host}:{self.authority_port}",
+        )  # fmt: skip
+        child = self.sup.spawn(
+            f"publish-{pub.version}",
+            argv,
+            log_path=self.out / "logs" / f"publish-{pub.version}.log",
+            stdout_path=self.out / "logs" / f"publish-{pub.version}.out",
+            env=self._env,
+            cwd=self.work,
+        )
+        self.publishes.append(record)
+        self.pub_children[pub.version] = child
+        for fault, rec in self.faults:
+            if isinstance(fault, BadReleaseFault) and fault.version == pub.version:
+                rec.fired, rec.fired_at = True, record.started
+                rec.detail = f"{pub.version} fails its health check"
+        self.rec.publishes = self.publishes
+        peers = ", ".join(self.nodes[j].name for j in targets)
+        self.view.note(
+            f"publishing {pub.version}{'' if pub.healthy else ' (bad release)'} to {peers}"
+        )
+
+    def _publish_done(self, record: PublishRecord, child: Child) -> None:
+        record.ended = time.time()
+        record.exit_code = child.returncode
+        if child.stdout_path is not None and child.stdout_path.exists():
+            record.stdout = child.stdout_path.read_text(errors="replace").strip()
+            m = _UPLOADED_RE.search(record.stdout)
+            if m:
+                record.bytes_uploaded = int(m.group(1))
+        if record.exit_code == 0:
+            self.view.note(f"publish {record.version} done: {record.stdout}")
+        else:
+            log = self.out / "logs" / f"publish-{record.version}.log"
+            self.view.note(
+                f"publish {record.version} exited with {record.exit_code}: {_last_line(log)}"
+            )
+
+    # -- the main loop ------------------------------------------------------------
+    async def _loop(self) -> None:
+        sc = self.sc
+        last_refresh = 0.0
+        last_status = 0.0
+        published = 0
+        while True:
+            self._check_stop()
+            now = time.time()
+            self._poll_events()
+            self._reap()
+            while (
+                published < len(sc.publications)
+                and now >= self.rec.ready + sc.publications[published].at
+            ):
+                self._publish(published)
+                published += 1
+            self._late_joins(now, published)
+            for i, due in list(self.restart_due.items()):
+                if now >= due:
+                    del self.restart_due[i]
+                    self._restart(i)
+            if now - last_status >= 1.0:
+                last_status = now
+                self._read_peer_counts()
+            if now - last_refresh >= _REFRESH:
+                last_refresh = now
+                self.view.refresh(self.tracks, self.addresses, self._header(now))
+            if published == len(sc.publications) and self._settled():
+                # A moment for trailing events (quarantined after rolled_back, ...).
+                await trio.sleep(0.3)
+                self._poll_events()
+                break
+            failed = self._failed_publication(now)
+            if failed:
+                self.rec.error = failed
+                self.view.note(failed)
+                break
+            if now - self.rec.ready > sc.timeout:
+                self.rec.timed_out = True
+                self.view.note(f"timed out after {sc.timeout:.0f}s")
+                break
+            await trio.sleep(_TICK)
+
+    def _failed_publication(self, now: float) -> str:
+        """Why the run cannot go on: a publish that failed before anyone heard of it."""
+        for record in self.publishes:
+            if record.exit_code in (None, 0) or record.ended is None or now < record.ended + 3.0:
+                continue
+            if not any(t.first("announcement_received", record.version) for t in self.tracks):
+                log = self.out / "logs" / f"publish-{record.version}.log"
+                return (
+                    f"publish {record.version} failed (exit {record.exit_code}) and no node "
+                    f"received its announcement: {_last_line(log)}"
+                )
+        return ""
+
+    def _header(self, now: float) -> str:
+        sc = self.sc
+        done = sum(1 for t in self.tracks if t.settled(sc.final_publication.version))
+        return (
+            f"p2pupdate sim {sc.name}: {sc.nodes} nodes, {sc.network}, "
+            f"{done}/{sc.nodes} settled, {now - self.started:.1f}s"
+        )
+
+    def _poll_events(self) -> None:
+        for spec, tail, track in zip(self.nodes, self.tails, self.tracks, strict=True):
+            for ev in tail.poll():
+                track.feed(ev)
+                self.view.event(track, ev)
+                if ev.get("event") == "download_progress":
+                    self._maybe_kill(spec, track)
+
+    def _maybe_kill(self, spec: _NodeSpec, track: NodeTrack) -> None:
+        for fault, rec in self.faults:
+            if (
+                isinstance(fault, Kill9Fault)
+                and fault.node == spec.index
+                and not rec.fired
+                and track.progress >= fault.at_progress
+                and track.progress < 1.0
+            ):
+                child = self.children.get(spec.index)
+                if child is None or not child.alive():
+                    return
+                self.sup.kill9(child)
+                self.killed.add(spec.index)
+                rec.fired, rec.fired_at, rec.progress_at_kill = True, time.time(), track.progress
+                rec.detail = f"killed at {100 * track.progress:.0f}%"
+                track.process = "killed"
+                self.restart_due[spec.index] = time.time() + fault.restart_after
+                self.view.note(
+                    f"kill -9 {spec.name} at {100 * track.progress:.0f}%; "
+                    f"restart in {fault.restart_after:g}s"
+                )
+
+    def _restart(self, index: int) -> None:
+        spec = self.nodes[index]
+        track = self.tracks[index]
+        self.killed.discard(index)
+        self._start_node(spec)
+        track.restarts += 1
+        for fault, rec in self.faults:
+            if isinstance(fault, Kill9Fault) and fault.node == index:
+                rec.restarted_at = time.time()
+                rec.detail += "; restarted"
+        self.view.note(f"restarted {spec.name}")
+
+    def _late_joins(self, now: float, published: int) -> None:
+        if not self.publishes:
+            return
+        first_pub = self.publishes[0].started
+        for fault, rec in self.faults:
+            if not isinstance(fault, LateJoinFault) or rec.fired:
+                continue
+            if fault.at is not None:
+                due = now >= first_pub + fault.at
+            else:
+                final = self.sc.final_publication.version
+                others = [
+                    t
+                    for t in self.tracks
+                    if t.index not in self.sc.late_nodes or t.started_at is not None
+                ]
+                due = published == len(self.sc.publications) and all(
+                    t.settled(final) for t in others
+                )
+            if due:
+                spec = self.nodes[fault.node]
+                self._start_node(spec)
+                rec.fired, rec.fired_at = True, now
+                rec.detail = f"joined {now - first_pub:.1f}s after the first publication"
+                self.view.note(f"late joiner {spec.name} starts")
+
+    def _reap(self) -> None:
+        for child in self.sup.reap():
+            for version, pchild in self.pub_children.items():
+                if pchild is child:
+                    record = next(r for r in self.publishes if r.version == version)
+                    self._publish_done(record, child)
+            for index, nchild in self.children.items():
+                if nchild is child and index not in self.killed:
+                    track = self.tracks[index]
+                    track.process = "exited"
+                    track.exit_code = child.returncode
+                    self.view.note(
+                        f"{track.name} exited unexpectedly with code {child.returncode}: "
+                        f"{_last_line(self.nodes[index].log)}"
+                    )
+
+    def _settled(self) -> bool:
+        """Every node settled on the last publication, every fault done."""
+        if any(not rec.fired for _, rec in self.faults):
+            # A kill that cannot fire any more (the node finished first) does not hold us.
+            for fault, rec in self.faults:
+                if rec.fired:
+                    continue
+                if isinstance(fault, Kill9Fault):
+                    track = self.tracks[fault.node]
+                    if track.settled(self.sc.final_publication.version):
+                        continue
+                return False
+        if self.restart_due:
+            return False
+        final = self.sc.final_publication.version
+        for spec, track in zip(self.nodes, self.tracks, strict=True):
+            child = self.children.get(spec.index)
+            if child is None:
+                return False
+            if not child.alive() and spec.index not in self.killed:
+                continue  # crashed: it will not settle; the report says so
+            if not track.settled(final):
+                return False
+        return True
+
+    def _read_peer_counts(self) -> None:
+        """Peers column: from peer events when the node emits them, else its status file."""
+        for spec, track in zip(self.nodes, self.tracks, strict=True):
+            if track.connected or track.process != "running":
+                continue
+            path = spec.data_dir / "status.json"
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            peers = data.get("peers") if isinstance(data, dict) else None
+            if isinstance(peers, list):
+                track.peers = len(peers)
+
+    # -- signals --------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        old: dict[int, Any] = {}
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            # ValueError: not the main thread, where the caller handles signals.
+            with contextlib.suppress(ValueError):
+                old[sig] = signal.signal(sig, self._on_signal)
+        return old
+
+    def _restore_signal_handlers(self, old: dict[int, Any]) -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_signal = signum
+
+    def _check_stop(self) -> None:
+        if self._stop_signal is not None:
+            raise SimInterrupted(signal.Signals(self._stop_signal).name)
+
+    # -- the end ----------------------------------------------------------------------
+    @trio.lowlevel.enable_ki_protection
+    def _finish(self) -> None:
+        """Stop everything, record the final state, clean up. Never raises past cleanup."""
+        rec = self.rec
+        try:
+            for spec in self.nodes:
+                child = self.children.get(spec.index)
+                if child is not None:
+                    rec.alive_at_end[spec.name] = child.alive()
+            if self.adversary is not None:
+                rec.adversary = self.adversary.stats.as_dict()
+        finally:
+            self.sup.close()
+            try:
+                if self.net is not None:
+                    self.net.teardown()
+            finally:
+                try:
+                    for record in self.publishes:
+                        if record.ended is None:
+                            self._publish_done(record, self.pub_children[record.version])
+                    self._poll_events()
+                    for spec, track in zip(self.nodes, self.tracks, strict=True):
+                        rec.final_versions[spec.name] = self._final_version(spec)
+                        if track.process == "running":
+                            track.process = "stopped"
+                    self.view.refresh(self.tracks, self.addresses, self._header(time.time()))
+                finally:
+                    if self.work is not None:
+                        shutil.rmtree(self.work, ignore_errors=True)
+                    rec.ended = time.time()
+
+    def _final_version(self, spec: _NodeSpec) -> str:
+        try:
+            data = spec.target.read_bytes()
+        except FileNotFoundError:
+            return "missing"
+        except OSError:
+            return "unreadable"
+        return self.digests.get(blake3.blake3(data).hexdigest(), "unknown")
+
+
+async def _can_connect(host: str, port: int) -> bool:
+    try:
+        with trio.move_on_after(1.0):
+            stream = await trio.open_tcp_stream(host, port)
+            await stream.aclose()
+            return True
+    except OSError:
+        return False
+    return False
+
+
+def _last_line(path: Path) -> str:
+    """The last meaningful line of a log (skipping traceback box drawing)."""
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        text = line.strip().lstrip("|+- ").strip()
+        if any(ch.isalnum() for ch in text):
+            return text[:300]
+    return ""
+
+
+def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception to re-raise for a task group's failure (interrupts first)."""
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup[BaseException]) -> None:
+        for e in g.exceptions:
+            if isinstance(e, BaseExceptionGroup):
+                walk(e)
+            else:
+                leaves.append(e)
+
+    walk(group)
+    for kind in (KeyboardInterrupt, SimInterrupted, P2PUpdateError):
+        for e in leaves:
+            if isinstance(e, kind):
+                return e
+    return group

@@ -1,0 +1,534 @@
+"""The figures of a finished run, its expectations, report.json and the summary text.
+
+:func:`build_report` is a pure function of a :class:`RunRecord` (what the
+harness saw: the scenario, each node's events, the publisher runs, the faults
+it injected, the adversary's counters, each target file's final content) and
+returns the report as a JSON-ready dict: every figure of the summary plus
+every node's event stream. :func:`check_expectations` compares the figures
+with the scenario's ``[expect]`` table; :func:`summary_lines` renders the
+figures for people. Nothing here reads files or clocks; the harness writes
+report.json and the plot.
+
+Times are seconds from the start of the publication they belong to (the
+moment the harness started ``p2pupdate publish``). The Kumar-Ross bound for a
+swarm of N nodes, each uploading at u, fed by an authority uploading at u_s,
+is max(F/u_s, N*F/(u_s + N*u)); the run's distribution time (first
+announcement received to last download complete) is reported over it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2pupdate.config import DEFAULT_LIMITS
+from p2pupdate.core.units import format_size
+from p2pupdate.sim.scenario import Scenario
+from p2pupdate.sim.tracker import NodeTrack
+
+__all__ = [
+    "FaultRecord",
+    "PublishRecord",
+    "RunRecord",
+    "build_report",
+    "check_expectations",
+    "kumar_ross_bound",
+    "summary_lines",
+]
+
+CHUNK = DEFAULT_LIMITS.chunk_size
+
+
+@dataclass
+class PublishRecord:
+    """One ``p2pupdate publish`` run."""
+
+    version: str
+    healthy: bool
+    started: float
+    ended: float | None = None
+    exit_code: int | None = None
+    stdout: str = ""
+    bytes_uploaded: int | None = None
+    address: str = ""
+
+
+@dataclass
+class FaultRecord:
+    """A fault as it was injected (or not)."""
+
+    kind: str
+    node: int | None = None
+    fired: bool = False
+    fired_at: float | None = None
+    progress_at_kill: float | None = None
+    restarted_at: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class RunRecord:
+    scenario: Scenario
+    tracks: list[NodeTrack]
+    addresses: dict[str, str]  # "host:port" -> label (n00.., authority, adversary)
+    publishes: list[PublishRecord] = field(default_factory=list)
+    faults: list[FaultRecord] = field(default_factory=list)
+    adversary: dict[str, Any] | None = None
+    final_versions: dict[str, str] = field(default_factory=dict)  # node -> version of its target
+    alive_at_end: dict[str, bool] = field(default_factory=dict)
+    started: float = 0.0
+    ready: float = 0.0
+    ended: float = 0.0
+    timed_out: bool = False
+    interrupted: bool = False
+    error: str = ""
+    network: dict[str, Any] = field(default_factory=dict)
+
+
+def kumar_ross_bound(size: int, nodes: int, node_upload: float, source_upload: float) -> float:
+    """Lower bound on the time to get ``size`` bytes to ``nodes`` peers (seconds)."""
+    if node_upload <= 0 or source_upload <= 0 or nodes <= 0:
+        raise ValueError("rates and node count must be positive")
+    return max(size / source_upload, nodes * size / (source_upload + nodes * node_upload))
+
+
+def _r(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, nd)
+
+
+def _label(addresses: dict[str, str], peer: str) -> str:
+    return addresses.get(peer, peer)
+
+
+def _main_publication(rec: RunRecord) -> PublishRecord | None:
+    """The publication the headline figures are about: the last healthy one, else the last."""
+    for pub in reversed(rec.publishes):
+        if pub.healthy:
+            return pub
+    return rec.publishes[-1] if rec.publishes else None
+
+
+def _pub_figures(rec: RunRecord, pub: PublishRecord) -> dict[str, Any]:
+    v = pub.version
+    announced = [
+        ev["t"] for tr in rec.tracks if (ev := tr.first("announcement_received", v)) is not None
+    ]
+    done = {
+        tr.name: tr.outcome_at[v] - pub.started
+        for tr in rec.tracks
+        if tr.outcomes.get(v) in ("applied", "rolled_back")
+    }
+    complete = [
+        ev["t"] for tr in rec.tracks if (ev := tr.first("download_complete", v)) is not None
+    ]
+    applied = {
+        tr.name: tr.outcome_at[v] - pub.started
+        for tr in rec.tracks
+        if tr.outcomes.get(v) == "applied"
+    }
+    first_ann = min(announced) if announced else None
+    out: dict[str, Any] = {
+        "version": v,
+        "healthy": pub.healthy,
+        "published_at": _r(pub.started - rec.started),
+        "publish_exit_code": pub.exit_code,
+        "publish_seconds": _r(pub.ended - pub.started) if pub.ended is not None else None,
+        "bytes_uploaded_by_authority": pub.bytes_uploaded,
+        "first_announced": _r(first_ann - pub.started) if first_ann is not None else None,
+        "nodes_announced": len(announced),
+        "nodes_applied": len(applied),
+        "nodes_settled": len(done),
+        "first_applied": _r(min(applied.values())) if applied else None,
+        "last_applied": _r(max(applied.values())) if applied else None,
+        "last_settled": _r(max(done.values())) if done else None,
+        "per_node": {k: _r(x) for k, x in sorted(done.items())},
+        "distribution_time": (
+            _r(max(complete) - first_ann) if complete and first_ann is not None else None
+        ),
+        "outcomes": {tr.name: tr.outcomes.get(v) for tr in rec.tracks},
+    }
+    return out
+
+
+def _node_figures(rec: RunRecord, tr: NodeTrack) -> dict[str, Any]:
+    sources = {_label(rec.addresses, peer): n for peer, n in sorted(tr.sources.items())}
+    chunks = sum(tr.sources.values())
+    received = min(chunks * CHUNK, rec.scenario.package_size) if chunks else 0
+    return {
+        "name": tr.name,
+        "address": tr.address,
+        "final_version": rec.final_versions.get(tr.name),
+        "installed_version_from_events": tr.version,
+        "outcomes": dict(tr.outcomes),
+        "quarantined": sorted(tr.quarantined),
+        "chunks_received": chunks,
+        "bytes_received": received,
+        "sources": sources,
+        "restarts": tr.restarts,
+        "alive_at_end": rec.alive_at_end.get(tr.name),
+        "exit_code": tr.exit_code,
+        "bans": [
+            {
+                "peer": _label(rec.addresses, str(b.get("peer"))),
+                "address": b.get("peer"),
+                "reason": b.get("reason"),
+                "t": _r(_num(b.get("t")) - rec.started),
+            }
+            for b in tr.bans
+        ],
+        "events": tr.events,
+    }
+
+
+def _num(x: object) -> float:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else 0.0
+
+
+def _authority(rec: RunRecord, main: PublishRecord | None) -> dict[str, Any]:
+    size = rec.scenario.package_size
+    if main is None:
+        return {"bytes_uploaded": None, "upload_ratio": None, "measured_by": None}
+    if main.bytes_uploaded is not None:
+        return {
+            "bytes_uploaded": main.bytes_uploaded,
+            "upload_ratio": _r(main.bytes_uploaded / size),
+            "measured_by": "publish output",
+        }
+    chunks = sum(
+        n
+        for tr in rec.tracks
+        for peer, n in tr.sources.items()
+        if rec.addresses.get(peer) == "authority"
+    )
+    if not any(tr.sources for tr in rec.tracks):
+        return {"bytes_uploaded": None, "upload_ratio": None, "measured_by": None}
+    return {
+        "bytes_uploaded": chunks * CHUNK,
+        "upload_ratio": _r(chunks * CHUNK / size),
+        "measured_by": "chunk sources reported by the nodes",
+    }
+
+
+def _bans(rec: RunRecord) -> dict[str, Any]:
+    adversary = rec.adversary["address"] if rec.adversary else None
+    all_bans: list[dict[str, Any]] = []
+    for tr in rec.tracks:
+        for b in tr.bans:
+            peer = str(b.get("peer"))
+            all_bans.append(
+                {
+                    "by": tr.name,
+                    "peer": _label(rec.addresses, peer),
+                    "address": peer,
+                    "reason": b.get("reason"),
+                }
+            )
+    honest = [b for b in all_bans if b["address"] != adversary]
+    by_node_of_adv = sorted({b["by"] for b in all_bans if b["address"] == adversary})
+    return {"all": all_bans, "of_adversary_by": by_node_of_adv, "of_honest": honest}
+
+
+def build_report(rec: RunRecord) -> dict[str, Any]:
+    """Every figure of the run and every node's event stream, JSON-ready."""
+    sc = rec.scenario
+    main = _main_publication(rec)
+    pubs = [_pub_figures(rec, p) for p in rec.publishes]
+    main_fig = next((f for f in pubs if main is not None and f["version"] == main.version), None)
+    n = len(rec.tracks)
+    kr: dict[str, Any] | None = None
+    if sc.upload_limit > 0 and main_fig is not None:
+        bound = kumar_ross_bound(sc.package_size, n, sc.upload_limit, sc.upload_limit)
+        dist = main_fig["distribution_time"]
+        last = main_fig["last_applied"]
+        kr = {
+            "bound": _r(bound),
+            "upload_limit": sc.upload_limit,
+            "distribution_time": dist,
+            "ratio": _r(dist / bound) if dist is not None else None,
+            "last_applied_ratio": _r(last / bound) if last is not None else None,
+        }
+    bad = {
+        "served_by_adversary": rec.adversary.get("bad_chunks_served", 0) if rec.adversary else 0,
+        "bad_table_pages_served": (
+            rec.adversary.get("bad_table_pages_served", 0) if rec.adversary else 0
+        ),
+    }
+    report: dict[str, Any] = {
+        "scenario": {
+            "name": sc.name,
+            "source": sc.source,
+            "description": sc.description,
+            "nodes": sc.nodes,
+            "package_size": sc.package_size,
+            "topology": sc.topology,
+            "degree": sc.degree,
+            "upload_limit": sc.upload_limit,
+            "network": sc.network,
+            "channel": sc.channel,
+            "initial_version": sc.initial_version,
+            "publications": [p.__dict__ for p in sc.publications],
+            "faults": [f.__dict__ for f in sc.faults],
+            "expect": dict(sc.expect.items()),
+        },
+        "network": rec.network,
+        "duration": _r(rec.ended - rec.started),
+        "setup_time": _r(rec.ready - rec.started) if rec.ready else None,
+        "timed_out": rec.timed_out,
+        "interrupted": rec.interrupted,
+        "error": rec.error or None,
+        "main_version": main.version if main else None,
+        "time_to_first_applied": main_fig["first_applied"] if main_fig else None,
+        "time_to_last_applied": main_fig["last_applied"] if main_fig else None,
+        "publications": pubs,
+        "authority": _authority(rec, main),
+        "kumar_ross": kr,
+        "bad_chunks": bad,
+        "bans": _bans(rec),
+        "adversary": rec.adversary,
+        "faults": [f.__dict__ for f in rec.faults],
+        "publish_runs": [p.__dict__ for p in rec.publishes],
+        "addresses": rec.addresses,
+        "nodes": [_node_figures(rec, tr) for tr in rec.tracks],
+    }
+    report["expectations"] = check_expectations(rec, report)
+    report["ok"] = (
+        all(e["ok"] for e in report["expectations"])
+        and not rec.interrupted
+        and not rec.timed_out
+        and not rec.error
+    )
+    return report
+
+
+def _exp(name: str, expected: object, actual: object, ok: bool, detail: str = "") -> dict[str, Any]:
+    return {"name": name, "expected": expected, "actual": actual, "ok": ok, "detail": detail}
+
+
+def _resumed(rec: RunRecord, report: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """Each killed node fetched less than the whole package after its restart."""
+    size = rec.scenario.package_size
+    nchunks = -(-size // CHUNK)
+    detail: dict[str, Any] = {}
+    ok = True
+    for f in rec.faults:
+        if f.kind != "kill9" or f.node is None:
+            continue
+        tr = rec.tracks[f.node]
+        if not f.fired or f.restarted_at is None:
+            detail[tr.name] = "not killed and restarted"
+            ok = False
+            continue
+        after = [e for e in tr.events if _num(e.get("t")) >= f.restarted_at]
+        first_progress = next((e for e in after if e.get("event") == "download_progress"), None)
+        complete = next((e for e in after if e.get("event") == "download_complete"), None)
+        refetched = None
+        if complete is not None and isinstance(complete.get("sources"), dict):
+            refetched = sum(int(_num(v)) for v in complete["sources"].values())
+        resumed_from = _num(first_progress.get("bytes_done")) if first_progress else None
+        node_ok = complete is not None and (
+            (refetched is not None and refetched < nchunks)
+            or (resumed_from is not None and resumed_from > 0)
+        )
+        detail[tr.name] = {
+            "killed_at_progress": f.progress_at_kill,
+            "chunks_fetched_after_restart": refetched,
+            "first_bytes_done_after_restart": resumed_from,
+            "chunks_total": nchunks,
+            "ok": node_ok,
+        }
+        ok = ok and node_ok
+    return ok, detail
+
+
+def check_expectations(rec: RunRecord, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per checked expectation (plus faults_fired when there are faults)."""
+    sc = rec.scenario
+    exp = sc.expect
+    good = sc.last_good_version
+    finals = {tr.name: rec.final_versions.get(tr.name) for tr in rec.tracks}
+    out: list[dict[str, Any]] = []
+    if rec.faults:
+        unfired = [
+            f"{f.kind}" + (f" n{f.node:02d}" if f.node is not None else "")
+            for f in rec.faults
+            if not f.fired
+        ]
+        out.append(_exp("faults_fired", True, not unfired, not unfired, ", ".join(unfired)))
+    if exp.all_applied is not None:
+        missing = _not_applied(rec, good)
+        ok = not missing
+        out.append(
+            _exp("all_applied", exp.all_applied, ok, ok == exp.all_applied,
+                 f"not on {good}: {', '.join(missing)}" if missing else f"all on {good}")
+        )  # fmt: skip
+    main = next((p for p in report["publications"] if p["version"] == report["main_version"]), None)
+    if exp.max_time is not None:
+        last = None
+        if main is not None:
+            last = main["last_applied"] if main["healthy"] else main["last_settled"]
+        ok = (
+            last is not None
+            and last <= exp.max_time
+            and main is not None
+            and main["nodes_settled"] == len(rec.tracks)
+        )
+        out.append(
+            _exp("max_time", exp.max_time, last, ok, "seconds from publish to last node done")
+        )
+    if exp.rolled_back is not None:
+        bad_versions = [p.version for p in sc.publications if not p.healthy]
+        failed = sorted(
+            tr.name
+            for tr in rec.tracks
+            if not bad_versions
+            or any(
+                tr.outcomes.get(v) != "rolled_back" or v not in tr.quarantined for v in bad_versions
+            )
+            or finals.get(tr.name) != good
+        )
+        ok = not failed
+        out.append(
+            _exp(
+                "rolled_back",
+                exp.rolled_back,
+                ok,
+                ok == exp.rolled_back,
+                f"not rolled back+quarantined+on {good}: {', '.join(failed)}" if failed else "",
+            )
+        )
+    bans = report["bans"]
+    if exp.adversary_banned is not None:
+        adv = rec.adversary or {}
+        served_to: set[str] = {
+            str(rec.addresses.get(peer, peer))
+            for peer, n in dict(adv.get("bad_chunks_to", {})).items()
+            if n
+        }
+        banned_by = set(bans["of_adversary_by"])
+        not_banning = sorted(served_to - banned_by)
+        ok = bool(rec.adversary) and bool(banned_by) and not not_banning
+        detail = f"banned by {', '.join(sorted(banned_by)) or 'nobody'}"
+        if not_banning:
+            detail += f"; served bad chunks but did not ban: {', '.join(not_banning)}"
+        out.append(
+            _exp("adversary_banned", exp.adversary_banned, ok, ok == exp.adversary_banned, detail)
+        )
+    if exp.no_honest_bans is not None:
+        ok = not bans["of_honest"]
+        detail = ", ".join(
+            f"{b['by']} banned {b['peer']} ({b['reason']})" for b in bans["of_honest"]
+        )
+        out.append(_exp("no_honest_bans", exp.no_honest_bans, ok, ok == exp.no_honest_bans, detail))
+    if exp.resumed is not None:
+        ok, per_node = _resumed(rec, report)
+        out.append(_exp("resumed", exp.resumed, ok, ok == exp.resumed, str(per_node)))
+    ratio = report["authority"]["upload_ratio"]
+    if exp.max_authority_ratio is not None:
+        ok = ratio is not None and ratio <= exp.max_authority_ratio
+        out.append(_exp("max_authority_ratio", exp.max_authority_ratio, ratio, ok))
+    if exp.min_authority_ratio is not None:
+        ok = ratio is not None and ratio >= exp.min_authority_ratio
+        out.append(_exp("min_authority_ratio", exp.min_authority_ratio, ratio, ok))
+    if exp.max_bound_ratio is not None:
+        kr = report["kumar_ross"]
+        value = kr["ratio"] if kr else None
+        ok = value is not None and value <= exp.max_bound_ratio
+        out.append(_exp("max_bound_ratio", exp.max_bound_ratio, value, ok,
+                        "" if kr else "the scenario sets no upload_limit"))  # fmt: skip
+    if exp.final_version is not None:
+        wrong = sorted(n for n, v in finals.items() if v != exp.final_version)
+        out.append(_exp("final_version", exp.final_version, finals, not wrong, ", ".join(wrong)))
+    if exp.all_running is not None:
+        dead = sorted(n for n, alive in rec.alive_at_end.items() if not alive)
+        ok = not dead and len(rec.alive_at_end) == len(rec.tracks)
+        out.append(_exp("all_running", exp.all_running, ok, ok == exp.all_running,
+                        f"not running at the end: {', '.join(dead)}" if dead else ""))  # fmt: skip
+    return out
+
+
+def _not_applied(rec: RunRecord, good: str) -> list[str]:
+    """Nodes whose target is not the last good version, or that never applied it."""
+    sc = rec.scenario
+    out = []
+    for tr in rec.tracks:
+        final = rec.final_versions.get(tr.name)
+        applied = good == sc.initial_version or tr.outcomes.get(good) == "applied"
+        if final != good or not applied:
+            out.append(tr.name)
+    return sorted(out)
+
+
+# -- text ----------------------------------------------------------------------------
+
+
+def _fmt_t(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}s"
+
+
+def summary_lines(report: dict[str, Any], out_dir: str, plot: str | None) -> list[str]:
+    """The end-of-run summary, one string per line."""
+    sc = report["scenario"]
+    limit = format_size(sc["upload_limit"]) + "/s" if sc["upload_limit"] else "unlimited"
+    lines = [
+        f"scenario {sc['name']}: {sc['nodes']} nodes, {format_size(sc['package_size'])}, "
+        f"{sc['topology']} topology, {sc['network']} network, upload {limit}",
+    ]
+    for p in report["publications"]:
+        tag = "" if p["healthy"] else " (bad release)"
+        lines.append(
+            f"  {p['version']}{tag}: announced +{_fmt_t(p['first_announced'])}, "
+            f"applied by {p['nodes_applied']}/{len(report['nodes'])}, "
+            f"first {_fmt_t(p['first_applied'])}, last {_fmt_t(p['last_applied'])}"
+            + ("" if p["healthy"] else f", all settled {_fmt_t(p['last_settled'])}")
+        )
+    main = next((p for p in report["publications"] if p["version"] == report["main_version"]), None)
+    if main and main["per_node"]:
+        per = "  ".join(f"{k} {v:.2f}s" for k, v in main["per_node"].items())
+        lines.append(f"  per node ({main['version']}): {per}")
+    auth = report["authority"]
+    if auth["upload_ratio"] is not None:
+        lines.append(
+            f"  authority uploaded {format_size(auth['bytes_uploaded'])} = "
+            f"{auth['upload_ratio']:.2f}x the package ({auth['measured_by']})"
+        )
+    got = [
+        f"{n['name']} {format_size(n['bytes_received'])}"
+        for n in report["nodes"]
+        if n["chunks_received"]
+    ]
+    if got:
+        lines.append("  bytes received: " + ", ".join(got))
+    bad = report["bad_chunks"]
+    bans = report["bans"]
+    if report["adversary"] or bans["all"]:
+        lines.append(
+            f"  bad chunks served: {bad['served_by_adversary']}, bad table pages: "
+            f"{bad['bad_table_pages_served']}; bans: {len(bans['all'])} "
+            f"(adversary banned by {', '.join(bans['of_adversary_by']) or 'nobody'}; "
+            f"honest peers banned: {len(bans['of_honest'])})"
+        )
+    kr = report["kumar_ross"]
+    if kr:
+        ratio = "-" if kr["ratio"] is None else f"{kr['ratio']:.2f}x"
+        lines.append(
+            f"  Kumar-Ross bound {kr['bound']:.2f}s; distribution took "
+            f"{_fmt_t(kr['distribution_time'])} = {ratio} the bound"
+        )
+    for f in report["faults"]:
+        what = f"n{f['node']:02d} " if f["node"] is not None else ""
+        state = "fired" if f["fired"] else "NOT fired"
+        lines.append(
+            f"  fault {f['kind']} {what}{state}{': ' + f['detail'] if f['detail'] else ''}"
+        )
+    if report["timed_out"]:
+        lines.append(f"  TIMED OUT after {report['duration']:.1f}s")
+    if report["error"]:
+        lines.append(f"  error: {report['error']}")
+    for e in report["expectations"]:
+        mark = "ok  " if e["ok"] else "FAIL"
+        detail = f" ({e['detail']})" if e["detail"] and not e["ok"] else ""
+        lines.append(f"  [{mark}] {e['name']}: expected {e['expected']}, got {e['actual']}{detail}")
+    lines.append(("PASSED" if report["ok"] else "FAILED") + f"; report: {out_dir}/report.json"
+                 + (f", timeline: {plot}" if plot else ""))  # fmt: skip
+    return lines

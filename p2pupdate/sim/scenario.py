@@ -1,0 +1,532 @@
+"""Simulation scenarios: finding them, reading their TOML, and validating every key.
+
+A scenario is a TOML file (format in docs/simulation.md). A name without a
+slash or ``.toml`` is looked up among the scenarios shipped inside this
+package (``p2pupdate/sim/scenarios/NAME.toml``), so they are found from any
+working directory after a non-editable install; anything else is a path.
+
+A scenario may start from another with ``base = "NAME"`` (a shipped name or a
+path relative to the file): tables are merged key by key, everything else
+(arrays included) is replaced. The tests use that to run every shipped
+scenario at a small size.
+
+Every mistake (unknown scenario, unknown key, wrong type, out-of-range value)
+is a :class:`UsageError` naming the scenario and the key. This module only
+reads and checks; running a scenario is ``p2pupdate.sim.harness``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import semver
+
+from p2pupdate.core.announcement import validate_channel, validate_version
+from p2pupdate.core.units import parse_rate, parse_size
+from p2pupdate.errors import UsageError
+
+__all__ = [
+    "FAULT_KINDS",
+    "MAX_NODES",
+    "NETWORKS",
+    "TOPOLOGIES",
+    "AdversaryFault",
+    "BadReleaseFault",
+    "Expect",
+    "Fault",
+    "Kill9Fault",
+    "LateJoinFault",
+    "Publication",
+    "Scenario",
+    "load_scenario",
+    "parse_scenario",
+    "resolve_scenario",
+    "shipped_scenarios",
+]
+
+TOPOLOGIES = ("ring", "random-k", "star")
+NETWORKS = ("loopback", "netns")
+FAULT_KINDS = ("kill9", "late_join", "adversary", "bad_release")
+ADVERSARY_MODES = ("bad-chunks", "bad-tables")
+# One /24 per run in netns mode: .1 is the bridge, .2 the authority, then nodes.
+MAX_NODES = 200
+MIN_PACKAGE = 4096  # the app's shell header must fit, with room to spare
+MAX_PACKAGE = 4 * 1024**3
+_SHIPPED_PACKAGE = "p2pupdate.sim"
+_SHIPPED_DIR = "scenarios"
+
+
+@dataclass(frozen=True)
+class Publication:
+    """The authority publishes ``version`` ``at`` seconds after all nodes are up."""
+
+    version: str
+    at: float = 0.0
+    healthy: bool = True  # False: the release fails its health check (bad_release fault)
+
+
+@dataclass(frozen=True)
+class Kill9Fault:
+    """SIGKILL ``node`` once its download passes ``at_progress``; restart it later."""
+
+    node: int
+    at_progress: float
+    restart_after: float
+    kind: str = "kill9"
+
+
+@dataclass(frozen=True)
+class LateJoinFault:
+    """Start ``node`` only ``at`` seconds after the first publication, or (at=None)
+    once every other node has applied the last publication."""
+
+    node: int
+    at: float | None
+    kind: str = "late_join"
+
+
+@dataclass(frozen=True)
+class AdversaryFault:
+    """An extra peer inside the harness, speaking the real protocol, serving garbage."""
+
+    mode: str  # "bad-chunks": right tables, corrupt chunks; "bad-tables": both wrong
+    kind: str = "adversary"
+
+
+@dataclass(frozen=True)
+class BadReleaseFault:
+    """The publication of ``version`` ships an app whose health check fails."""
+
+    version: str
+    kind: str = "bad_release"
+
+
+Fault = Kill9Fault | LateJoinFault | AdversaryFault | BadReleaseFault
+
+
+@dataclass(frozen=True)
+class Expect:
+    """The outcome a run must reach; each key that is set is checked (None: not checked)."""
+
+    all_applied: bool | None = None
+    max_time: float | None = None
+    rolled_back: bool | None = None
+    adversary_banned: bool | None = None
+    no_honest_bans: bool | None = None
+    resumed: bool | None = None
+    max_authority_ratio: float | None = None
+    min_authority_ratio: float | None = None
+    max_bound_ratio: float | None = None
+    final_version: str | None = None
+    all_running: bool | None = None
+
+    def items(self) -> list[tuple[str, object]]:
+        """The keys that are set, in declaration order."""
+        return [(k, v) for k, v in self.__dict__.items() if v is not None]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str = ""
+    nodes: int = 10
+    package_size: int = 32 * 1024 * 1024
+    topology: str = "ring"
+    degree: int = 2
+    seed: int = 1
+    upload_limit: int = 0  # bytes/s per node and for the authority; 0 = unlimited
+    network: str = "loopback"
+    authority_peers: int = 2
+    replicas: int = 1
+    channel: str = "app/stable"
+    initial_version: str = "1.0.0"
+    check_interval: float = 1.0
+    timeout: float = 300.0
+    publications: tuple[Publication, ...] = (Publication("2.0.0"),)
+    faults: tuple[Fault, ...] = ()
+    expect: Expect = field(default_factory=lambda: Expect(all_applied=True))
+    source: str = ""
+
+    def faults_of(self, kind: type[Any]) -> list[Any]:
+        return [f for f in self.faults if isinstance(f, kind)]
+
+    @property
+    def late_nodes(self) -> set[int]:
+        return {f.node for f in self.faults if isinstance(f, LateJoinFault)}
+
+    @property
+    def final_publication(self) -> Publication:
+        return self.publications[-1]
+
+    @property
+    def last_good_version(self) -> str:
+        """The version every node should run at the end."""
+        for pub in reversed(self.publications):
+            if pub.healthy:
+                return pub.version
+        return self.initial_version
+
+
+# -- finding scenarios --------------------------------------------------------------
+
+
+def shipped_scenarios() -> list[str]:
+    """Names of the scenarios shipped inside the package, sorted."""
+    root = importlib.resources.files(_SHIPPED_PACKAGE).joinpath(_SHIPPED_DIR)
+    return sorted(
+        p.name.removesuffix(".toml")
+        for p in root.iterdir()
+        if p.name.endswith(".toml") and p.is_file()
+    )
+
+
+def _looks_like_path(arg: str) -> bool:
+    return arg.endswith(".toml") or "/" in arg or arg.startswith(".")
+
+
+def _read_shipped(name: str) -> tuple[str, str]:
+    res = importlib.resources.files(_SHIPPED_PACKAGE).joinpath(_SHIPPED_DIR, f"{name}.toml")
+    if not res.is_file():
+        raise UsageError(
+            f"unknown scenario {name!r} (shipped: {', '.join(shipped_scenarios())}; "
+            "or give the path of a .toml file)"
+        )
+    return res.read_text(encoding="utf-8"), f"{name} (shipped)"
+
+
+def _read_path(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"scenario file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"scenario file {path} is a directory") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"scenario file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read scenario file {path}: {exc.strerror}") from None
+
+
+def _parse_toml(text: str, where: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"scenario {where}: not valid TOML: {exc}") from None
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _load_raw(
+    arg: str, relative_to: Path | None, seen: tuple[str, ...]
+) -> tuple[dict[str, Any], str]:
+    """The merged raw table of a scenario (its ``base`` chain resolved) and its name."""
+    if _looks_like_path(arg):
+        path = Path(arg)
+        if relative_to is not None and not path.is_absolute():
+            path = relative_to / path
+        key = str(path.resolve())
+        text, where, name, here = _read_path(path), str(path), path.stem, path.parent
+    else:
+        key = f"shipped:{arg}"
+        text, where = _read_shipped(arg)
+        name, here = arg, None
+    if key in seen:
+        raise UsageError(f"scenario {where}: 'base' chain loops back to itself")
+    raw = _parse_toml(text, where)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw, name
+    if not isinstance(base, str) or not base:
+        raise UsageError(f"scenario {where}: 'base' must be a scenario name or path")
+    base_raw, _ = _load_raw(base, here, (*seen, key))
+    return _merge(base_raw, raw), name
+
+
+def resolve_scenario(arg: str) -> tuple[dict[str, Any], str, str]:
+    """Raw merged table, scenario name and a description of where it came from."""
+    raw, name = _load_raw(arg, None, ())
+    where = arg if _looks_like_path(arg) else f"{arg} (shipped)"
+    return raw, name, where
+
+
+def load_scenario(arg: str, overrides: Mapping[str, Any] | None = None) -> Scenario:
+    """Find, read and validate a scenario by shipped name or path.
+
+    ``overrides`` is merged over the file's table (like a ``base`` chain) before
+    validation: the tests use it to shrink scenarios.
+    """
+    raw, name, where = resolve_scenario(arg)
+    if overrides:
+        raw = _merge(raw, overrides)
+    return parse_scenario(raw, name=name, source=where)
+
+
+# -- validation ----------------------------------------------------------------------
+
+
+class _Reader:
+    """Typed access to one TOML table that remembers which keys were used."""
+
+    def __init__(self, table: Mapping[str, Any], where: str) -> None:
+        self.table = table
+        self.where = where
+        self.used: set[str] = set()
+
+    def fail(self, key: str, message: str) -> UsageError:
+        return UsageError(f"scenario {self.where}: {key}: {message}")
+
+    def get(self, key: str) -> Any:
+        self.used.add(key)
+        return self.table.get(key)
+
+    def has(self, key: str) -> bool:
+        return key in self.table
+
+    def int_(self, key: str, default: int, lo: int, hi: int) -> int:
+        v = self.get(key)
+        if v is None:
+            return default
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise self.fail(key, f"expected an integer, got {v!r}")
+        if not lo <= v <= hi:
+            raise self.fail(key, f"must be in {lo}..{hi}, got {v}")
+        return v
+
+    def float_(
+        self, key: str, default: float | None, lo: float, hi: float = math.inf
+    ) -> float | None:
+        v = self.get(key)
+        if v is None:
+            return default
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise self.fail(key, f"expected a number, got {v!r}")
+        if not lo <= v <= hi:
+            raise self.fail(key, f"must be in {lo}..{hi}, got {v}")
+        return float(v)
+
+    def bool_(self, key: str, default: bool | None) -> bool | None:
+        v = self.get(key)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise self.fail(key, f"expected true or false, got {v!r}")
+        return v
+
+    def str_(self, key: str, default: str, choices: tuple[str, ...] | None = None) -> str:
+        v = self.get(key)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise self.fail(key, f"expected a string, got {v!r}")
+        if choices is not None and v not in choices:
+            raise self.fail(key, f"expected one of {', '.join(choices)}, got {v!r}")
+        return v
+
+    def size(self, key: str, default: int, *, rate: bool = False) -> int:
+        v = self.get(key)
+        if v is None:
+            return default
+        if isinstance(v, int) and not isinstance(v, bool):
+            if v < 0:
+                raise self.fail(key, "must not be negative")
+            return v
+        if not isinstance(v, str):
+            raise self.fail(key, f"expected a number or a string like '32MiB', got {v!r}")
+        try:
+            return parse_rate(v) if rate else parse_size(v)
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def done(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise UsageError(f"scenario {self.where}: unknown key(s): {', '.join(unknown)}")
+
+
+def _version(r: _Reader, key: str, default: str) -> str:
+    v = r.str_(key, default)
+    try:
+        return validate_version(v)
+    except ValueError as exc:
+        raise r.fail(key, str(exc)) from None
+
+
+def _node_index(r: _Reader, nodes: int) -> int:
+    if not r.has("node"):
+        raise r.fail("node", "missing (which node, counting from 0)")
+    return r.int_("node", 0, 0, nodes - 1)
+
+
+def _parse_fault(table: object, where: str, nodes: int) -> Fault:
+    if not isinstance(table, Mapping):
+        raise UsageError(f"scenario {where}: expected a table [[faults]]")
+    r = _Reader(table, where)
+    kind = r.str_("kind", "", FAULT_KINDS)
+    if not kind:
+        raise r.fail("kind", f"missing (one of {', '.join(FAULT_KINDS)})")
+    fault: Fault
+    if kind == "kill9":
+        node = _node_index(r, nodes)
+        at_progress = r.float_("at_progress", 0.5, 0.0, 1.0)
+        if at_progress is None or not 0.0 < at_progress < 1.0:
+            raise r.fail("at_progress", "must be strictly between 0 and 1")
+        restart_after = r.float_("restart_after", 1.0, 0.0, 3600.0)
+        fault = Kill9Fault(node, at_progress, restart_after or 0.0)
+    elif kind == "late_join":
+        node = _node_index(r, nodes)
+        at = r.get("at")
+        if at is None or at == "applied":
+            fault = LateJoinFault(node, None)
+        else:
+            fault = LateJoinFault(node, r.float_("at", 0.0, 0.0, 86400.0))
+    elif kind == "adversary":
+        fault = AdversaryFault(r.str_("mode", "bad-chunks", ADVERSARY_MODES))
+    else:
+        fault = BadReleaseFault(_version(r, "version", ""))
+    r.done()
+    return fault
+
+
+def _parse_expect(table: object, where: str) -> Expect:
+    if not isinstance(table, Mapping):
+        raise UsageError(f"scenario {where}: 'expect' must be a table")
+    r = _Reader(table, where)
+    final_version = r.get("final_version")
+    if final_version is not None:
+        final_version = _version(r, "final_version", "")
+    exp = Expect(
+        all_applied=r.bool_("all_applied", None),
+        max_time=r.float_("max_time", None, 0.0),
+        rolled_back=r.bool_("rolled_back", None),
+        adversary_banned=r.bool_("adversary_banned", None),
+        no_honest_bans=r.bool_("no_honest_bans", None),
+        resumed=r.bool_("resumed", None),
+        max_authority_ratio=r.float_("max_authority_ratio", None, 0.0),
+        min_authority_ratio=r.float_("min_authority_ratio", None, 0.0),
+        max_bound_ratio=r.float_("max_bound_ratio", None, 0.0),
+        final_version=final_version,
+        all_running=r.bool_("all_running", None),
+    )
+    r.done()
+    return exp
+
+
+def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Scenario:
+    """Validate a raw TOML table into a :class:`Scenario` (UsageError naming the key)."""
+    where = source or name
+    r = _Reader(raw, where)
+    nodes = r.int_("nodes", 10, 1, MAX_NODES)
+    package_size = r.size("package_size", 32 * 1024 * 1024)
+    if not MIN_PACKAGE <= package_size <= MAX_PACKAGE:
+        raise r.fail("package_size", f"must be between {MIN_PACKAGE} bytes and 4GiB")
+    topology = r.str_("topology", "ring", TOPOLOGIES)
+    # degree and authority_peers above what the node count allows are clamped, so a
+    # scenario can be shrunk by changing ``nodes`` alone.
+    degree = r.int_("degree", 2, 1, MAX_NODES)
+    seed = r.int_("seed", 1, 0, 2**63 - 1)
+    upload_limit = r.size("upload_limit", 0, rate=True)
+    network = r.str_("network", "loopback", NETWORKS)
+    authority_peers = r.int_("authority_peers", 2, 1, MAX_NODES)
+    default_replicas = nodes if topology == "star" else 1
+    replicas = min(nodes, r.int_("replicas", default_replicas, 1, MAX_NODES))
+    channel = r.str_("channel", "app/stable")
+    try:
+        validate_channel(channel)
+    except ValueError as exc:
+        raise r.fail("channel", str(exc)) from None
+    initial_version = _version(r, "initial_version", "1.0.0")
+    check_interval = r.float_("check_interval", 1.0, 0.05, 3600.0) or 1.0
+    timeout = r.float_("timeout", 300.0, 1.0, 86400.0) or 300.0
+    description = r.str_("description", "")
+
+    pubs_raw = r.get("publications")
+    if pubs_raw is None:
+        pubs_raw = [{"version": "2.0.0", "at": 0.0}]
+    if not isinstance(pubs_raw, list) or not pubs_raw:
+        raise r.fail("publications", "expected a non-empty array of tables [[publications]]")
+    faults_raw = r.get("faults")
+    if faults_raw is None:
+        faults_raw = []
+    if not isinstance(faults_raw, list):
+        raise r.fail("faults", "expected an array of tables [[faults]]")
+    faults = tuple(
+        _parse_fault(t, f"{where}: faults[{i}]", nodes) for i, t in enumerate(faults_raw)
+    )
+    bad_versions = {f.version for f in faults if isinstance(f, BadReleaseFault)}
+
+    pubs: list[Publication] = []
+    previous = semver.Version.parse(initial_version)
+    last_at = 0.0
+    for i, table in enumerate(pubs_raw):
+        pwhere = f"{where}: publications[{i}]"
+        if not isinstance(table, Mapping):
+            raise UsageError(f"scenario {pwhere}: expected a table")
+        pr = _Reader(table, pwhere)
+        if not pr.has("version"):
+            raise pr.fail("version", "missing")
+        version = _version(pr, "version", "")
+        at = pr.float_("at", 0.0, 0.0, 86400.0) or 0.0
+        pr.done()
+        if semver.Version.parse(version) <= previous:
+            raise pr.fail("version", f"{version} must be newer than {previous} before it")
+        if at < last_at:
+            raise pr.fail("at", "publications must be in time order")
+        previous, last_at = semver.Version.parse(version), at
+        pubs.append(Publication(version, at, healthy=version not in bad_versions))
+    unknown_bad = bad_versions - {p.version for p in pubs}
+    if unknown_bad:
+        raise r.fail(
+            "faults", f"bad_release names no publication: {', '.join(sorted(unknown_bad))}"
+        )
+
+    late = [f.node for f in faults if isinstance(f, LateJoinFault)]
+    killed = [f.node for f in faults if isinstance(f, Kill9Fault)]
+    if len(set(late)) != len(late) or len(set(killed)) != len(killed):
+        raise r.fail("faults", "one kill9 and one late_join per node at most")
+    if len(late) >= nodes:
+        raise r.fail("faults", "at least one node must start at the beginning")
+    if sum(isinstance(f, AdversaryFault) for f in faults) > 1:
+        raise r.fail("faults", "one adversary per scenario at most")
+
+    expect_raw = r.get("expect")
+    expect = (
+        Expect(all_applied=True)
+        if expect_raw is None
+        else _parse_expect(expect_raw, f"{where}: expect")
+    )
+    r.done()
+    return Scenario(
+        name=name,
+        description=description,
+        nodes=nodes,
+        package_size=package_size,
+        topology=topology,
+        degree=degree,
+        seed=seed,
+        upload_limit=upload_limit,
+        network=network,
+        authority_peers=authority_peers,
+        replicas=replicas,
+        channel=channel,
+        initial_version=initial_version,
+        check_interval=check_interval,
+        timeout=timeout,
+        publications=tuple(pubs),
+        faults=faults,
+        expect=expect,
+        source=source,
+    )
