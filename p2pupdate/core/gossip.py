@@ -14,12 +14,17 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
+import blake3
+
 from p2pupdate.core.announcement import Announcement
-from p2pupdate.core.policy import Decision, TrustConfig, relay_decision
+from p2pupdate.core.policy import Decision, TrustConfig, relay_decision, version_key
 
 __all__ = ["AnnouncementBook", "choose_fanout"]
 
 T = TypeVar("T")
+
+# Refusals that say who signed, not what was signed: they never settle a body id.
+_SIGNER_REASONS = frozenset({"untrusted", "bad_signature", "below_threshold"})
 
 # Seen-set size: ids of every announcement looked at (good or bad), so a flood of
 # distinct junk costs one verification each and memory stays bounded.
@@ -32,22 +37,36 @@ class AnnouncementBook:
     def __init__(self, trust: TrustConfig, max_seen: int = MAX_SEEN) -> None:
         self.trust = trust
         self._max_seen = max_seen
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        # Two bounded sets. ``_seen_wire``: hashes of exact envelopes looked at (any
+        # verdict), so the same bytes are never verified twice. ``_seen_ids``: body ids
+        # whose verdict did not depend on who signed (accepted, expired, stale...). A
+        # refusal for bad or untrusted signatures does not settle the id: otherwise a
+        # peer could send a genuine body with junk signatures first and make the node
+        # ignore the real announcement (and never pull it by anti-entropy).
+        self._seen_wire: OrderedDict[bytes, None] = OrderedDict()
+        self._seen_ids: OrderedDict[bytes, None] = OrderedDict()
         self._newest: dict[str, Announcement] = {}
 
     def seen(self, ann_id: bytes) -> bool:
-        return ann_id in self._seen
+        """Whether the announcement with this body id was settled (not worth pulling)."""
+        return ann_id in self._seen_ids
 
-    def _mark_seen(self, ann_id: bytes) -> None:
-        self._seen[ann_id] = None
-        self._seen.move_to_end(ann_id)
-        while len(self._seen) > self._max_seen:
-            self._seen.popitem(last=False)
+    def seen_message(self, ann: Announcement) -> bool:
+        """Whether these exact envelope bytes were looked at already."""
+        return blake3.blake3(ann.encode()).digest() in self._seen_wire
+
+    def _mark(self, table: OrderedDict[bytes, None], key: bytes) -> None:
+        table[key] = None
+        table.move_to_end(key)
+        while len(table) > self._max_seen:
+            table.popitem(last=False)
 
     def offer(self, ann: Announcement, now: float) -> Decision:
         """Run the relay decision; an accepted announcement becomes the channel's newest."""
-        self._mark_seen(ann.id)
+        self._mark(self._seen_wire, blake3.blake3(ann.encode()).digest())
         decision = relay_decision(ann, self.trust, now, self._newest.get(ann.body.channel))
+        if decision.ok or decision.reason not in _SIGNER_REASONS:
+            self._mark(self._seen_ids, ann.id)
         if decision.ok:
             self._newest[ann.body.channel] = ann
         return decision
@@ -55,9 +74,13 @@ class AnnouncementBook:
     def restore(self, ann: Announcement) -> None:
         """Load a persisted announcement at start (it passed relay when it was stored)."""
         current = self._newest.get(ann.body.channel)
-        if current is None or relay_decision(ann, self.trust, 0.0, current).ok:
+        if current is None or (version_key(ann.body.version), ann.body.created) > (
+            version_key(current.body.version),
+            current.body.created,
+        ):
             self._newest[ann.body.channel] = ann
-        self._mark_seen(ann.id)
+        self._mark(self._seen_ids, ann.id)
+        self._mark(self._seen_wire, blake3.blake3(ann.encode()).digest())
 
     def newest(self, channel: str) -> Announcement | None:
         return self._newest.get(channel)

@@ -440,7 +440,7 @@ class Node:
 
     async def _on_announce(self, peer: PeerConn | None, data: bytes) -> Decision | None:
         ann = decode_announcement(data)  # RemoteProtocolError closes the connection
-        if self.book.seen(ann.id):
+        if self.book.seen_message(ann):
             return None
         decision = self.book.offer(ann, self.wall_clock())
         if not decision.ok:

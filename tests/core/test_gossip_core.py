@@ -47,6 +47,31 @@ def test_seen_set_is_bounded() -> None:
     for a in anns:
         book.offer(a, a.body.created)
     assert not book.seen(anns[0].id) and book.seen(anns[4].id)
+    assert not book.seen_message(anns[0]) and book.seen_message(anns[4])
+
+
+def test_restore_keeps_the_later_of_two_stored_announcements() -> None:
+    book = AnnouncementBook(TRUST)
+    old = make_announcement([KEY], version="1.0.0", created=1_700_000_000)
+    replacement = make_announcement([KEY], version="1.0.0", created=1_700_000_100)
+    newer = make_announcement([KEY], version="1.1.0", data=b"x", created=1_700_000_050)
+    book.restore(replacement)
+    book.restore(old)
+    assert book.newest("app/stable") == replacement
+    book.restore(newer)
+    assert book.newest("app/stable") == newer
+
+
+def test_refusal_for_signatures_does_not_settle_the_body_id() -> None:
+    stranger = nacl.signing.SigningKey(b"\x04" * 32)
+    book = AnnouncementBook(TRUST)
+    foreign = make_announcement([stranger], version="1.0.0")
+    assert book.offer(foreign, foreign.body.created).reason == "untrusted"
+    assert not book.seen(foreign.id) and book.seen_message(foreign)
+    genuine = make_announcement([KEY], version="1.0.0", created=foreign.body.created)
+    assert genuine.id == foreign.id
+    assert book.wants([("app/stable", genuine.id)]) == [genuine.id]
+    assert book.offer(genuine, genuine.body.created).ok
 
 
 def test_expire_drops_announcements_past_their_expiry() -> None:

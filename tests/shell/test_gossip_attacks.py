@@ -46,7 +46,7 @@ async def send_announcement(node: Node, ann: Announcement) -> None:
 async def assert_never_seen(nodes: list[Node], ann: Announcement) -> None:
     await trio.sleep(0.8)  # several anti-entropy rounds (check_interval 0.2 s)
     for nd in nodes:
-        assert not nd.book.seen(ann.id), "forwarded past the first hop"
+        assert not nd.book.seen_message(ann), "forwarded past the first hop"
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ async def test_bad_announcement_is_not_forwarded_past_the_first_hop(attack: str)
             ),
         }[attack]()
         await send_announcement(nodes[0], bad)
-        assert nodes[0].book.seen(bad.id)  # the first hop looked at it ...
+        assert nodes[0].book.seen_message(bad)  # the first hop looked at it ...
         newest = nodes[0].book.newest("app/stable")
         assert newest is None or newest.id != bad.id  # ... and did not keep it
         await assert_never_seen(nodes[1:], bad)
@@ -184,3 +184,18 @@ async def test_silent_peer_is_dropped_at_the_handshake_deadline() -> None:
                 pass
         await stream.aclose()
         await _still_gossips(nodes, "5.0.0")
+
+
+async def test_genuine_body_with_junk_signatures_does_not_block_the_real_announcement() -> None:
+    """Seen-set poisoning: the forged envelope must not make the node ignore the real one."""
+    from p2pupdate.core.announcement import Announcement as Ann
+
+    async with running_nodes(2, line, tcp_factory) as nodes:
+        real = make_announcement([AUTHORITY], version="6.0.0")
+        key_id = real.signatures[0][0]
+        forged = Ann(real.body, real.body_bytes, ((key_id, b"\x00" * 64),))
+        assert forged.id == real.id
+        await send_announcement(nodes[0], forged)
+        assert nodes[0].book.newest("app/stable") is None
+        await send_announcement(nodes[0], real)
+        await wait_all(nodes, "app/stable", "6.0.0")
