@@ -183,8 +183,13 @@ async def run_node(
     )
     agent.self_update = updater
     agent.self_update_off = off_message() if settings.self_update else "off (self_update = false)"
+    stopper = _Stopper(updater)
     try:
         async with trio.open_nursery() as nursery:
+            # Signals are watched from the very start: a SIGTERM during start-up (say,
+            # while an interrupted install is being recovered) stops the node at once,
+            # cancelling what runs (a health check's process group is killed).
+            nursery.start_soon(stopper.watch, nursery.cancel_scope)
             try:
                 await nursery.start(node.run)
             except OSError as exc:
@@ -223,7 +228,9 @@ async def run_node(
             interval = sdnotify.watchdog_interval()
             if interval is not None:
                 nursery.start_soon(_watchdog, interval)
-            if await _wait_for_stop(updater) and updater is not None:
+            stopper.started = True
+            await stopper.stop.wait()
+            if stopper.reexec_wanted and updater is not None:
                 # Safe boundary: keep the listening socket open across the exec (a
                 # duplicate outlives the listener's close), then stop every task, so
                 # bitmaps and state are persisted and no write is in flight.
@@ -262,34 +269,45 @@ async def _confirm_sentinel(sentinel: BootSentinel) -> None:
     await trio.to_thread.run_sync(sentinel.confirm, __version__)
 
 
-async def _wait_for_stop(updater: SelfUpdater | None) -> bool:
-    """Wait for SIGTERM/SIGINT (False) or a self-update re-exec request (True).
+class _Stopper:
+    """Why and when the node stops: SIGTERM/SIGINT, or a self-update re-exec request.
 
     SIGHUP never stops the node (its default action would): it asks the
     self-updater to look at ``current`` now, or says that self-update is off.
+    Before start-up is done a stop cancels start-up itself.
     """
-    reexec_wanted = False
-    async with trio.open_nursery() as nursery:
-        if updater is not None:
 
-            async def restart() -> None:
-                nonlocal reexec_wanted
-                await updater.restart_requested.wait()
-                reexec_wanted = True
-                nursery.cancel_scope.cancel()
+    def __init__(self, updater: SelfUpdater | None) -> None:
+        self.updater = updater
+        self.stop = trio.Event()
+        self.started = False
+        self.reexec_wanted = False
 
-            nursery.start_soon(restart)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    if updater is not None:
-                        updater.check_now()
-                    else:
-                        log.info("SIGHUP: self-update is off (%s)", off_message())
-                    continue
-                nursery.cancel_scope.cancel()
-                break
-    return reexec_wanted
+    async def watch(self, startup: trio.CancelScope) -> None:
+        async with trio.open_nursery() as nursery:
+            updater = self.updater
+            if updater is not None:
+
+                async def restart() -> None:
+                    await updater.restart_requested.wait()
+                    self.reexec_wanted = True
+                    self.stop.set()
+
+                nursery.start_soon(restart)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        if updater is not None:
+                            updater.check_now()
+                        else:
+                            log.info("SIGHUP: self-update is off (%s)", off_message())
+                        continue
+                    log.info("signal %d: stopping", signum)
+                    self.stop.set()
+                    if not self.started:
+                        startup.cancel()
+                    break
+            nursery.cancel_scope.cancel()
 
 
 async def _snapshots(data_dir: Path, agent: Agent) -> None:
