@@ -12,9 +12,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["Addr", "PeerBook"]
+__all__ = ["Addr", "PeerBook", "format_addr"]
 
 Addr = tuple[str, int]
+
+
+def format_addr(host: str, port: int | str) -> str:
+    """``host:port``, with brackets around an IPv6 host (``[::1]:4000``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass

@@ -16,6 +16,7 @@ import trio
 
 from p2pupdate.config import DEFAULT_LIMITS, Limits
 from p2pupdate.core.codec import FrameDecoder, encode
+from p2pupdate.core.membership import format_addr
 from p2pupdate.core.messages import Hello, Message
 from p2pupdate.errors import RemoteProtocolError, TransferError
 
@@ -76,8 +77,8 @@ class Connection:
     @property
     def label(self) -> str:
         if self.hello is None:
-            return f"{self.remote_host}:?"
-        return f"{self.remote_host}:{self.hello.listen_port}"
+            return format_addr(self.remote_host, "?")
+        return format_addr(self.remote_host, self.hello.listen_port)
 
     async def send(self, msg: Message) -> None:
         await self.send_raw(encode(msg, self._limits))
