@@ -27,7 +27,7 @@ import trio
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.policy import act_decision
 from p2pupdate.core.store import PIN_IN_PROGRESS, PIN_INSTALLED, PIN_NEWEST, CacheIndex
-from p2pupdate.errors import DiskFullError
+from p2pupdate.errors import DiskFullError, P2PUpdateError
 from p2pupdate.shell.applicator import Applicator, TargetSpec
 from p2pupdate.shell.events import EventLog
 from p2pupdate.shell.node import Node, PeerConn
@@ -223,6 +223,12 @@ class Agent:
                 except OSError as exc:
                     self.events.emit("download_failed", **base, reason=f"disk_error: {exc}")
                     return
+                except P2PUpdateError as exc:
+                    # A corrupt state file, a store that lost a file under us: this
+                    # download fails, the node and every other download go on.
+                    log.error("download of %s %s failed: %s", b.channel, b.version, exc)
+                    self.events.emit("download_failed", **base, reason=f"error: {exc}")
+                    return
                 if not result.ok:
                     self.events.emit("download_failed", **base, reason=result.reason)
                     return
@@ -275,7 +281,18 @@ class Agent:
             return False
         st.applying = True
         try:
-            path = await self.swarm.store.export(b.package_id, self._tmp)
+            try:
+                path = await self.swarm.store.export(b.package_id, self._tmp)
+            except (OSError, P2PUpdateError) as exc:
+                self.events.emit(
+                    "update_failed",
+                    channel=b.channel,
+                    version=b.version,
+                    package_id=b.package_id.hex(),
+                    reason="package_missing",
+                    detail=str(exc),
+                )
+                return False
             ok = await self.applicator.apply(
                 target, b.version, path, b.package_id, min_version=b.min_version
             )

@@ -173,7 +173,8 @@ class EventLog:
 
 def _short(value: Any) -> str:
     if isinstance(value, str):
-        return value if value and " " not in value else _json.dumps(value)
+        plain = value and not any(c.isspace() for c in value)
+        return value if plain else _json.dumps(value)  # one event, one log line
     return _json.dumps(value, separators=(",", ":"))
 
 
