@@ -33,13 +33,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{where}: {message}" if where else message)
 
 
+class _VersionAction(argparse.Action):
+    """Print the version on one line (argparse's own action wraps long paths)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(_version_text())
+        parser.exit(0)
+
+
 def _version_text() -> str:
     return f"p2pupdate {__version__} (running from {Path(__file__).resolve().parent})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="p2pupdate", description="Peer-to-peer update distribution.")
-    p.add_argument("--version", action="version", version=_version_text())
+    p.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     k = sub.add_parser("keygen", help="make an Ed25519 key pair")
