@@ -162,6 +162,7 @@ class Swarm:
         self.bytes_uploaded_by_package: dict[bytes, int] = {}
         self.bad_chunks = 0
         self.last_served: dict[bytes, float] = {}
+        self.critical_active: set[bytes] = set()  # critical downloads in progress
         self.on_complete_from_peer: Callable[[bytes, PeerConn], None] | None = None
         self._table_fetches: dict[bytes, _TableFetch] = {}
         self._labels: dict[bytes, str] = {}
@@ -498,6 +499,23 @@ class Swarm:
     ) -> DownloadResult:
         """Fetch the package of ``ann`` into the complete cache (resuming what is there)."""
         pkg = self._pkg_for(ann)
+        if not pkg.critical:
+            return await self._download(ann, on_progress, on_started)
+        # A critical download goes first: while it runs (table fetch included), other
+        # downloads ask for nothing new.
+        self.critical_active.add(pkg.package_id)
+        try:
+            return await self._download(ann, on_progress, on_started)
+        finally:
+            self.critical_active.discard(pkg.package_id)
+
+    async def _download(
+        self,
+        ann: Announcement,
+        on_progress: Callable[[float, int, int, float], None] | None,
+        on_started: Callable[[], None] | None,
+    ) -> DownloadResult:
+        pkg = self._pkg_for(ann)
         pid = pkg.package_id
         if pkg.complete or self.store.has_complete(pid):
             if not pkg.complete:
@@ -573,7 +591,9 @@ class Swarm:
                 now = trio.current_time()
                 if dl.state in (DownloadState.PENDING, DownloadState.DOWNLOADING):
                     await self._run_actions_async(pkg, dl.on_timer(now))
-                    await self._run_actions_async(pkg, dl.poll(now))
+                    # A critical download goes first: others ask for nothing new meanwhile.
+                    if pkg.critical or not (self.critical_active - {pid}):
+                        await self._run_actions_async(pkg, dl.poll(now))
                 if dl.state is DownloadState.VERIFYING and not verify_started:
                     verify_started = True
                     await self._persist(pkg, dl)

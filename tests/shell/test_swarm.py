@@ -193,3 +193,55 @@ async def test_ten_nodes_one_seed_all_complete_with_the_right_bytes() -> None:
         assert traded > 0
         assert sum(chunk_length(info.size, i) for i in range(info.nchunks)) == info.size
         nursery.cancel_scope.cancel()
+
+
+async def test_critical_download_goes_first_and_is_not_held_back_by_the_limit() -> None:
+    import time as _time
+
+    from p2pupdate.core.announcement import AnnouncementBody, sign_announcement
+    from tests.shell.swarm_helpers import AUTHORITY
+
+    data, info, ann = package(60 * 65536, seed=3)
+    cdata, cinfo, _ = package(40 * 65536, seed=4)
+    now = int(_time.time())
+    critical = sign_announcement(
+        AnnouncementBody(
+            channel="sec/fix",
+            version="1.0.1",
+            package_id=cinfo.package_id,
+            size=cinfo.size,
+            table_root=cinfo.root,
+            created=now,
+            expires=now + 3600,
+            critical=True,
+        ),
+        [AUTHORITY],
+    )
+    limited = SwarmOptions(max_download_speed=1024 * 1024, pipeline_depth=4)
+    async with trio.open_nursery() as nursery:
+        seed = await start_peer(nursery, 0, [])
+        await seed_with(seed, ann, info, data)
+        await seed_with(seed, critical, cinfo, cdata)
+        me = await start_peer(nursery, 1, [seed.node.listen_addr], swarm_options=limited)
+        await wait_connected([me], 1)
+        nursery.start_soon(me.swarm.download, ann)
+        with trio.fail_after(10):
+            while True:
+                pkg = me.swarm.packages.get(info.package_id)
+                if pkg and pkg.downloader and pkg.downloader.bytes_done >= 4 * 65536:
+                    break
+                await trio.sleep(0.01)
+        assert pkg.downloader is not None
+        before = pkg.downloader.bytes_done
+        in_flight = pkg.downloader.in_flight
+        tokens = me.swarm.down_bucket.available(trio.current_time())
+        result = await me.swarm.download(critical)
+        after = pkg.downloader.bytes_done
+        assert result.ok and await read_all(me.store, cinfo) == cdata
+        # The critical chunks drew nothing from the download limit's bucket (2.5 MiB
+        # would have put it deep in debt); only the other download's arrivals did.
+        spent = tokens - me.swarm.down_bucket.available(trio.current_time())
+        assert spent <= after - before
+        # Meanwhile the other download asked for nothing new (what was in flight may land).
+        assert after - before <= in_flight * 65536
+        nursery.cancel_scope.cancel()
