@@ -40,7 +40,7 @@ class PeerBook:
         max_known: int = 1024,
         forget_after: int = 6,
         base_backoff: float = 0.5,
-        max_backoff: float = 60.0,
+        max_backoff: float = 30.0,
     ) -> None:
         self._rng = rng
         self.target = target
