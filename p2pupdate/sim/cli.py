@@ -66,6 +66,8 @@ def run_scenario(
     error: P2PUpdateError | None = None
     try:
         rec = trio.run(harness.run)
+    except UsageError:  # e.g. no release of p2pupdate could be built: one line, exit 2
+        raise
     except P2PUpdateError as exc:
         error = exc
         rec = harness.rec

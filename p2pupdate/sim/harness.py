@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -62,6 +62,7 @@ from p2pupdate.sim.scenario import (
     LateJoinFault,
     Scenario,
 )
+from p2pupdate.sim.selfupdate import SelfUpdateRun
 from p2pupdate.sim.topology import authority_targets, bootstrap_peers
 from p2pupdate.sim.tracker import EventTail, NodeTrack
 from p2pupdate.sim.view import PlainView, View
@@ -155,7 +156,7 @@ class Harness:
 
     def __init__(self, scenario: Scenario, out_dir: Path, view: View | None = None) -> None:
         self.sc = scenario
-        self.out = out_dir
+        self.out = out_dir.absolute()  # children run in their own dirs
         self.started = time.time()
         self.view: View = view or PlainView(self.started)
         self.sup = Supervisor()
@@ -179,6 +180,7 @@ class Harness:
         self.faults: list[tuple[Any, FaultRecord]] = []
         self.restart_due: dict[int, float] = {}
         self.adversary: Adversary | None = None
+        self.su: SelfUpdateRun | None = None  # a [self_update] scenario
         self.rec = RunRecord(scenario, self.tracks, self.addresses, started=self.started)
         self._stop_signal: int | None = None
         self._env = self._child_env()
@@ -218,11 +220,20 @@ class Harness:
         return self.rec
 
     async def _run_inner(self) -> None:
+        if self.sc.self_update is not None:
+            assert self.work is not None
+            logs = self.out / "logs"
+            self.su = SelfUpdateRun(self.sc, self.work, self.sup, self._env, logs, self._check_stop)
+            self.packages = await self.su.prepare()
+            size = self.packages[self.sc.final_publication.version].stat().st_size
+            self.rec.scenario = replace(self.sc, package_size=size)
         self._prepare()
         for spec in self.nodes:
             if not spec.late:
                 self._start_node(spec)
         await self._wait_ready([s for s in self.nodes if not s.late])
+        if self.su is not None:
+            await self.su.wait_registered([s.index for s in self.nodes])
         self.rec.ready = time.time()
         self.view.note(f"{sum(not s.late for s in self.nodes)} nodes up")
         async with trio.open_nursery() as nursery:
@@ -281,7 +292,7 @@ class Harness:
         pkg_dir = self.work / "packages"
         pkg_dir.mkdir()
         versions = [(sc.initial_version, True)] + [(p.version, p.healthy) for p in sc.publications]
-        for version, healthy in versions:
+        for version, healthy in versions if self.su is None else []:
             data = app_bytes(version, healthy, sc.package_size)
             path = pkg_dir / f"{APP_NAME}-{version}"
             path.write_bytes(data)
@@ -317,7 +328,7 @@ class Harness:
             spec.events.unlink(missing_ok=True)
             config = spec.root / "node.toml"
             config.write_text(self._node_config(spec))
-            argv = self._cmd(
+            argv = (self.su.node_argv if self.su is not None else self._cmd)(
                 "node",
                 "--data-dir", str(spec.data_dir),
                 "--listen", spec.address,
@@ -330,6 +341,8 @@ class Harness:
             if sc.upload_limit and sc.network == "loopback":
                 argv += ["--upload-limit", str(sc.upload_limit)]
             spec.argv = self.net.wrap(spec.index + 1, argv) if self.net else argv
+            if self.su is not None:
+                self.su.add_node(spec.index, spec.data_dir)
             track = NodeTrack(spec.index, spec.name, spec.address, version=sc.initial_version)
             self.tracks.append(track)
             self.tails.append(EventTail(spec.events))
@@ -349,6 +362,8 @@ class Harness:
             # Fetch from the authority only: once it is connected, nobody else gets in,
             # and the node dials nobody the authority's peer exchange tells it about.
             lines += ["max_connections = 1", "target_connections = 1"]
+        if self.su is not None:  # no app target: the publications are p2pupdate itself
+            return "\n".join([*lines, *self.su.config_lines(), ""])
         lines += [
             "",
             f'[targets."{sc.channel}"]',
@@ -361,10 +376,11 @@ class Harness:
     # -- processes ----------------------------------------------------------------
     def _start_node(self, spec: _NodeSpec) -> None:
         track = self.tracks[spec.index]
-        child = self.sup.spawn(
-            spec.name, spec.argv, log_path=spec.log, env=self._env, cwd=spec.root
-        )
+        env = self.su.node_env() if self.su is not None else self._env
+        child = self.sup.spawn(spec.name, spec.argv, log_path=spec.log, env=env, cwd=spec.root)
         self.children[spec.index] = child
+        if self.su is not None:
+            self.su.on_start(spec.index, child.pid)
         if track.started_at is None:
             track.started_at = time.time()
         track.process = "running"
@@ -444,6 +460,8 @@ class Harness:
             if isinstance(fault, BadReleaseFault) and fault.version == pub.version:
                 rec.fired, rec.fired_at = True, record.started
                 rec.detail = f"{pub.version} fails its health check"
+                if self.su is not None:
+                    rec.detail = f"{pub.version} is a bad release ({self.su.spec.defect})"
         self.rec.publishes = self.publishes
         peers = ", ".join(self.nodes[j].name for j in targets)
         self.view.note(
@@ -535,6 +553,8 @@ class Harness:
         for spec, tail, track in zip(self.nodes, self.tails, self.tracks, strict=True):
             for ev in tail.poll():
                 track.feed(ev)
+                if self.su is not None:
+                    self.su.feed(track, ev)
                 self.view.event(track, ev)
                 if ev.get("event") == "download_progress":
                     self._maybe_kill(spec, track)
@@ -615,9 +635,16 @@ class Harness:
                         f"{track.name} exited unexpectedly with code {child.returncode}: "
                         f"{_last_line(self.nodes[index].log)}"
                     )
+                    delay = self.su.on_exit(index, child.returncode) if self.su else None
+                    if delay is not None:  # a supervisor (Restart=always) starts it again
+                        self.restart_due[index] = time.time() + delay
+                    elif self.su is not None:
+                        self.view.note(f"{track.name}: too many restarts, not started again")
 
     def _settled(self) -> bool:
         """Every node settled on the last publication, every fault done."""
+        if self.su is not None:
+            return not self.restart_due and self.su.settled(self.tracks, self._pids())
         if any(not rec.fired for _, rec in self.faults):
             # A kill that cannot fire any more (the node finished first) does not hold us.
             for fault, rec in self.faults:
@@ -640,6 +667,10 @@ class Harness:
             if not track.settled(final):
                 return False
         return True
+
+    def _pids(self) -> dict[int, int | None]:
+        """Node index -> pid of its running process (None: not running)."""
+        return {i: c.pid if c.alive() else None for i, c in self.children.items()}
 
     def _read_peer_counts(self) -> None:
         """Peers column: from peer events when the node emits them, else its status file."""
@@ -687,6 +718,13 @@ class Harness:
                     rec.alive_at_end[spec.name] = child.alive()
             if self.adversary is not None:
                 rec.adversary = self.adversary.stats.as_dict()
+            if self.su is not None:  # before the nodes stop: they deregister
+                pids = self._pids()
+                rec.self_update = self.su.snapshot([s.name for s in self.nodes], pids)
+                for spec in self.nodes:
+                    rec.final_versions[spec.name] = self.su.running_release(
+                        spec.index, pids.get(spec.index)
+                    )
         finally:
             self.sup.close()
             try:
@@ -699,7 +737,8 @@ class Harness:
                             self._publish_done(record, self.pub_children[record.version])
                     self._poll_events()
                     for spec, track in zip(self.nodes, self.tracks, strict=True):
-                        rec.final_versions[spec.name] = self._final_version(spec)
+                        if self.su is None:
+                            rec.final_versions[spec.name] = self._final_version(spec)
                         if track.process == "running":
                             track.process = "stopped"
                     self.view.refresh(self.tracks, self.addresses, self._header(time.time()))

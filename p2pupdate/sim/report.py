@@ -25,6 +25,8 @@ from typing import Any
 from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.units import format_size
 from p2pupdate.sim.scenario import Scenario
+from p2pupdate.sim.selfupdate import check_self_update
+from p2pupdate.sim.selfupdate import summary as self_update_summary
 from p2pupdate.sim.tracker import NodeTrack
 
 __all__ = [
@@ -84,6 +86,7 @@ class RunRecord:
     interrupted: bool = False
     error: str = ""
     network: dict[str, Any] = field(default_factory=dict)
+    self_update: dict[str, Any] | None = None  # p2pupdate.sim.selfupdate snapshot
 
 
 def kumar_ross_bound(size: int, nodes: int, node_upload: float, source_upload: float) -> float:
@@ -290,6 +293,7 @@ def build_report(rec: RunRecord) -> dict[str, Any]:
         "publish_runs": [p.__dict__ for p in rec.publishes],
         "addresses": rec.addresses,
         "nodes": [_node_figures(rec, tr) for tr in rec.tracks],
+        "self_update": rec.self_update,
     }
     report["expectations"] = check_expectations(rec, report)
     report["ok"] = (
@@ -444,6 +448,7 @@ def check_expectations(rec: RunRecord, report: dict[str, Any]) -> list[dict[str,
         ok = not dead and len(rec.alive_at_end) == len(rec.tracks)
         out.append(_exp("all_running", exp.all_running, ok, ok == exp.all_running,
                         f"not running at the end: {', '.join(dead)}" if dead else ""))  # fmt: skip
+    out += check_self_update(sc, rec.self_update, rec.tracks)
     return out
 
 
@@ -521,6 +526,8 @@ def summary_lines(report: dict[str, Any], out_dir: str, plot: str | None) -> lis
         lines.append(
             f"  fault {f['kind']} {what}{state}{': ' + f['detail'] if f['detail'] else ''}"
         )
+    if report.get("self_update"):
+        lines += self_update_summary(report["self_update"])
     if report["timed_out"]:
         lines.append(f"  TIMED OUT after {report['duration']:.1f}s")
     if report["error"]:

@@ -30,6 +30,7 @@ import semver
 from p2pupdate.core.announcement import validate_channel, validate_version
 from p2pupdate.core.units import parse_rate, parse_size
 from p2pupdate.errors import UsageError
+from p2pupdate.selfupdate.release import platform_channel
 
 __all__ = [
     "FAULT_KINDS",
@@ -44,6 +45,7 @@ __all__ = [
     "LateJoinFault",
     "Publication",
     "Scenario",
+    "SelfUpdate",
     "load_scenario",
     "parse_scenario",
     "resolve_scenario",
@@ -53,6 +55,7 @@ __all__ = [
 TOPOLOGIES = ("ring", "random-k", "star")
 NETWORKS = ("loopback", "netns")
 FAULT_KINDS = ("kill9", "late_join", "adversary", "bad_release")
+SELF_UPDATE_DEFECTS = ("crash", "noimport")
 ADVERSARY_MODES = ("bad-chunks", "bad-tables")
 # One /24 per run in netns mode: .1 is the bridge, .2 the authority, then nodes.
 MAX_NODES = 200
@@ -111,6 +114,19 @@ Fault = Kill9Fault | LateJoinFault | AdversaryFault | BadReleaseFault
 
 
 @dataclass(frozen=True)
+class SelfUpdate:
+    """``[self_update]``: the nodes run from one managed install and the publications are
+    releases of p2pupdate itself (run by ``p2pupdate.sim.selfupdate``)."""
+
+    track: str = "stable"
+    boot_attempts: int = 3  # the nodes' boot_attempts
+    confirm_window: float = 2.0  # the nodes' confirm_window (seconds)
+    wait_for_others: float = 20.0  # the nodes' self_update_wait (seconds)
+    defect: str = "crash"  # what a bad_release is: "crash" on start, or "noimport"
+    max_restarts: int = 20  # per node: the harness (the supervisor) gives up after this
+
+
+@dataclass(frozen=True)
 class Expect:
     """The outcome a run must reach; each key that is set is checked (None: not checked)."""
 
@@ -125,6 +141,8 @@ class Expect:
     max_bound_ratio: float | None = None
     final_version: str | None = None
     all_running: bool | None = None
+    self_updated: bool | None = None
+    self_update_rolled_back: bool | None = None
 
     def items(self) -> list[tuple[str, object]]:
         """The keys that are set, in declaration order."""
@@ -152,6 +170,7 @@ class Scenario:
     faults: tuple[Fault, ...] = ()
     expect: Expect = field(default_factory=lambda: Expect(all_applied=True))
     source: str = ""
+    self_update: SelfUpdate | None = None
 
     def faults_of(self, kind: type[Any]) -> list[Any]:
         return [f for f in self.faults if isinstance(f, kind)]
@@ -420,6 +439,8 @@ def _parse_expect(table: object, where: str) -> Expect:
         max_bound_ratio=r.float_("max_bound_ratio", None, 0.0),
         final_version=final_version,
         all_running=r.bool_("all_running", None),
+        self_updated=r.bool_("self_updated", None),
+        self_update_rolled_back=r.bool_("self_update_rolled_back", None),
     )
     r.done()
     return exp
@@ -508,6 +529,11 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
         if expect_raw is None
         else _parse_expect(expect_raw, f"{where}: expect")
     )
+    self_update = None
+    if r.has("self_update"):
+        self_update, channel, expect = _parse_self_update(
+            r.get("self_update"), where, faults, pubs, expect, expect_raw is None
+        )
     r.done()
     return Scenario(
         name=name,
@@ -529,4 +555,54 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
         faults=faults,
         expect=expect,
         source=source,
+        self_update=self_update,
     )
+
+
+_NOT_FOR_SELF_UPDATE = ("all_applied", "rolled_back", "final_version", "resumed")
+
+
+def _parse_self_update(
+    table: object,
+    where: str,
+    faults: tuple[Fault, ...],
+    pubs: list[Publication],
+    expect: Expect,
+    default_expect: bool,
+) -> tuple[SelfUpdate, str, Expect]:
+    """The ``[self_update]`` table, the platform channel it publishes on, the expectations."""
+    swhere = f"{where}: self_update"
+    if not isinstance(table, Mapping):
+        raise UsageError(f"scenario {swhere}: expected a table [self_update]")
+    r = _Reader(table, swhere)
+    spec = SelfUpdate(
+        track=r.str_("track", "stable"),
+        boot_attempts=r.int_("boot_attempts", 3, 1, 100),
+        confirm_window=r.float_("confirm_window", 2.0, 0.1, 3600.0) or 2.0,
+        wait_for_others=r.float_("wait_for_others", 20.0, 0.1, 3600.0) or 20.0,
+        defect=r.str_("defect", "crash", SELF_UPDATE_DEFECTS),
+        max_restarts=r.int_("max_restarts", 20, 1, 1000),
+    )
+    r.done()
+    try:
+        channel = platform_channel(spec.track)
+    except UsageError as exc:
+        raise r.fail("track", str(exc)) from None
+    other = sorted({f.kind for f in faults if not isinstance(f, BadReleaseFault)})
+    if other:
+        raise UsageError(
+            f"scenario {where}: faults: only bad_release goes with [self_update], "
+            f"not {', '.join(other)}"
+        )
+    if default_expect:
+        healthy = pubs[-1].healthy
+        expect = Expect(self_updated=True if healthy else None,
+                        self_update_rolled_back=None if healthy else True,
+                        all_running=True)  # fmt: skip
+    wrong = [k for k in _NOT_FOR_SELF_UPDATE if getattr(expect, k) is not None]
+    if wrong:
+        raise UsageError(
+            f"scenario {where}: expect: {', '.join(wrong)} check an app target, which "
+            "[self_update] runs have none of; use self_updated or self_update_rolled_back"
+        )
+    return spec, channel, expect

@@ -40,6 +40,11 @@ _NOTABLE = {
     "rolled_back": "rolled back",
     "quarantined": "quarantined",
     "peer_banned": "banned a peer",
+    "self_update_available": "self-update available",
+    "self_update_installed": "self-update installed",
+    "self_update_restarting": "self-update: re-exec into",
+    "self_update_confirmed": "self-update confirmed",
+    "self_update_rolled_back": "self-update rolled back",
 }
 _STATE_STYLE = {
     "applied": "bold green",

@@ -38,6 +38,8 @@ SHIPPED = {
     "bandwidth-limited",
     "bandwidth-limited-netns",
     "centralized-baseline",
+    "self-update",
+    "bad-self-update",
 }
 
 
