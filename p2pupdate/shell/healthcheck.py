@@ -72,8 +72,20 @@ class CommandResult:
 
 def default_health_argv(path: Path) -> list[str] | None:
     """The default check of DESIGN.md: an executable file is run with ``--version``;
-    anything else is checked by its hash alone (None)."""
-    if path.is_file() and os.access(path, os.X_OK):
+    anything else is checked by its hash alone (None).
+
+    Executable means the x bit *and* a program the kernel can start (a ``#!`` script
+    or an ELF binary): a new file target gets mode 0755, and a config file or an
+    archive installed that way must not be "run" and rolled back for failing to.
+    """
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        return None
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        return None
+    if magic.startswith(b"#!") or magic == b"\x7fELF":
         return [str(path), "--version"]
     return None
 

@@ -113,6 +113,16 @@ async def test_non_executable_target_is_checked_by_hash_alone(env: Env) -> None:
     assert stat.S_IMODE(env.target.stat().st_mode) == 0o644
 
 
+@pytest.mark.parametrize("content", [b"", b"key = 1\n", b"\x1f\x8b\x08 gzip data"])
+async def test_new_data_file_target_gets_0755_but_is_not_run(env: Env, content: bytes) -> None:
+    """A first install makes the file 0755; a file that is no program is checked by hash."""
+    pkg, pid = make_package(env.pkgs, "data.pkg", content)
+    spec = env.spec(version=None)
+    assert await env.app.apply(spec, "1.0.0", pkg, pid)
+    assert env.events.one("update_complete")["health_check"] == "hash"
+    assert env.target.read_bytes() == content
+
+
 async def test_health_check_runs_without_shell_in_target_dir_with_env(env: Env) -> None:
     env.install_v1()
     pkg, pid = env.package("2.0.0")
