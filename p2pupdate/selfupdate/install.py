@@ -349,8 +349,15 @@ def _build_venv(layout: Layout, release: Path, wheels: Path, manifest: ReleaseMa
     fault("self_after_install")
 
 
+# A release venv is built from its own wheelhouse only: nothing the caller's Python can see
+# (PYTHONPATH, a user site) may make pip think a dependency is already there.
+_ISOLATE_DROP = ("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "VIRTUAL_ENV", "PIP_TARGET")
+
+
 def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    env = {k: v for k, v in os.environ.items() if k not in _ISOLATE_DROP}
+    env["PYTHONNOUSERSITE"] = "1"
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
     if proc.returncode != 0:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         raise ApplyError("install_failed", f"{what} failed ({proc.returncode}): {tail}")
