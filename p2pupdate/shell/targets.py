@@ -99,6 +99,12 @@ FAULT_POINTS = (
     "after_restore",  # old file back in place, state not yet updated
     "after_extract",  # directory target: release unpacked, not yet live
     "after_switch",  # directory target: symlink switched to the new release
+    # Self-update (p2pupdate.selfupdate; docs/self-update.md):
+    "self_after_download",  # a release of p2pupdate downloaded and verified
+    "self_mid_install",  # release venv created, its packages not yet installed
+    "self_after_install",  # release complete (marker written), `current` untouched
+    "self_after_arm",  # `previous` points at the running release
+    "self_after_switch",  # `current` switched to the new release, not yet re-exec'd
 )
 # Copy and hash in blocks of 1 MiB: big enough to be fast, small enough that a
 # cancelled install notices within milliseconds.

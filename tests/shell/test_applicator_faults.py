@@ -153,7 +153,9 @@ CASES = [
 
 
 def test_every_fault_point_is_exercised() -> None:
-    assert {case[0] for case in CASES} == set(FAULT_POINTS)
+    # The self_* points belong to self-update and are killed at in tests/selfupdate.
+    applicator_points = {p for p in FAULT_POINTS if not p.startswith("self_")}
+    assert {case[0] for case in CASES} == applicator_points
 
 
 @pytest.mark.parametrize(
