@@ -145,7 +145,16 @@ def test_only_release_cannot_boot_nothing_to_roll_back_to(
     assert sum("rollback-impossible" in line for line in fleet.history()) == 1
 
 
-@pytest.mark.parametrize("point", ["self_mid_install", "self_after_arm", "self_after_switch"])
+@pytest.mark.parametrize(
+    "point",
+    [
+        "self_after_download",
+        "self_mid_install",
+        "self_after_install",
+        "self_after_arm",
+        "self_after_switch",
+    ],
+)
 def test_kill_9_at_each_step_comes_back_on_a_release_that_runs(
     tmp_path: Path, releases: Releases, fleet_factory: Any, point: str
 ) -> None:
