@@ -207,6 +207,8 @@ class Agent:
                         bytes_done=done,
                         bytes_total=total,
                         rate=round(rate, 1),
+                        peers=len(self.node.peers),
+                        sources=self.swarm.sources_of(b.package_id),
                     )
 
                 def started_cb() -> None:

@@ -366,11 +366,13 @@ class Node:
         self.handshakes_completed += 1
         self.first_handshake.set()
         log.info("connected to %s (%s)", peer.label, hello.node_id.hex()[:16])
+        self.emit("peer_connected", peer=peer.label, peer_id=hello.node_id.hex())
         return peer
 
     def _drop(self, peer: PeerConn) -> None:
         if self.peers.get(peer.node_id) is peer:
             del self.peers[peer.node_id]
+            self.emit("peer_disconnected", peer=peer.label, peer_id=peer.node_id.hex())
             self.peerbook.on_disconnected(peer.addr, trio.current_time())
             if self.package_service is not None:
                 self.package_service.on_peer_down(peer)

@@ -633,6 +633,13 @@ class Swarm:
                 if not pkg.complete and dl.state is not DownloadState.COMPLETE:
                     await self._persist(pkg, dl)
 
+    def sources_of(self, package_id: bytes) -> dict[str, int]:
+        """host:port -> verified chunks received from it so far, for a download."""
+        pkg = self.packages.get(package_id)
+        if pkg is None or pkg.downloader is None:
+            return {}
+        return self._sources(pkg.downloader)
+
     def _sources(self, dl: Downloader[bytes]) -> dict[str, int]:
         out: dict[str, int] = {}
         for nid, count in dl.sources().items():
