@@ -242,6 +242,8 @@ def open_release(archive: Path, dest: Path, *, check_platform: bool = True) -> R
             f = tar.extractfile(mf)
             assert f is not None
             manifest = ReleaseManifest.from_json(f.read())
+            if not any(n.startswith("p2pupdate-") for n, _, _ in manifest.wheels):
+                raise ApplyError("bad_archive", "no p2pupdate wheel in the release")
             expected = {f"wheels/{n}" for n, _, _ in manifest.wheels} | {MANIFEST_NAME}
             extra = set(names) - expected
             if extra or len(names) != len(infos):
@@ -273,6 +275,4 @@ def open_release(archive: Path, dest: Path, *, check_platform: bool = True) -> R
                 raise
     except (tarfile.TarError, EOFError) as exc:
         raise ApplyError("bad_archive", f"{type(exc).__name__}: {exc}") from exc
-    if not any(n.startswith("p2pupdate-") for n, _, _ in manifest.wheels):
-        raise ApplyError("bad_archive", "no p2pupdate wheel in the release")
     return manifest
