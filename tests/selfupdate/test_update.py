@@ -173,3 +173,32 @@ def test_kill_9_at_each_step_comes_back_on_a_release_that_runs(
     assert all((rel / f"{d}.complete").is_file() for d in dirs), sorted(rel.iterdir())
     booted = {line.split()[2] for line in fleet.history() if " boot " in line}
     assert booted == {"1.0.0", "1.1.0"}
+
+
+def test_managed_node_survives_sighup_and_follows_current_switched_by_another(
+    tmp_path: Path, releases: Releases, fleet_factory: Any
+) -> None:
+    """`current` switched by someone else (another node, an operator): SIGHUP asks the node
+    to look now; it re-execs into that release in the same process, and SIGHUP never
+    stops it."""
+    import signal
+
+    from p2pupdate.selfupdate.install import Layout, install_lock, install_release, switch_current
+    from tests.selfupdate.conftest import with_signal
+
+    old, new = releases.get("1.0.0"), releases.get("1.1.0")
+    launcher = managed_install(tmp_path / "inst", old)
+    fleet = fleet_factory(launcher)
+    a = fleet.start("a")
+    wait_for("a on 1.0.0", partial(_runs, a, "1.0.0"), 30)
+    assert a.proc is not None
+    with_signal(a.proc, signal.SIGHUP)  # nothing to do yet: it keeps running
+    wait_for("a still on 1.0.0", partial(_runs, a, "1.0.0"), 10)
+    layout = Layout(tmp_path / "inst")
+    with install_lock(layout):
+        install_release(layout, new)
+        switch_current(layout, "1.1.0")
+    with_signal(a.proc, signal.SIGHUP)
+    wait_for("a on 1.1.0", partial(_runs, a, "1.1.0"), 60)
+    assert a.exits == [], (a.exits, a.log_text())  # re-exec'd, never exited
+    assert len(a.pids) == 1
