@@ -104,14 +104,24 @@ class Agent:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                # Ready at once (systemd READY=1 follows): recovery and resume run while
+                # the node serves; an install that arrives meanwhile waits on the
+                # applicator's per-channel lock and finishes any pending record first.
+                task_status.started()
                 await self.applicator.recover(list(self.targets.values()))
                 for ann in self.node.book.all_newest():
-                    if self.swarm.store.has_complete(ann.body.package_id):
+                    pid = ann.body.package_id
+                    if not self.swarm.store.has_complete(pid):
+                        continue
+                    # A cached package is re-hashed before it is served again: a corrupt
+                    # one is dropped (and fetched again when it is needed), never served.
+                    if await self.swarm.store.verify_complete(pid):
                         await self.swarm.add_complete(ann)
+                    else:
+                        log.warning("dropped corrupt cached package %s", pid.hex()[:16])
                 for ann in self.node.book.all_newest():
                     await self.on_announcement(ann, None)
                 await self.maintain_cache()
-                task_status.started()
                 await trio.sleep_forever()
         finally:
             # The export dir is ours alone (DiskStore exports leave it empty); no await

@@ -54,3 +54,58 @@ async def test_lru_unpinned_packages_are_evicted_and_the_newest_is_kept(tmp_path
         assert status["over_capacity"] and "newest" in status["over_capacity"]
         nursery.cancel_scope.cancel()
     events.close()
+
+
+async def test_corrupt_cached_package_is_dropped_at_start_and_fetched_again(
+    tmp_path: Path,
+) -> None:
+    from p2pupdate.shell.store import DiskStore
+    from tests.shell.swarm_helpers import package, seed_with, start_peer, wait_connected
+
+    data, info, ann = package(20 * 65536 + 9, seed=8)
+
+    async def relay_node(nursery: trio.Nursery, seed_addr: tuple[str, int]) -> Agent:
+        store = DiskStore(tmp_path / "store")
+        peer = await start_peer(
+            nursery, 1, [seed_addr], store=store, data_dir=tmp_path / "data", seed=77
+        )
+        agent = Agent(
+            peer.node,
+            peer.swarm,
+            Applicator(tmp_path / "data", tmp_path / "backups", lambda n, f: None),
+            EventLog(None, "relay"),
+            AgentOptions(),
+        )
+        await nursery.start(agent.run)
+        await wait_connected([peer], 1)
+        return agent
+
+    async def cached(agent: Agent) -> bytes:
+        """The cached bytes once they are the package's (bounded wait)."""
+        with trio.fail_after(20):
+            while True:
+                path = agent.swarm.store.complete_path(info.package_id)
+                if path is not None and path.is_file() and path.read_bytes() == data:
+                    return data
+                await trio.sleep(0.02)
+
+    async with trio.open_nursery() as outer:
+        seed = await start_peer(outer, 0, [])
+        await seed_with(seed, ann, info, data)
+        async with trio.open_nursery() as first:
+            agent = await relay_node(first, seed.node.listen_addr)
+            assert await cached(agent) == data  # a relay node caches for others
+            first.cancel_scope.cancel()
+        agent.swarm.store.close()
+        cache_file = next((tmp_path / "store" / "cache").iterdir())
+        raw = bytearray(cache_file.read_bytes())
+        raw[12345] ^= 0xFF  # bit rot
+        cache_file.write_bytes(bytes(raw))
+        uploaded = seed.swarm.bytes_uploaded
+        async with trio.open_nursery() as second:
+            agent = await relay_node(second, seed.node.listen_addr)
+            assert await cached(agent) == data  # dropped and fetched again
+            assert seed.swarm.bytes_uploaded - uploaded >= info.size  # really re-fetched
+            second.cancel_scope.cancel()
+        agent.swarm.store.close()
+        outer.cancel_scope.cancel()
