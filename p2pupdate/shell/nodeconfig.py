@@ -18,8 +18,10 @@ Merging rules (flags override the file):
   (health and restart commands, version, ...); for a new channel it adds a
   target. ``--health-cmd CHANNEL=CMD`` replaces the health command of a target
   defined by the file or by ``--target``; naming no target is an error.
-* A target's ``auto_apply`` defaults to the global ``auto_apply`` (default
-  true), for targets from flags and from the file alike.
+* A target given only with ``--target`` is applied automatically
+  (``auto_apply = true``, whatever the global setting, as DESIGN.md says); a
+  target the file defines takes its ``auto_apply`` from its table, else from the
+  global ``auto_apply`` (default true).
 * A target is a directory target when its path ends in ``/``, when it is an
   existing directory, or when the config says ``is_dir = true``.
 * Relative paths are relative to the current directory on the command line
@@ -640,7 +642,10 @@ def _load_targets(ld: _Loader, *, default_auto_apply: bool) -> tuple[TargetSpec,
 
     for value in getattr(ld.args, "target", None) or []:
         channel, text, src = _split_assignment(value, "--target", "PATH")
-        fields = specs.setdefault(channel, {})
+        if channel not in specs:
+            # DESIGN.md: a target given on the command line is applied automatically.
+            specs[channel] = {"auto_apply": True}
+        fields = specs[channel]
         fields["path"] = _path(text, src)
         fields["slash"] = text.endswith("/")
         fields.pop("is_dir", None)

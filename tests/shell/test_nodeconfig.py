@@ -282,6 +282,27 @@ version = "1.0.0"
     assert (other.channel, other.auto_apply, other.health_cmd) == ("other", True, None)
 
 
+def test_a_command_line_target_is_applied_automatically_even_when_the_global_is_off(
+    tmp_path: Path,
+) -> None:
+    config = f"""
+trust = ["{KEY1}"]
+auto_apply = false
+[targets."db/stable"]
+path = "db"
+"""
+    s = load(
+        tmp_path,
+        "--data-dir", str(tmp_path / "d"),
+        "--listen", "h:1",
+        "--target", f"app/stable={tmp_path / 'app'}",
+        config=config,
+    )  # fmt: skip
+    by_channel = {t.channel: t for t in s.targets}
+    assert by_channel["app/stable"].auto_apply is True  # DESIGN.md: CLI targets auto-apply
+    assert by_channel["db/stable"].auto_apply is False  # the file's target: the global
+
+
 def test_health_cmd_flag_for_a_config_target(tmp_path: Path) -> None:
     config = f'trust = ["{KEY1}"]\n[targets.app]\npath = "app"\nhealth_cmd = ["old"]\n'
     s = load(
