@@ -50,7 +50,12 @@ from typing import Any
 from p2pupdate.core.announcement import validate_version
 from p2pupdate.errors import ApplyError, StateFileError
 from p2pupdate.selfupdate.release import ReleaseManifest, open_release
-from p2pupdate.shell.fsutil import atomic_write_bytes, fsync_dir, read_bytes_limited
+from p2pupdate.shell.fsutil import (
+    atomic_write_bytes,
+    fsync_dir,
+    pid_alive,
+    read_json_file,
+)
 from p2pupdate.shell.targets import fault, make_symlink_live
 
 __all__ = [
@@ -157,16 +162,7 @@ def base_python() -> str:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        data = read_bytes_limited(path, _MAX_STATE)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise StateFileError(f"{path}: {exc}") from exc
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StateFileError(f"{path}: {exc}") from exc
+    return read_json_file(path, _MAX_STATE)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -451,16 +447,6 @@ def unregister_node(layout: Layout, key: str) -> None:
     layout.node_path(key).unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def registered_nodes(layout: Layout) -> dict[str, dict[str, Any]]:
     """Registered nodes whose process is alive: key -> registration."""
     out: dict[str, dict[str, Any]] = {}
@@ -470,7 +456,7 @@ def registered_nodes(layout: Layout) -> dict[str, dict[str, Any]]:
     for path in directory.glob("*.json"):
         with contextlib.suppress(StateFileError):
             obj = _read_json(path)
-            if isinstance(obj, dict) and isinstance(obj.get("pid"), int) and _alive(obj["pid"]):
+            if isinstance(obj, dict) and isinstance(obj.get("pid"), int) and pid_alive(obj["pid"]):
                 out[path.stem] = obj
     return out
 

@@ -8,13 +8,22 @@ content, never a torn file.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
-from p2pupdate.errors import DiskFullError
+from p2pupdate.errors import DiskFullError, StateFileError
 
-__all__ = ["atomic_write_bytes", "check_free_space", "fsync_dir", "read_bytes_limited"]
+__all__ = [
+    "atomic_write_bytes",
+    "check_free_space",
+    "fsync_dir",
+    "pid_alive",
+    "read_bytes_limited",
+    "read_json_file",
+]
 
 
 def fsync_dir(path: Path) -> None:
@@ -54,6 +63,31 @@ def read_bytes_limited(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise ValueError(f"{path} is larger than {limit} bytes")
     return data
+
+
+def read_json_file(path: Path, limit: int) -> Any:
+    """Parsed JSON of a small state file; None if missing; StateFileError if unreadable."""
+    try:
+        data = read_bytes_limited(path, limit)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StateFileError(f"{path}: {exc}") from exc
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StateFileError(f"{path}: {exc}") from exc
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (ours or not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_free_space(directory: Path, needed: int, margin: int = 64 * 1024 * 1024) -> None:

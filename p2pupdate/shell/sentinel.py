@@ -37,7 +37,11 @@ from typing import Any
 from p2pupdate.core import apply as core
 from p2pupdate.errors import ApplyError, StateFileError
 from p2pupdate.shell import targets
-from p2pupdate.shell.fsutil import atomic_write_bytes, fsync_dir, read_bytes_limited
+from p2pupdate.shell.fsutil import (
+    atomic_write_bytes,
+    fsync_dir,
+    read_json_file,
+)
 
 __all__ = ["EXIT_ROLLED_BACK", "BootOutcome", "BootSentinel"]
 
@@ -302,16 +306,7 @@ class BootSentinel:
 
     def _read_json(self, path: Path) -> Any:
         """Parsed JSON of ``path``; None if missing; StateFileError if corrupt."""
-        try:
-            data = read_bytes_limited(path, _MAX_FILE)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise StateFileError(f"{path}: {exc}") from exc
-        try:
-            return json.loads(data.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise StateFileError(f"{path}: {exc}") from exc
+        return read_json_file(path, _MAX_FILE)
 
     def _read_sentinel(self) -> tuple[core.SentinelRecord | None, str | None]:
         """(record, None), (None, None) when absent, (None, why) when corrupt."""

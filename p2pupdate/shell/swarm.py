@@ -27,12 +27,11 @@ from bitarray.util import ones, zeros
 
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.chunks import (
-    PAGE_ENTRIES,
     chunk_count,
     chunk_length,
-    page_count,
-    page_hash,
-    root_from_page_hashes,
+    page_hashes,
+    page_of_table,
+    table_root,
 )
 from p2pupdate.core.download import (
     AnnounceHave,
@@ -61,6 +60,7 @@ from p2pupdate.core.messages import Cancel as CancelMsg
 from p2pupdate.core.messages import Request as RequestMsg
 from p2pupdate.core.ratelimit import TokenBucket
 from p2pupdate.core.seeding import SuperSeeder
+from p2pupdate.core.tablefetch import TableFetch
 from p2pupdate.errors import DiskFullError, RemoteProtocolError
 from p2pupdate.shell.node import Node, PeerConn
 from p2pupdate.shell.store import ChunkStore
@@ -164,7 +164,7 @@ class Swarm:
         self.last_served: dict[bytes, float] = {}
         self.critical_active: set[bytes] = set()  # critical downloads in progress
         self.on_complete_from_peer: Callable[[bytes, PeerConn], None] | None = None
-        self._table_fetches: dict[bytes, _TableFetch] = {}
+        self._table_fetches: dict[bytes, TableFetch[bytes]] = {}
         self._labels: dict[bytes, str] = {}
         node.package_service = self
 
@@ -214,10 +214,7 @@ class Swarm:
 
     def _set_table(self, pkg: _Package, hashes: list[bytes]) -> None:
         pkg.hashes = hashes
-        pkg.page_hashes = [
-            page_hash(b"".join(hashes[p * PAGE_ENTRIES : (p + 1) * PAGE_ENTRIES]))
-            for p in range(page_count(len(hashes)))
-        ]
+        pkg.page_hashes = page_hashes(hashes)
 
     # -- peers ----------------------------------------------------------------------
     def on_peer_up(self, peer: PeerConn) -> None:
@@ -392,7 +389,9 @@ class Swarm:
             return
         if any(i >= pkg.nchunks for i in msg.indices):
             raise RemoteProtocolError("HAVE index past the end of the package")
-        bits = pkg.bitfields.setdefault(peer.node_id, zeros(pkg.nchunks))
+        bits = pkg.bitfields.get(peer.node_id)
+        if bits is None:  # (setdefault would allocate a whole bitmap on every HAVE)
+            bits = pkg.bitfields[peer.node_id] = zeros(pkg.nchunks)
         for i in msg.indices:
             bits[i] = 1
         pkg.table_wake.set()
@@ -432,8 +431,7 @@ class Swarm:
         if msg.page == TABLE_PAGE_LIST:
             peer.post(Table(msg.package_id, msg.page, b"".join(pkg.page_hashes)))
         elif msg.page < len(pkg.page_hashes):
-            lo = msg.page * PAGE_ENTRIES
-            peer.post(Table(msg.package_id, msg.page, b"".join(pkg.hashes[lo : lo + PAGE_ENTRIES])))
+            peer.post(Table(msg.package_id, msg.page, page_of_table(pkg.hashes, msg.page)))
         else:
             peer.post(Table(msg.package_id, msg.page, b""))
 
@@ -449,7 +447,7 @@ class Swarm:
 
     async def _fetch_table(self, pkg: _Package) -> list[bytes]:
         """Get the page-hash list and every page, each checked on its own."""
-        fetch = _TableFetch(pkg)
+        fetch: TableFetch[bytes] = TableFetch(pkg.nchunks, pkg.root)
         self._table_fetches[pkg.package_id] = fetch
         try:
             while True:
@@ -568,13 +566,7 @@ class Swarm:
         return await self._drive(pkg, dl, on_progress)
 
     def _table_matches(self, pkg: _Package, hashes: list[bytes]) -> bool:
-        if len(hashes) != pkg.nchunks:
-            return False
-        pages = [
-            page_hash(b"".join(hashes[p * PAGE_ENTRIES : (p + 1) * PAGE_ENTRIES]))
-            for p in range(page_count(len(hashes)))
-        ]
-        return root_from_page_hashes(pages) == pkg.root
+        return len(hashes) == pkg.nchunks and table_root(hashes) == pkg.root
 
     async def _drive(
         self,
@@ -737,67 +729,3 @@ class Swarm:
                 "uploaded": self.bytes_uploaded_by_package.get(pid, 0),
             }
         return out
-
-
-class _TableFetch:
-    """Bookkeeping of one chunk-table fetch: page list first, then each page."""
-
-    def __init__(self, pkg: _Package) -> None:
-        self.pkg = pkg
-        self.page_hashes: list[bytes] | None = None
-        self.pages: dict[int, list[bytes]] = {}
-        self.outstanding: dict[int, tuple[bytes, float]] = {}
-        self.asked: dict[int, set[bytes]] = {}
-        self.hashes: list[bytes] | None = None
-        self._bad: list[tuple[bytes, str]] = []
-
-    def wanted(self) -> list[int]:
-        if self.page_hashes is None:
-            return [] if TABLE_PAGE_LIST in self.outstanding else [TABLE_PAGE_LIST]
-        return [
-            p
-            for p in range(len(self.page_hashes))
-            if p not in self.pages and p not in self.outstanding
-        ]
-
-    def ask(self, nid: bytes, page: int, now: float) -> None:
-        self.outstanding[page] = (nid, now)
-        self.asked.setdefault(page, set()).add(nid)
-
-    def expire(self, now: float, timeout: float) -> None:
-        for page, (_, t) in list(self.outstanding.items()):
-            if now - t > timeout:
-                del self.outstanding[page]
-
-    def take_bad(self) -> list[tuple[bytes, str]]:
-        bad, self._bad = self._bad, []
-        return bad
-
-    def deliver(self, nid: bytes, page: int, data: bytes) -> None:
-        asked = self.outstanding.get(page)
-        if asked is None or asked[0] != nid:
-            return
-        del self.outstanding[page]
-        pkg = self.pkg
-        if not data:
-            return  # "I don't have it": ask someone else
-        if page == TABLE_PAGE_LIST:
-            hashes = [data[i : i + 32] for i in range(0, len(data), 32)]
-            if len(hashes) != page_count(pkg.nchunks) or root_from_page_hashes(hashes) != pkg.root:
-                self._bad.append((nid, "bad_table"))
-                return
-            self.page_hashes = hashes
-            self.asked.clear()
-            return
-        if self.page_hashes is None or page >= len(self.page_hashes):
-            return
-        entries = min(PAGE_ENTRIES, pkg.nchunks - page * PAGE_ENTRIES)
-        if len(data) != entries * 32 or page_hash(data) != self.page_hashes[page]:
-            self._bad.append((nid, "bad_table"))
-            return
-        self.pages[page] = [data[i : i + 32] for i in range(0, len(data), 32)]
-        if len(self.pages) == len(self.page_hashes):
-            self.hashes = [h for p in range(len(self.page_hashes)) for h in self.pages[p]]
-
-    def done(self) -> bool:
-        return self.hashes is not None

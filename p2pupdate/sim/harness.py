@@ -50,6 +50,7 @@ import trio
 
 import p2pupdate
 from p2pupdate.errors import P2PUpdateError
+from p2pupdate.shell.fsutil import pid_alive
 from p2pupdate.sim.adversary import Adversary
 from p2pupdate.sim.app import APP_NAME, app_bytes
 from p2pupdate.sim.netns import NetnsNetwork
@@ -94,21 +95,11 @@ def sweep_stale_workdirs(tmp: Path | None = None) -> list[Path]:
             pid = int((path / _OWNER_FILE).read_text().strip())
         except (OSError, ValueError):
             continue
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:

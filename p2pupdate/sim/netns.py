@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from p2pupdate.errors import UsageError
+from p2pupdate.shell.fsutil import pid_alive
 
 __all__ = ["NetnsError", "NetnsNetwork", "check_netns_available", "sweep_stale"]
 
@@ -69,16 +70,6 @@ def check_netns_available() -> None:
     _run(["ip", "netns", "del", probe], check=False)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale() -> list[str]:
     """Remove namespaces and links of earlier runs whose harness is dead; their names."""
     removed: list[str] = []
@@ -88,7 +79,7 @@ def sweep_stale() -> list[str]:
     for line in ns_list:
         name = line.split(" ")[0].strip()
         m = _NAME_RE.match(name)
-        if m and not _pid_alive(int(m.group(1), 16)):
+        if m and not pid_alive(int(m.group(1), 16)):
             _run(["ip", "netns", "del", name], check=False)
             removed.append(name)
     links = _run(["ip", "-o", "link", "show"], check=False).stdout.split("\n")
@@ -98,7 +89,7 @@ def sweep_stale() -> list[str]:
             continue
         name = parts[1].strip().split("@")[0]
         m = _NAME_RE.match(name)
-        if m and not _pid_alive(int(m.group(1), 16)):
+        if m and not pid_alive(int(m.group(1), 16)):
             _run(["ip", "link", "del", name], check=False)
             removed.append(name)
     return removed
