@@ -72,6 +72,10 @@ __all__ = ["Harness", "SimInterrupted", "free_ports", "sweep_stale_workdirs"]
 
 _TICK = 0.1
 _REFRESH = 0.25
+# How long a settled run waits for publishers still running to exit on their own (they
+# exit once enough replicas are confirmed; on a loaded machine that can lag the nodes).
+# Only a publisher that is stuck past this is stopped, and the report shows its exit code.
+_PUBLISH_GRACE = 60.0
 _READY_TIMEOUT = 60.0
 _NETNS_PORT = 7100
 _UPLOADED_RE = re.compile(r"uploaded (\d+) bytes")
@@ -481,6 +485,7 @@ class Harness:
         last_refresh = 0.0
         last_status = 0.0
         published = 0
+        settled_at: float | None = None
         while True:
             self._check_stop()
             now = time.time()
@@ -504,6 +509,11 @@ class Harness:
                 last_refresh = now
                 self.view.refresh(self.tracks, self.addresses, self._header(now))
             if published == len(sc.publications) and self._settled():
+                if settled_at is None:
+                    settled_at = now
+                if self._publishers_running() and now - settled_at < _PUBLISH_GRACE:
+                    await trio.sleep(_TICK)
+                    continue
                 # A moment for trailing events (quarantined after rolled_back, ...).
                 await trio.sleep(0.3)
                 self._poll_events()
@@ -518,6 +528,13 @@ class Harness:
                 self.view.note(f"timed out after {sc.timeout:.0f}s")
                 break
             await trio.sleep(_TICK)
+
+    def _publishers_running(self) -> bool:
+        """Whether a publish process has not exited yet (its exit code is not known)."""
+        return any(
+            record.ended is None and self.pub_children[record.version].alive()
+            for record in self.publishes
+        )
 
     def _failed_publication(self, now: float) -> str:
         """Why the run cannot go on: a publish that failed before anyone heard of it."""

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -288,22 +289,54 @@ def test_stale_namespaces_of_a_dead_harness_are_swept() -> None:
 def _python_for_nobody() -> str | None:
     """An interpreter the user nobody may run (the venv's may live under /root)."""
     for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
-        path = Path(candidate).resolve()
-        try:
-            ok = all(os.stat(p).st_mode & 0o005 == 0o005 for p in [path, *path.parents])
-        except OSError:
-            continue
-        if ok:
+        if _readable_by_nobody(Path(candidate).resolve()):
             return candidate
     return None
+
+
+def _readable_by_nobody(path: Path) -> bool:
+    """Whether the user nobody may reach ``path`` (r-x on it and every parent)."""
+    try:
+        return all(os.stat(p).st_mode & 0o005 == 0o005 for p in [path, *path.parents])
+    except OSError:
+        return False
+
+
+def _package_for_nobody(tmp: Path) -> Path | None:
+    """A copy of the package that the user nobody may import, wherever the clone lives.
+
+    The clone may sit in a directory nobody cannot enter (``/root``, any ``mktemp -d``):
+    copy the package (sources only) into a world-readable directory and import it there.
+    """
+    repo = Path(__file__).resolve().parents[2]
+    if _readable_by_nobody(repo / "p2pupdate"):
+        return repo
+    if not _readable_by_nobody(tmp.parent):
+        return None
+    tmp.mkdir(mode=0o755)
+    tmp.chmod(0o755)  # whatever the umask says
+    shutil.copytree(
+        repo / "p2pupdate", tmp / "p2pupdate", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for path in [tmp, *tmp.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return tmp
 
 
 @needs_netns
 def test_netns_refuses_clearly_without_root() -> None:
     python = _python_for_nobody()
-    repo = Path(__file__).resolve().parents[2]
     if python is None:
         pytest.skip("no Python interpreter here that the user nobody may run")
+    with tempfile.TemporaryDirectory(dir="/tmp") as scratch:
+        Path(scratch).chmod(0o755)  # mkdtemp makes it 0700
+        root = _package_for_nobody(Path(scratch) / "pkg")
+        if root is None:
+            pytest.skip("no directory here that the user nobody may read")
+        _check_netns_as_nobody(python, root)
+
+
+def _check_netns_as_nobody(python: str, repo: Path) -> None:
     code = (
         "from p2pupdate.sim.netns import check_netns_available, NetnsError\n"
         "try:\n    check_netns_available()\nexcept NetnsError as e:\n    print(e)\n"

@@ -101,7 +101,7 @@ async def test_late_node_gets_it_by_anti_entropy(transport: str) -> None:
     if transport == "memory":
         # In memory every node listens on its own host name.
         async with trio.open_nursery() as nursery:
-            nodes = []
+            nodes: list[Node] = []
             for i in range(3):
                 options = NodeOptions(
                     listen=(f"10.0.0.{i + 1}", 4000),

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import trio
 
-from p2pupdate.core.chunks import chunk_length
+from p2pupdate.core.announcement import Announcement
+from p2pupdate.core.chunks import ContentInfo, chunk_length
 from p2pupdate.shell.memstore import MemoryStore
 from p2pupdate.shell.store import DiskStore
 from p2pupdate.shell.swarm import SwarmOptions
@@ -44,8 +45,14 @@ async def test_tampered_chunk_is_rejected_its_sender_banned_and_the_download_com
 
 
 async def _holder_of(
-    nursery: trio.Nursery, i: int, peers: list[tuple[str, int]], part: range, ann, info, data
-) -> Peer:  # type: ignore[no-untyped-def]
+    nursery: trio.Nursery,
+    i: int,
+    peers: list[tuple[str, int]],
+    part: range,
+    ann: Announcement,
+    info: ContentInfo,
+    data: bytes,
+) -> Peer:
     """A node whose partial download holds exactly the chunks in ``part``."""
     store = MemoryStore()
     await store.open_partial(info.package_id, info.size)
