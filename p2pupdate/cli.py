@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import nacl.signing
 
@@ -45,89 +45,250 @@ def _version_text() -> str:
     return f"p2pupdate {__version__} (running from {Path(__file__).resolve().parent})"
 
 
+_DATA_DIR_HELP = (
+    "the node's data dir (default: --config's data_dir, else $P2PUPDATE_DATA_DIR, else "
+    "/var/lib/p2pupdate as root or $XDG_STATE_HOME/p2pupdate)"
+)
+_NODE_EPILOG = """\
+example:
+  p2pupdate node --data-dir /var/lib/p2pupdate --listen 0.0.0.0:7400 \\
+      --peer 10.0.0.2:7400 --trust ed25519:3b6a... --target app/stable=/opt/app/bin/app
+
+Every setting can also be given in the --config TOML file (see docs/operations.md and
+the shipped example config); flags win over the file.
+"""
+_PUBLISH_EPILOG = """\
+example:
+  p2pupdate publish --key authority.key --channel app/stable --version 1.4.0 \\
+      --file dist/app-1.4.0 --peer 10.0.0.2:7400 --peer 10.0.0.3:7400 --replicas 2
+"""
+_CONTROL_EPILOG = "example:\n  p2pupdate {cmd} --data-dir /var/lib/p2pupdate\n"
+
+
+def _sub(
+    sub: argparse._SubParsersAction[Any],
+    name: str,
+    help_: str,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_,
+        description=help_[0].upper() + help_[1:] + ".",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def _control_args(p: argparse.ArgumentParser) -> None:
+    """--data-dir and --config, as every control command takes them."""
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help=_DATA_DIR_HELP)
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="the node's config file (for its data_dir)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="p2pupdate", description="Peer-to-peer update distribution.")
     p.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    k = sub.add_parser("keygen", help="make an Ed25519 key pair")
-    k.add_argument("--out", required=True, type=Path, metavar="KEYFILE")
+    k = _sub(
+        sub, "keygen", "make an Ed25519 key pair", "example:\n  p2pupdate keygen --out a.key\n"
+    )
+    k.add_argument(
+        "--out", required=True, type=Path, metavar="KEYFILE",
+        help="where to write the secret key (mode 0600); required",
+    )  # fmt: skip
     k.add_argument("--force", action="store_true", help="overwrite an existing key file")
 
-    pk = sub.add_parser("pubkey", help="print the public key of a key file")
-    pk.add_argument("keyfile", type=Path, metavar="KEYFILE")
+    pk = _sub(sub, "pubkey", "print the public key of a key file")
+    pk.add_argument("keyfile", type=Path, metavar="KEYFILE", help="a secret key file")
 
-    n = sub.add_parser("node", help="run a node")
-    n.add_argument("--data-dir", type=Path, metavar="DIR")
-    n.add_argument("--listen", metavar="HOST:PORT")
-    n.add_argument("--peer", action="append", default=[], metavar="HOST:PORT")
-    n.add_argument("--trust", action="append", default=[], metavar="PUBKEY")
-    n.add_argument("--trust-threshold", type=int, metavar="K")
-    n.add_argument("--target", action="append", default=[], metavar="CHANNEL=PATH")
-    n.add_argument("--health-cmd", action="append", default=[], metavar="CHANNEL=CMD")
-    n.add_argument("--upload-limit", metavar="RATE")
-    n.add_argument("--download-limit", metavar="RATE")
-    n.add_argument("--cache-size", metavar="SIZE")
-    n.add_argument("--events", type=Path, metavar="FILE")
-    n.add_argument("--config", type=Path, metavar="FILE")
-    n.add_argument("--check-interval", metavar="DURATION")
-    n.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
-    n.add_argument("--log-json", action="store_true")
+    n = _sub(sub, "node", "run a node", _NODE_EPILOG)
+    n.add_argument("--data-dir", type=Path, metavar="DIR", help=_DATA_DIR_HELP)
+    n.add_argument(
+        "--listen", metavar="HOST:PORT",
+        help="address to accept peers on (port 0: any free port); required",
+    )  # fmt: skip
+    n.add_argument(
+        "--peer", action="append", default=[], metavar="HOST:PORT",
+        help="a bootstrap peer (repeatable; more are learned by peer exchange)",
+    )  # fmt: skip
+    n.add_argument(
+        "--trust", action="append", default=[], metavar="PUBKEY",
+        help="a trusted publisher key, as `p2pupdate pubkey` prints it (repeatable); "
+        "at least one is required",
+    )  # fmt: skip
+    n.add_argument(
+        "--trust-threshold", type=int, metavar="K",
+        help="distinct trusted signatures an announcement needs (default: 1)",
+    )  # fmt: skip
+    n.add_argument(
+        "--target", action="append", default=[], metavar="CHANNEL=PATH",
+        help="install CHANNEL's packages at PATH (a trailing / makes a directory target); "
+        "applied automatically (repeatable)",
+    )  # fmt: skip
+    n.add_argument(
+        "--health-cmd", action="append", default=[], metavar="CHANNEL=CMD",
+        help="health check of a target after install (default: an executable target is "
+        "run with --version; others are checked by hash)",
+    )  # fmt: skip
+    n.add_argument(
+        "--upload-limit", metavar="RATE", help="max upload speed, e.g. 10MiB/s (default: unlimited)"
+    )
+    n.add_argument(
+        "--download-limit", metavar="RATE",
+        help="max download speed, e.g. 10MiB/s (default: unlimited)",
+    )  # fmt: skip
+    n.add_argument(
+        "--cache-size", metavar="SIZE",
+        help="cache of packages served to others (default: 1GiB; pinned ones may exceed it)",
+    )  # fmt: skip
+    n.add_argument(
+        "--events", type=Path, metavar="FILE", help="append JSON-lines events here (default: none)"
+    )
+    n.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML config file; flags override its keys"
+    )
+    n.add_argument(
+        "--check-interval", metavar="DURATION",
+        help="time between anti-entropy rounds with peers (default: 30s)",
+    )  # fmt: skip
+    n.add_argument(
+        "--log-level", default=None, choices=["debug", "info", "warning", "error"],
+        help="log verbosity on stderr (default: info)",
+    )  # fmt: skip
+    n.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    n.add_argument(
+        "--check-config", action="store_true",
+        help="validate the config file and flags, print the result and exit (0 valid, 2 not)",
+    )  # fmt: skip
 
-    pub = sub.add_parser("publish", help="sign and seed a new version")
-    pub.add_argument("--key", action="append", required=True, type=Path, metavar="KEYFILE")
-    pub.add_argument("--channel", required=True, metavar="NAME")
-    pub.add_argument("--version", dest="pkg_version", required=True, metavar="SEMVER")
-    pub.add_argument("--file", required=True, type=Path, metavar="PACKAGE")
-    pub.add_argument("--peer", action="append", required=True, metavar="HOST:PORT")
-    pub.add_argument("--replicas", type=int, default=1, metavar="K")
-    pub.add_argument("--critical", action="store_true")
-    pub.add_argument("--rollout", type=int, default=100, metavar="PCT")
-    pub.add_argument("--min-version", metavar="SEMVER")
-    pub.add_argument("--expires", default="30d", metavar="DURATION")
-    pub.add_argument("--upload-limit", metavar="RATE")
-    pub.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS")
-    pub.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
+    pub = _sub(sub, "publish", "sign and seed a new version", _PUBLISH_EPILOG)
+    pub.add_argument(
+        "--key", action="append", required=True, type=Path, metavar="KEYFILE",
+        help="authority secret key to sign with (repeatable for a threshold); required",
+    )  # fmt: skip
+    pub.add_argument(
+        "--channel", required=True, metavar="NAME", help="channel, e.g. app/stable; required"
+    )
+    pub.add_argument(
+        "--version", dest="pkg_version", required=True, metavar="SEMVER",
+        help="the new version (semver, newer than what nodes run); required",
+    )  # fmt: skip
+    pub.add_argument(
+        "--file", required=True, type=Path, metavar="PACKAGE", help="the package file; required"
+    )
+    pub.add_argument(
+        "--peer", action="append", required=True, metavar="HOST:PORT",
+        help="a node to hand the announcement and the package to (repeatable); required",
+    )  # fmt: skip
+    pub.add_argument(
+        "--replicas", type=int, default=1, metavar="K",
+        help="exit once K peers hold verified complete copies (default: 1)",
+    )  # fmt: skip
+    pub.add_argument(
+        "--critical", action="store_true",
+        help="the download goes first and is not held back by rate limits",
+    )  # fmt: skip
+    pub.add_argument(
+        "--rollout", type=int, default=100, metavar="PCT",
+        help="percent of nodes that apply it; the rest only cache and serve (default: 100)",
+    )  # fmt: skip
+    pub.add_argument(
+        "--min-version", metavar="SEMVER",
+        help="nodes below this version do not apply it (default: none)",
+    )  # fmt: skip
+    pub.add_argument(
+        "--expires", default="30d", metavar="DURATION",
+        help="how long the announcement is valid (default: 30d)",
+    )  # fmt: skip
+    pub.add_argument("--upload-limit", metavar="RATE", help="max upload speed (default: unlimited)")
+    pub.add_argument(
+        "--timeout", type=float, default=600.0, metavar="SECONDS",
+        help="give up (exit 1) after this long (default: 600)",
+    )  # fmt: skip
+    pub.add_argument(
+        "--listen", default="127.0.0.1:0", metavar="HOST:PORT",
+        help="address the publisher serves chunks on (default: 127.0.0.1:0)",
+    )  # fmt: skip
 
-    st = sub.add_parser("status", help="show a node's state")
-    st.add_argument("--data-dir", required=True, type=Path, metavar="DIR")
-    st.add_argument("--json", action="store_true")
+    st = _sub(sub, "status", "show a node's state (exit 3 when it is not running)",
+              _CONTROL_EPILOG.format(cmd="status"))  # fmt: skip
+    _control_args(st)
+    st.add_argument("--json", action="store_true", help="print JSON (documented, stable)")
 
-    ap = sub.add_parser("apply", help="apply a downloaded update waiting for approval")
-    ap.add_argument("channel", metavar="CHANNEL")
-    ap.add_argument("--data-dir", required=True, type=Path, metavar="DIR")
+    ap = _sub(sub, "apply", "apply a downloaded update waiting for approval")
+    ap.add_argument("channel", metavar="CHANNEL", help="the target's channel")
+    _control_args(ap)
 
-    rb = sub.add_parser("rollback", help="put the previous version back, quarantine the current")
-    rb.add_argument("channel", metavar="CHANNEL")
-    rb.add_argument("--data-dir", required=True, type=Path, metavar="DIR")
+    rb = _sub(sub, "rollback", "put the previous version back, quarantine the current")
+    rb.add_argument("channel", metavar="CHANNEL", help="the target's channel")
+    _control_args(rb)
 
-    q = sub.add_parser("quarantine", help="manage quarantined versions")
+    q = _sub(sub, "quarantine", "list or lift quarantined versions")
     qsub = q.add_subparsers(dest="qcommand", metavar="ACTION", parser_class=_Parser)
-    qc = qsub.add_parser("clear", help="lift the quarantine of a version")
-    qc.add_argument("channel", metavar="CHANNEL")
-    qc.add_argument("qversion", metavar="VERSION")
-    qc.add_argument("--data-dir", required=True, type=Path, metavar="DIR")
+    qc = _sub(qsub, "clear", "lift the quarantine of a version")
+    qc.add_argument("channel", metavar="CHANNEL", help="the target's channel")
+    qc.add_argument("qversion", metavar="VERSION", help="the quarantined version")
+    _control_args(qc)
+    ql = _sub(qsub, "list", "list quarantined versions, with why and when")
+    ql.add_argument("--channel", metavar="CHANNEL", help="only this channel (default: all)")
+    ql.add_argument("--json", action="store_true", help="print JSON")
+    _control_args(ql)
 
-    sim = sub.add_parser("sim", help="run a local simulation scenario")
-    sim.add_argument("scenario", nargs="?", default="ten-nodes", metavar="SCENARIO")
-    sim.add_argument("--out", type=Path, metavar="DIR")
+    vs = _sub(sub, "versions", "the versions of a channel this node knows, and what it holds")
+    vs.add_argument("--channel", required=True, metavar="CHANNEL", help="the channel; required")
+    vs.add_argument("--json", action="store_true", help="print JSON")
+    _control_args(vs)
+
+    sim = _sub(sub, "sim", "run a local simulation scenario",
+               "example:\n  p2pupdate sim late-joiner --out /tmp/run\n"
+               "  p2pupdate sim --list")  # fmt: skip
+    sim.add_argument(
+        "scenario", nargs="?", default="ten-nodes", metavar="SCENARIO",
+        help="a shipped scenario's name (see --list) or a .toml file (default: ten-nodes)",
+    )  # fmt: skip
+    sim.add_argument(
+        "--out", type=Path, metavar="DIR",
+        help="where to write report.json, timeline.png and logs (default: ./sim-out-DATE)",
+    )  # fmt: skip
     sim.add_argument("--no-live", action="store_true", help="plain log lines, no live view")
+    sim.add_argument(
+        "--list", action="store_true", help="list the shipped scenarios, one line each, and exit"
+    )
 
-    rel = sub.add_parser("release", help="releases of p2pupdate itself")
+    rel = _sub(sub, "release", "releases of p2pupdate itself")
     rsub = rel.add_subparsers(dest="rcommand", metavar="ACTION", parser_class=_Parser)
-    rb_ = rsub.add_parser("build", help="build the wheelhouse archive of this checkout")
-    rb_.add_argument("--out", required=True, type=Path, metavar="FILE")
+    rb_ = _sub(rsub, "build", "build the wheelhouse archive of this checkout")
+    rb_.add_argument(
+        "--out", required=True, type=Path, metavar="FILE", help="the archive to write; required"
+    )
     rb_.add_argument("--source", type=Path, metavar="DIR", help="checkout (default: this one)")
-    rb_.add_argument("--track", default="stable", metavar="TRACK")
-    rb_.add_argument("--find-links", action="append", default=[], type=Path, metavar="DIR")
+    rb_.add_argument(
+        "--track", default="stable", metavar="TRACK", help="release track (default: stable)"
+    )
+    rb_.add_argument(
+        "--find-links", action="append", default=[], type=Path, metavar="DIR",
+        help="a local directory of wheels for the dependencies (repeatable)",
+    )  # fmt: skip
     rb_.add_argument("--no-index", action="store_true", help="no package registry")
-    rb_.add_argument("--no-build-isolation", action="store_true")
+    rb_.add_argument(
+        "--no-build-isolation", action="store_true", help="build with the current environment"
+    )
 
-    se = sub.add_parser("self", help="the managed install of p2pupdate itself")
+    se = _sub(sub, "self", "the managed install of p2pupdate itself")
     ssub = se.add_subparsers(dest="scommand", metavar="ACTION", parser_class=_Parser)
-    si = ssub.add_parser("install", help="set up or update a managed install")
-    si.add_argument("--install-dir", required=True, type=Path, metavar="DIR")
-    si.add_argument("--wheelhouse", type=Path, metavar="FILE")
+    si = _sub(ssub, "install", "set up or update a managed install")
+    si.add_argument(
+        "--install-dir", required=True, type=Path, metavar="DIR",
+        help="the managed install's directory; required",
+    )  # fmt: skip
+    si.add_argument(
+        "--wheelhouse", type=Path, metavar="FILE", help="a release archive to install from"
+    )
     si.add_argument("--source", type=Path, metavar="DIR", help="checkout to build from")
     return p
 
@@ -163,7 +324,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from p2pupdate.shell.publish import run_publish_command
 
         return run_publish_command(args)
-    if cmd in ("status", "apply", "rollback", "quarantine"):
+    if cmd in ("status", "apply", "rollback", "quarantine", "versions"):
         from p2pupdate.shell.controlcmd import run_control_command
 
         return run_control_command(args)
@@ -187,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command == "quarantine" and args.qcommand is None:
-            raise UsageError("p2pupdate quarantine: expected 'clear CHANNEL VERSION'")
+            raise UsageError("p2pupdate quarantine: expected 'clear CHANNEL VERSION' or 'list'")
         return _dispatch(args)
     except UsageError as exc:
         print(f"p2pupdate: error: {exc}", file=sys.stderr)

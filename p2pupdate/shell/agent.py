@@ -431,6 +431,14 @@ class Agent:
                 "waiting": _waiting(st, self.options.auto_download),
                 "quarantined": [q["version"] for q in a.get("quarantined", [])],
                 "last_refusal": st.last_refusal,
+                # Details for `quarantine list` and `versions`: why and when, and the
+                # versions kept to roll back to.
+                "quarantine": a.get("quarantined", []),
+                "backups": [
+                    {"version": b.get("version"), "created": b.get("created")}
+                    for b in a.get("backups", [])
+                ],
+                "last": a.get("last"),
             }
         self._refresh_cache_index()
         return {

@@ -1,4 +1,9 @@
-"""The ``status``, ``apply``, ``rollback`` and ``quarantine clear`` commands.
+"""The ``status``, ``apply``, ``rollback``, ``quarantine`` and ``versions`` commands.
+
+The data dir comes from ``--data-dir``, else ``--config``'s ``data_dir``, else
+``P2PUPDATE_DATA_DIR``, else the platform default (:mod:`p2pupdate.shell.datadir`).
+``quarantine list`` and ``versions`` only read the status (see
+:mod:`p2pupdate.shell.versionscmd`).
 
 Each talks to the running node of ``--data-dir`` over its control socket
 (:mod:`p2pupdate.shell.control`), sending one of::
@@ -15,7 +20,9 @@ none answers they exit 1 with one line. The node answers ``{"ok": true,
 (exit 2) or ``{"ok": false, "error": ...}`` for a failure (exit 1).
 
 ``status`` falls back to the snapshot the node keeps in ``DATA_DIR/status.json``
-when the node is down, and says so ("node not running (last known state)").
+when the node is down, says so ("node not running (last known state)") and
+exits 3, as ``systemctl status`` does for a stopped unit (also when there is no
+snapshot: then one line on stderr).
 The status dict, as the node's ``status`` op returns it and as the snapshot
 stores it (every key optional to this module, which shows what it gets)::
 
@@ -53,6 +60,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,14 +74,22 @@ from p2pupdate.shell.control import (
     read_status_snapshot,
     write_status_snapshot,
 )
+from p2pupdate.shell.nodeconfig import config_data_dir
+from p2pupdate.shell.versionscmd import run_quarantine_list, run_versions
 
 __all__ = [
+    "EXIT_NOT_RUNNING",
+    "fetch_status",
     "format_status",
+    "not_running",
     "read_status_snapshot",
     "run_control_command",
     "write_status_snapshot",
 ]
 
+# `status` of a node that is not running, as `systemctl status` does (its last known
+# state is still printed when the node saved one).
+EXIT_NOT_RUNNING = 3
 # status answers at once; apply / rollback may run a health check first.
 _STATUS_TIMEOUT = 30.0
 _ACTION_TIMEOUT = 600.0
@@ -81,19 +97,28 @@ _ACTION_TIMEOUT = 600.0
 
 def run_control_command(args: argparse.Namespace) -> int:
     """Run status / apply / rollback / quarantine clear; returns the exit code."""
-    data_dir: Path = args.data_dir
+    data_dir, where = config_data_dir(args)
     if not data_dir.is_dir():
         what = "is not a directory" if data_dir.exists() else "does not exist"
-        raise UsageError(f"--data-dir {data_dir} {what}")
+        hint = "" if where == "--data-dir" else " (give --data-dir, or set P2PUPDATE_DATA_DIR)"
+        raise UsageError(f"{where} {data_dir} {what}{hint}")
     cmd = args.command
     if cmd == "status":
         return _status(data_dir, json_out=bool(getattr(args, "json", False)))
     if cmd in ("apply", "rollback"):
         channel = _channel(args.channel)
         return _action(data_dir, {"op": cmd, "channel": channel}, f"{cmd} {channel}")
+    if cmd == "versions" or (cmd == "quarantine" and getattr(args, "qcommand", None) == "list"):
+        got = fetch_status(data_dir)
+        if got is None:
+            return not_running(data_dir)
+        json_out = bool(getattr(args, "json", False))
+        if cmd == "versions":
+            return run_versions(*got, args.channel, json_out=json_out)
+        return run_quarantine_list(*got, getattr(args, "channel", None), json_out=json_out)
     if cmd == "quarantine":
         if getattr(args, "qcommand", None) != "clear":
-            raise UsageError("p2pupdate quarantine: expected 'clear CHANNEL VERSION'")
+            raise UsageError("p2pupdate quarantine: expected 'clear CHANNEL VERSION' or 'list'")
         channel = _channel(args.channel)
         try:
             version = validate_version(args.qversion)
@@ -126,26 +151,40 @@ def _action(data_dir: Path, request: dict[str, Any], done: str) -> int:
     raise P2PUpdateError(error)
 
 
-def _status(data_dir: Path, *, json_out: bool) -> int:
+def fetch_status(data_dir: Path) -> tuple[dict[str, Any], bool] | None:
+    """The node's status and whether it is running (else its last saved snapshot).
+
+    None when no node runs with this data dir and it holds no snapshot.
+    """
     try:
         answer = control_request_sync(data_dir, {"op": "status"}, timeout=_STATUS_TIMEOUT)
     except NodeNotRunning:
         snapshot = read_status_snapshot(data_dir)
-        if snapshot is None:
-            raise NodeNotRunning(
-                f"no node is running with data dir {data_dir} and it holds no saved status"
-            ) from None
-        status, running = snapshot, False
-    else:
-        if not answer["ok"]:
-            raise P2PUpdateError(f"status: {answer.get('error', 'the node refused')}")
-        status = {k: v for k, v in answer.items() if k != "ok"}
-        running = True
+        return None if snapshot is None else (snapshot, False)
+    if not answer["ok"]:
+        raise P2PUpdateError(f"status: {answer.get('error', 'the node refused')}")
+    return {k: v for k, v in answer.items() if k != "ok"}, True
+
+
+def not_running(data_dir: Path) -> int:
+    """Say that no node runs here and none ever saved its state; the exit code."""
+    print(
+        f"p2pupdate: no node is running with data dir {data_dir} and it holds no saved status",
+        file=sys.stderr,
+    )
+    return EXIT_NOT_RUNNING
+
+
+def _status(data_dir: Path, *, json_out: bool) -> int:
+    got = fetch_status(data_dir)
+    if got is None:
+        return not_running(data_dir)
+    status, running = got
     if json_out:
         print(json.dumps({**status, "running": running}, indent=2, sort_keys=True))
     else:
         print(format_status(status, running=running), end="")
-    return 0
+    return 0 if running else EXIT_NOT_RUNNING
 
 
 # ---------------------------------------------------------------- human output

@@ -42,7 +42,7 @@ from p2pupdate.shell.control import serve_control, write_status_snapshot
 from p2pupdate.shell.events import EventLog, setup_logging
 from p2pupdate.shell.keyfile import load_or_create_node_key
 from p2pupdate.shell.node import Node, NodeOptions
-from p2pupdate.shell.nodeconfig import NodeSettings, load_settings
+from p2pupdate.shell.nodeconfig import NodeSettings, format_hostport, load_settings
 from p2pupdate.shell.sentinel import BootSentinel
 from p2pupdate.shell.store import DiskStore
 from p2pupdate.shell.swarm import Swarm, SwarmOptions
@@ -58,8 +58,21 @@ LISTEN_FD_ENV = "P2PUPDATE_LISTEN_FD"
 SNAPSHOT_INTERVAL = 2.0
 
 
+def describe_settings(settings: NodeSettings) -> str:
+    """What ``node --check-config`` prints for valid settings: the essentials, one line."""
+    targets = ", ".join(f"{t.channel}={t.path}{'/' if t.is_dir else ''}" for t in settings.targets)
+    return (
+        f"config OK: data dir {settings.data_dir}, listen {format_hostport(*settings.listen)}, "
+        f"{len(settings.peers)} peer(s), {len(settings.trust)} trusted key(s) "
+        f"(threshold {settings.trust_threshold}), targets: {targets or 'none (relay only)'}"
+    )
+
+
 def run_node_command(args: argparse.Namespace) -> int:
     settings = load_settings(args)
+    if getattr(args, "check_config", False):
+        print(describe_settings(settings))
+        return 0
     setup_logging(settings.log_level, settings.log_json)
     key = load_or_create_node_key(settings.data_dir)
     # First thing, before networking: count this boot of a freshly swapped program.

@@ -72,6 +72,7 @@ from p2pupdate.core.keys import parse_pubkey
 from p2pupdate.core.units import parse_duration, parse_rate, parse_size
 from p2pupdate.errors import UsageError
 from p2pupdate.shell.applicator import TargetSpec
+from p2pupdate.shell.datadir import resolve_data_dir
 from p2pupdate.shell.events import LOG_LEVELS
 from p2pupdate.shell.fsutil import read_bytes_limited
 
@@ -79,6 +80,7 @@ __all__ = [
     "CONFIG_KEYS",
     "TARGET_KEYS",
     "NodeSettings",
+    "config_data_dir",
     "format_hostport",
     "load_settings",
     "parse_hostport",
@@ -531,10 +533,27 @@ def _prepare_data_dir(path: Path, where: str) -> None:
     os.unlink(probe)
 
 
+def _data_dir(ld: _Loader) -> tuple[Path, str]:
+    flag = getattr(ld.args, "data_dir", None)
+    given = _path(flag, _Src("--data-dir", ld.cwd)) if flag is not None else None
+    in_file = _path(ld.file["data_dir"], ld.key_src("data_dir")) if "data_dir" in ld.file else None
+    return resolve_data_dir(given, in_file)
+
+
+def config_data_dir(args: argparse.Namespace) -> tuple[Path, str]:
+    """The data dir for a control command: ``--data-dir``, ``--config``'s, env, default.
+
+    The config file is read and checked like the node's own (unknown keys are
+    mistakes), so ``p2pupdate status --config /etc/p2pupdate/node.toml`` finds
+    the node that config runs.
+    """
+    return _data_dir(_Loader(args))
+
+
 def load_settings(args: argparse.Namespace) -> NodeSettings:
     """Merge ``--config`` and flags into validated settings (rules in the module doc)."""
     ld = _Loader(args)
-    data_dir = ld.required("data_dir", "--data-dir", _path)
+    data_dir, where_dir = _data_dir(ld)
     listen = ld.required("listen", "--listen", _hostport)
     peers = ld.listed("peers", "--peer", _peer)
     trust = ld.listed("trust", "--trust", _pubkey)
@@ -556,7 +575,6 @@ def load_settings(args: argparse.Namespace) -> NodeSettings:
         )
     if values["max_package_size"] <= 0:
         raise UsageError("max_package_size must be positive")
-    where_dir = "--data-dir" if getattr(args, "data_dir", None) is not None else "data_dir"
     _prepare_data_dir(data_dir, where_dir)
     events = values["events"]
     if events is not None and not events.parent.is_dir():

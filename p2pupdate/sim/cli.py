@@ -22,10 +22,10 @@ from p2pupdate.sim.harness import Harness
 from p2pupdate.sim.netns import check_netns_available
 from p2pupdate.sim.plot import plot_timeline
 from p2pupdate.sim.report import build_report, summary_lines
-from p2pupdate.sim.scenario import Scenario, load_scenario
+from p2pupdate.sim.scenario import Scenario, load_scenario, shipped_scenarios
 from p2pupdate.sim.view import make_view
 
-__all__ = ["default_out_dir", "run_scenario", "run_sim_command"]
+__all__ = ["default_out_dir", "list_scenarios", "run_scenario", "run_sim_command"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -88,7 +88,22 @@ def run_scenario(
     return (EXIT_OK if report["ok"] else EXIT_FAILED), report
 
 
+def list_scenarios() -> str:
+    """One line per shipped scenario: its name and its description."""
+    names = shipped_scenarios()
+    width = max(len(n) for n in names)
+    lines = []
+    for name in names:
+        # The first sentence: some descriptions go on to explain the whole run.
+        summary = load_scenario(name).description.split(". ")[0].split("; ")[0].rstrip(".")
+        lines.append(f"{name:<{width}}  {summary}")
+    return "\n".join(lines)
+
+
 def run_sim_command(args: argparse.Namespace) -> int:
+    if getattr(args, "list", False):
+        print(list_scenarios())
+        return EXIT_OK
     scenario = load_scenario(args.scenario)
     out = args.out if args.out is not None else default_out_dir()
     code, _ = run_scenario(scenario, out, live=not args.no_live)

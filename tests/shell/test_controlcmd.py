@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from p2pupdate.cli import main
 from p2pupdate.shell.control import serve_control, write_status_snapshot
 from p2pupdate.shell.controlcmd import format_status
+from p2pupdate.shell.datadir import default_data_dir, resolve_data_dir
+from p2pupdate.shell.versionscmd import quarantine_rows, version_states
 
 STATUS: dict[str, Any] = {
     "node_id": "ed25519:ab12",
@@ -35,6 +37,9 @@ STATUS: dict[str, Any] = {
             "waiting": [{"version": "1.2.5", "package_id": "cd" * 32}],
             "quarantined": ["1.2.1"],
             "last_refusal": {"version": "1.1.0", "reason": "not_newer"},
+            "newest": "1.3.0",
+            "quarantine": [{"version": "1.2.1", "reason": "health_check_failed", "at": 1.0e9}],
+            "backups": [{"version": "1.1.9", "created": 1.0e9}],
         },
         "relay/only": {
             "installed": None,
@@ -126,11 +131,12 @@ async def test_status_of_a_stopped_node_reads_the_snapshot(
     data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write_status_snapshot(data_dir, STATUS)
-    assert await cli("status", "--data-dir", str(data_dir)) == 0
+    # Exit 3: not running, as `systemctl status` says of a stopped unit.
+    assert await cli("status", "--data-dir", str(data_dir)) == 3
     out = capsys.readouterr().out
     assert "node not running (last known state, written " in out
     assert "installed   1.2.0" in out
-    assert await cli("status", "--data-dir", str(data_dir), "--json") == 0
+    assert await cli("status", "--data-dir", str(data_dir), "--json") == 3
     snap = json.loads(capsys.readouterr().out)
     assert snap["running"] is False
     assert snap["channels"] == STATUS["channels"]
@@ -140,7 +146,7 @@ async def test_status_of_a_stopped_node_reads_the_snapshot(
 async def test_status_of_a_stopped_node_without_snapshot(
     data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert await cli("status", "--data-dir", str(data_dir)) == 1
+    assert await cli("status", "--data-dir", str(data_dir)) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "no node is running" in err
@@ -245,3 +251,122 @@ def test_format_status_tolerates_odd_channels(channel: dict[str, Any]) -> None:
         {"channels": {"c": channel}, "cache": {"entries": [channel]}}, running=True
     )
     assert "channel c" in text
+
+
+# ---------------------------------------------------------------- where the data dir is
+
+
+async def test_data_dir_from_the_environment(
+    data_dir: Path, node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("P2PUPDATE_DATA_DIR", str(data_dir))
+    assert await cli("status") == 0
+    assert node.requests == [{"op": "status"}]
+
+
+async def test_data_dir_flag_wins_over_the_environment(
+    data_dir: Path, node: FakeNode, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("P2PUPDATE_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert await cli("status", "--data-dir", str(data_dir)) == 0
+    assert node.requests == [{"op": "status"}]
+
+
+async def test_data_dir_from_the_node_config(
+    data_dir: Path, node: FakeNode, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("P2PUPDATE_DATA_DIR", str(tmp_path / "elsewhere"))
+    config = tmp_path / "node.toml"
+    config.write_text(f'data_dir = "{data_dir}"\nlisten = "127.0.0.1:0"\n')
+    assert await cli("status", "--config", str(config)) == 0
+    assert node.requests == [{"op": "status"}]
+
+
+async def test_default_data_dir_missing_says_how_to_give_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("P2PUPDATE_DATA_DIR", str(tmp_path / "nowhere"))
+    assert await cli("status") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "P2PUPDATE_DATA_DIR" in err and "does not exist" in err
+
+
+def test_platform_default_data_dir() -> None:
+    assert default_data_dir(0, {}) == Path("/var/lib/p2pupdate")
+    assert default_data_dir(1000, {"XDG_STATE_HOME": "/s", "HOME": "/h"}) == Path("/s/p2pupdate")
+    # A relative XDG_STATE_HOME is invalid by the spec and ignored.
+    assert default_data_dir(1000, {"XDG_STATE_HOME": "s", "HOME": "/h"}) == Path(
+        "/h/.local/state/p2pupdate"
+    )
+    assert resolve_data_dir(None, None, {}, 0) == (
+        Path("/var/lib/p2pupdate"),
+        "the default data dir",
+    )
+    assert resolve_data_dir(None, Path("/c"), {"P2PUPDATE_DATA_DIR": "/e"}, 0)[0] == Path("/c")
+    assert resolve_data_dir(None, None, {"P2PUPDATE_DATA_DIR": "/e"}, 0)[0] == Path("/e")
+
+
+# ---------------------------------------------------------------- quarantine list, versions
+
+
+async def test_quarantine_list(
+    data_dir: Path, node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await cli("quarantine", "list", "--data-dir", str(data_dir)) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("app/stable  1.2.1  health_check_failed  since 2001-09-0")
+    assert await cli("quarantine", "list", "--data-dir", str(data_dir), "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == {
+        "running": True,
+        "quarantined": [
+            {"channel": "app/stable", "version": "1.2.1", "reason": "health_check_failed",
+             "at": 1.0e9},
+        ],
+    }  # fmt: skip
+    assert await cli("quarantine", "list", "--channel", "relay/only", "--data-dir",
+                     str(data_dir)) == 0  # fmt: skip
+    assert capsys.readouterr().out == "no quarantined versions\n"
+
+
+async def test_versions(data_dir: Path, node: FakeNode, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await cli("versions", "--channel", "app/stable", "--data-dir", str(data_dir)) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "channel app/stable",
+        "  1.3.0  newest announced, downloading 50%",
+        "  1.2.5  waiting for apply",
+        "  1.2.1  quarantined: health_check_failed",
+        "  1.2.0  installed",
+        "  1.1.9  backup",
+        "  1.1.0  refused: not_newer",
+    ]
+    assert await cli("versions", "--channel", "nope/x", "--data-dir", str(data_dir)) == 2
+    assert "knows no channel 'nope/x'" in capsys.readouterr().err
+
+
+async def test_versions_of_a_stopped_node_reads_the_snapshot(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_status_snapshot(data_dir, STATUS)
+    assert await cli("versions", "--channel", "app/stable", "--data-dir", str(data_dir),
+                     "--json") == 0  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["running"] is False
+    assert doc["versions"][0] == {"version": "1.3.0", "states": ["newest announced",
+                                                                 "downloading 50%"]}  # fmt: skip
+
+
+async def test_quarantine_list_of_no_node_exits_3(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await cli("quarantine", "list", "--data-dir", str(data_dir)) == 3
+    assert "no node is running" in capsys.readouterr().err
+
+
+@given(st.dictionaries(st.text(max_size=12), JSON, max_size=8))
+def test_version_states_never_fail_on_odd_input(channel: dict[str, Any]) -> None:
+    for row in version_states(channel):
+        assert isinstance(row["version"], str) and row["states"]
+    quarantine_rows({"channels": {"c": channel}}, None)

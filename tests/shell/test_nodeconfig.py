@@ -411,9 +411,26 @@ def test_error_wrong_type_names_the_key(tmp_path: Path, line: str, key: str) -> 
     assert f": {key}:" in msg
 
 
-def test_error_missing_data_dir(tmp_path: Path) -> None:
+def test_missing_data_dir_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("P2PUPDATE_DATA_DIR", str(tmp_path / "env-dir"))
+    s = load(tmp_path, "--listen", "127.0.0.1:0", "--trust", KEY1)
+    assert s.data_dir == tmp_path / "env-dir" and s.data_dir.is_dir()
+    # The config file's data_dir wins over the environment, the flag over both.
+    s = load(tmp_path, "--listen", "127.0.0.1:0", "--trust", KEY1, config='data_dir = "c"\n')
+    assert s.data_dir == tmp_path / "c"
+    s = load(tmp_path, *base_argv(tmp_path), config='data_dir = "c"\n')
+    assert s.data_dir == tmp_path / "data"
+
+
+def test_data_dir_from_the_environment_that_cannot_be_made_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("P2PUPDATE_DATA_DIR", str(tmp_path / "file"))
     msg = usage_error(tmp_path, "--listen", "127.0.0.1:0", "--trust", KEY1)
-    assert msg.startswith("--data-dir is required")
+    assert msg.startswith("P2PUPDATE_DATA_DIR ") and "not a directory" in msg
 
 
 def test_error_missing_listen(tmp_path: Path) -> None:
