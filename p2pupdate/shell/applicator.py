@@ -298,6 +298,7 @@ class Applicator:
         action = machine.start(trio.current_time())
         in_place = False
         health = Health(False, "", "", "")
+        restart_detail = ""
         while True:
             match action:
                 case core.PersistAttempt(attempt=n):
@@ -317,7 +318,10 @@ class Applicator:
                 case core.RunRestart(timeout=timeout):
                     res = await self._run(target, target.restart_cmd or [], version, timeout)
                     ops.fault("after_restart")
-                    action = machine.on_restart_result(res.ok, trio.current_time())
+                    restart_detail = res.describe()
+                    action = machine.on_restart_result(
+                        res.ok, trio.current_time(), started=not res.error
+                    )
                 case core.RunHealthCheck(timeout=timeout):
                     health = await self._health_check(target, version, timeout)
                     action = machine.on_health_result(
@@ -341,7 +345,7 @@ class Applicator:
                         attempts=machine.attempts_done,
                     )
                     return True
-                case core.GiveUp(reason=reason):
+                case core.GiveUp(reason=reason, quarantine=quarantine):
                     if not in_place:  # the bound was used up before this call
                         self._quarantine(st, version, reason)
                         st.attempts.pop(version, None)
@@ -349,8 +353,13 @@ class Applicator:
                         self._emit("update_failed", **base, reason=reason)
                         self._emit("quarantined", **base, reason=reason)
                         return False
-                    detail = health.output if machine.last_failure != core.RESTART_FAILED else ""
-                    await self._give_up(target, st, reason, detail)
+                    if machine.last_failure == core.RESTART_NOT_STARTED:
+                        detail = restart_detail
+                    elif machine.last_failure == core.RESTART_FAILED:
+                        detail = ""
+                    else:
+                        detail = health.output
+                    await self._give_up(target, st, reason, detail, quarantine=quarantine)
                     return False
                 case _:  # pragma: no cover - ConfirmAction is closed
                     raise ApplyError("illegal_transition", repr(action))
@@ -528,7 +537,13 @@ class Applicator:
         self._store.save(st)
 
     async def _give_up(
-        self, target: TargetSpec, st: ChannelState, reason: str, detail: str
+        self,
+        target: TargetSpec,
+        st: ChannelState,
+        reason: str,
+        detail: str,
+        *,
+        quarantine: bool = True,
     ) -> None:
         p = st.pending
         assert p is not None
@@ -543,7 +558,9 @@ class Applicator:
             self._rollback_failed(target, st, f"{reason}: {detail}", exc)
             return
         await self._restart_after_rollback(target, p.previous_version)
-        self._finish_rollback(target, st, reason, quarantine=p.version, detail=detail)
+        self._finish_rollback(
+            target, st, reason, quarantine=p.version if quarantine else None, detail=detail
+        )
 
     def _finish_rollback(
         self,
@@ -645,9 +662,8 @@ class Applicator:
         await self._restart_after_rollback(target, p.previous_version)
         match decision:
             case core.RecoverFinishRollback(reason=reason):
-                self._finish_rollback(
-                    target, st, reason, quarantine=p.version or None, detail=p.detail
-                )
+                bad = p.version if core.quarantines(reason) else None
+                self._finish_rollback(target, st, reason, quarantine=bad or None, detail=p.detail)
                 return
             case core.RecoverGiveUp(reason=reason):
                 self._finish_rollback(target, st, reason, quarantine=p.version)
