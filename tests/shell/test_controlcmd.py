@@ -245,3 +245,25 @@ def test_format_status_tolerates_odd_channels(channel: dict[str, Any]) -> None:
         {"channels": {"c": channel}, "cache": {"entries": [channel]}}, running=True
     )
     assert "channel c" in text
+
+
+def test_format_status_shows_a_pending_retry() -> None:
+    status = {
+        "channels": {
+            "app/stable": {
+                "installed": "1.0.0",
+                "retry": {
+                    "version": "2.0.0",
+                    "step": "download",
+                    "reason": "disk_full",
+                    "attempt": 3,
+                    "next_try": 1_700_000_000.0,
+                    "wake_on": "free_space",
+                },
+            }
+        }
+    }
+    text = format_status(status, running=True)
+    line = next(x for x in text.splitlines() if x.strip().startswith("retry"))
+    assert "2.0.0 download failed (disk_full), attempt 3; next try at " in line
+    assert line.endswith("or as soon as there is room")
