@@ -487,8 +487,16 @@ class Agent:
         with r.scope:
             with trio.move_on_at(r.due):
                 if r.wake_on == FREE_SPACE and r.step == DOWNLOAD:
-                    # Poll free space cheaply (one statvfs) until the package fits.
-                    while not self.swarm.store.has_room(b.package_id, b.size):
+                    # Poll free space cheaply (one statvfs). Only a change counts: the
+                    # disk seen full, then with room for the package. A write that
+                    # failed while the numbers said there was room (a sparse file, a
+                    # quota) waits out its back-off instead of failing in a loop.
+                    seen_full = False
+                    while True:
+                        room = self.swarm.store.has_room(b.package_id, b.size)
+                        if room and seen_full:
+                            break
+                        seen_full = seen_full or not room
                         with trio.move_on_after(self.options.free_space_poll):
                             await r.wake.wait()
                         if r.wake.is_set():

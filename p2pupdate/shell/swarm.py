@@ -699,7 +699,8 @@ class Swarm:
                 except (OSError, DiskFullError) as exc:
                     log.error("writing chunk %d failed: %s", act.index, exc)
                     self._run_actions(pkg, dl.on_write_failed(act.index))
-                    await self._run_actions_async(pkg, dl.fail(f"disk error: {exc}"))
+                    kind = "disk_full" if isinstance(exc, DiskFullError) else "disk_error"
+                    await self._run_actions_async(pkg, dl.fail(f"{kind}: {exc}"))
                     return
                 await self._run_actions_async(pkg, dl.on_chunk_written(act.index))
             else:

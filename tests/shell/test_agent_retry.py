@@ -137,7 +137,7 @@ async def test_disk_full_backs_off_doubling_and_resumes_as_soon_as_room_is_back(
         # Each try came only after the wait it announced.
         fail_times = events.times("download_failed")
         for i in range(2):
-            assert fail_times[i + 1] - fail_times[i] >= retries[i]["delay"]
+            assert fail_times[i + 1] - fail_times[i] >= retries[i]["delay"] - 0.001
 
         status = agent.status()["channels"][CHANNEL]["retry"]
         assert status["reason"] == "disk_full" and status["step"] == "download"
@@ -151,6 +151,45 @@ async def test_disk_full_backs_off_doubling_and_resumes_as_soon_as_room_is_back(
         assert trio.current_time() - freed < 75  # virtual time: the poll, not the timer
         assert store.has_complete(info.package_id)
         assert agent.status()["channels"][CHANNEL]["retry"] is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_disk_full_while_writing_waits_out_its_back_off_and_keeps_chunks(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The free space numbers said there was room, yet a write failed: no early
+    wake-up (that would fail in a loop); the back-off decides, and the chunks
+    written before the failure are not fetched again."""
+    net = MemoryNetwork()
+    data, info, ann = package(16 * 65536 + 5, seed=13)
+    events = Recorder()
+    store = MemoryStore()
+    store.fail_writes_after = 6
+    async with trio.open_nursery() as nursery:
+        seed = await start_memory_seed(nursery, net, "10.0.0.1", ann, info, data)
+        peer = await start_peer(
+            nursery,
+            1,
+            [("10.0.0.1", 7000)],
+            store=store,
+            transport=net.transport("10.0.0.2"),
+            listen=("10.0.0.2", 7000),
+        )
+        agent = make_agent(peer, tmp_path, events, retry_min=40, retry_max=40, free_space_poll=1)
+        await nursery.start(agent.run)
+        await events.wait_for(lambda: bool(events.named("download_retry")), 10_000, poll=0.5)
+        failed = events.named("download_failed")[0]
+        assert failed["reason"].startswith("disk_full: disk full writing chunk")
+        retry = events.named("download_retry")[0]
+        assert (retry["reason"], retry["wake_on"]) == ("disk_full", "free_space")
+        store.fail_writes_after = None  # the disk recovers; nothing tells the node
+        await events.wait_for(lambda: bool(events.named("download_complete")), 10_000, poll=0.5)
+        started = events.times("download_started")
+        assert len(started) == 2
+        assert (
+            started[1] - events.times("download_failed")[0] >= retry["delay"] - 0.001
+        )  # (rounded in the event)
+        assert seed.swarm.bytes_uploaded <= info.size + 16 * 65536 - 6 * 65536
         nursery.cancel_scope.cancel()
 
 
