@@ -371,6 +371,8 @@ class Agent:
             st.applying = False
         if ok:
             st.failures.pop((b.package_id, INSTALL), None)
+            if st.retry is not None and st.retry.ann.body.package_id == b.package_id:
+                self._cancel_retry(st)  # installed meanwhile (`p2pupdate apply`)
         else:
             last = self._last_result(target)
             if last is before or last is None:
@@ -435,6 +437,9 @@ class Agent:
         st.failures[key] = decision.attempt
         self._cancel_retry(st)
         now = trio.current_time()
+        # The early wake-ups watch the data dir (free space) and the swarm (sources):
+        # they concern downloads; an install step waits out its back-off.
+        wake_on = decision.wake_on if step == DOWNLOAD else None
         retry = _PendingRetry(
             ann=ann,
             target=target,
@@ -445,7 +450,7 @@ class Agent:
             delay=decision.delay,
             due=now + decision.delay,
             next_try=time.time() + decision.delay,
-            wake_on=decision.wake_on,
+            wake_on=wake_on,
         )
         st.retry = retry
         log.warning(
@@ -465,7 +470,7 @@ class Agent:
             attempt=decision.attempt,
             delay=round(decision.delay, 3),
             reason=decision.reason,
-            wake_on=decision.wake_on,
+            wake_on=wake_on,
         )
         self._nursery.start_soon(self._retry_later, retry)
 
@@ -486,7 +491,7 @@ class Agent:
         st = self._chan(b.channel)
         with r.scope:
             with trio.move_on_at(r.due):
-                if r.wake_on == FREE_SPACE and r.step == DOWNLOAD:
+                if r.wake_on == FREE_SPACE:
                     # Poll free space cheaply (one statvfs). Only a change counts: the
                     # disk seen full, then with room for the package. A write that
                     # failed while the numbers said there was room (a sparse file, a

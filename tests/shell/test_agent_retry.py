@@ -345,6 +345,7 @@ async def test_disk_full_while_staging_does_not_quarantine_and_is_retried(
         assert target_path.read_bytes() == b"config 1\n"
         retry = agent.status()["channels"][CHANNEL]["retry"]
         assert retry["step"] == "install" and retry["reason"] == "disk_full"
+        assert retry["wake_on"] is None  # an install waits out its back-off
         full[0] = False  # the operator freed some space
         await events.wait_for(lambda: bool(events.named("update_complete")))
         assert target_path.read_bytes() == data
