@@ -437,9 +437,8 @@ class Agent:
         st.failures[key] = decision.attempt
         self._cancel_retry(st)
         now = trio.current_time()
-        # The early wake-ups watch the data dir (free space) and the swarm (sources):
-        # they concern downloads; an install step waits out its back-off.
-        wake_on = decision.wake_on if step == DOWNLOAD else None
+        # A new source concerns downloads only; free space is watched for both steps.
+        wake_on = decision.wake_on if step == DOWNLOAD or decision.wake_on == FREE_SPACE else None
         retry = _PendingRetry(
             ann=ann,
             target=target,
@@ -486,6 +485,12 @@ class Agent:
             if r is not None and r.wake_on == NEW_SOURCE and r.ann.body.package_id == package_id:
                 r.wake.set()
 
+    def _has_room(self, r: _PendingRetry) -> bool:
+        b = r.ann.body
+        if r.step == INSTALL and r.target is not None:
+            return self.applicator.has_room(r.target, b.size)
+        return self.swarm.store.has_room(b.package_id, b.size)
+
     async def _retry_later(self, r: _PendingRetry) -> None:
         b = r.ann.body
         st = self._chan(b.channel)
@@ -498,7 +503,7 @@ class Agent:
                     # quota) waits out its back-off instead of failing in a loop.
                     seen_full = False
                     while True:
-                        room = self.swarm.store.has_room(b.package_id, b.size)
+                        room = self._has_room(r)
                         if room and seen_full:
                             break
                         seen_full = seen_full or not room

@@ -119,6 +119,24 @@ class Applicator:
         )
         return decision.reason if isinstance(decision, core.Refuse) else None
 
+    def has_room(self, target: TargetSpec, size: int) -> bool:
+        """Whether the free-space checks of installing ``size`` bytes into ``target``
+        would pass now (cheap: a statvfs or two). The agent polls it while an install
+        that found the disk full waits to be tried again."""
+        try:
+            target = ops.resolved_target(target)
+            checks = [(target.path.parent, size)]
+            if not target.is_dir and target.path.is_file():
+                backup_dir = self._channel_backup_dir(target.channel)
+                checks.append((backup_dir, target.path.stat().st_size))
+            for directory, needed in checks:
+                while not directory.exists() and directory != directory.parent:
+                    directory = directory.parent  # made at install time
+                ops.check_free_space(directory, needed)
+        except (OSError, DiskFullError, ApplyError):
+            return False
+        return True
+
     def status(self, targets: Sequence[TargetSpec] = ()) -> dict[str, Any]:
         """JSON-able state of every channel (and of the given targets)."""
         channels: dict[str, Any] = {}

@@ -335,9 +335,18 @@ async def test_disk_full_while_staging_does_not_quarantine_and_is_retried(
         seed = await start_peer(nursery, 0, [])
         await seed_with(seed, ann, info, data)
         peer = await start_peer(nursery, 1, [seed.node.listen_addr])
-        agent = make_agent(peer, tmp_path, events, targets_=(spec,), retry_min=0.2, retry_max=0.4)
+        # An hour-long back-off: only the free-space check can bring it back here.
+        agent = make_agent(
+            peer,
+            tmp_path,
+            events,
+            targets_=(spec,),
+            retry_min=3600,
+            retry_max=3600,
+            free_space_poll=0.05,
+        )
         await nursery.start(agent.run)
-        await events.wait_for(lambda: len(events.named("install_retry")) >= 2)
+        await events.wait_for(lambda: bool(events.named("install_retry")))
         failed = events.named("update_failed")
         assert failed and {f["reason"] for f in failed} == {"disk_full"}
         assert not events.named("quarantined")
@@ -345,7 +354,7 @@ async def test_disk_full_while_staging_does_not_quarantine_and_is_retried(
         assert target_path.read_bytes() == b"config 1\n"
         retry = agent.status()["channels"][CHANNEL]["retry"]
         assert retry["step"] == "install" and retry["reason"] == "disk_full"
-        assert retry["wake_on"] is None  # an install waits out its back-off
+        assert retry["wake_on"] == "free_space" and retry["attempt"] == 1
         full[0] = False  # the operator freed some space
         await events.wait_for(lambda: bool(events.named("update_complete")))
         assert target_path.read_bytes() == data
