@@ -44,6 +44,7 @@ __all__ = [
     "PACKAGE_MISSING",
     "QUARANTINED",
     "RESTART_FAILED",
+    "RESTART_NOT_STARTED",
     "ROLLBACK_FAILED",
     "TOO_LARGE",
     "TOO_MANY_ATTEMPTS",
@@ -77,6 +78,7 @@ __all__ = [
     "is_newer",
     "normalize_version",
     "parse_version",
+    "quarantines",
     "recovery_decision",
     "should_install",
     "version_in",
@@ -97,6 +99,9 @@ HEALTH_CHECK_FAILED = "health_check_failed"
 HEALTH_TIMEOUT = "health_timeout"
 NOT_CONFIRMED = "not_confirmed"
 RESTART_FAILED = "restart_failed"
+# The restart command could not be started at all (missing, not executable): a fault
+# of the host, not of the release. Rolled back, never quarantined; tried again later.
+RESTART_NOT_STARTED = "restart_not_started"
 TOO_MANY_ATTEMPTS = "too_many_attempts"
 INTERRUPTED = "interrupted"
 ROLLBACK_FAILED = "rollback_failed"
@@ -286,9 +291,16 @@ class Confirmed:
 
 @dataclass(frozen=True)
 class GiveUp:
-    """Roll back to the last good version, restart it, quarantine the new one."""
+    """Roll back to the last good version, restart it, and quarantine the new one
+    unless ``quarantine`` is False (the host was at fault, not the release)."""
 
     reason: str
+    quarantine: bool = True
+
+
+def quarantines(reason: str) -> bool:
+    """Whether a rollback for ``reason`` quarantines the version (host faults do not)."""
+    return reason != RESTART_NOT_STARTED
 
 
 ConfirmAction = PersistAttempt | RunRestart | RunHealthCheck | WaitUntil | Confirmed | GiveUp
@@ -357,9 +369,18 @@ class ConfirmMachine:
         self.checks += 1
         return RunHealthCheck(self.health_timeout)
 
-    def on_restart_result(self, ok: bool, now: float) -> ConfirmAction:
-        """The restart command finished (``ok``: exit 0 in time)."""
+    def on_restart_result(self, ok: bool, now: float, *, started: bool = True) -> ConfirmAction:
+        """The restart command finished (``ok``: exit 0 in time).
+
+        ``started`` False: it could not be started at all. That says nothing about
+        the release, so this install gives up at once without quarantine (the
+        caller tries again later), instead of using up the attempts.
+        """
         self._enter("restart_result")
+        if not started:
+            self.last_failure = RESTART_NOT_STARTED
+            self.state = ConfirmState.GAVE_UP
+            return GiveUp(RESTART_NOT_STARTED, quarantine=False)
         if not ok:
             return self._attempt_failed(RESTART_FAILED)
         self.state = ConfirmState.CHECKING

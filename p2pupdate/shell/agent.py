@@ -8,13 +8,21 @@ applicator's own refusals), downloads, and applies (or waits for
 or with no target for the channel, still downloads, caches and serves.
 A newer announcement for a channel supersedes an older download.
 
+A download or install step that failed for a reason that can pass (a full
+disk, a disk or store error, sources gone, ...) is tried again: which reasons,
+and after how long, is :mod:`p2pupdate.core.retry`'s decision; the agent only
+sleeps until then, or wakes early when the condition is seen to be gone (free
+space back, polled cheaply; a peer advertising the package).
+
 It also answers the control socket (status, apply, rollback, quarantine
 clear). It makes no protocol decision itself.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import random
 import shutil
 import tempfile
 import time
@@ -23,9 +31,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import trio
+from bitarray.util import zeros
 
 from p2pupdate.core.announcement import Announcement
+from p2pupdate.core.chunks import chunk_count
 from p2pupdate.core.policy import act_decision
+from p2pupdate.core.retry import FREE_SPACE, NEW_SOURCE, Backoff, Retry, decide, reason_kind
 from p2pupdate.core.store import PIN_IN_PROGRESS, PIN_INSTALLED, PIN_NEWEST, CacheIndex
 from p2pupdate.errors import DiskFullError, P2PUpdateError
 from p2pupdate.shell.applicator import Applicator, TargetSpec
@@ -38,11 +49,21 @@ __all__ = ["Agent", "AgentOptions", "SelfUpdateHook"]
 log = logging.getLogger("p2pupdate.agent")
 
 
+# While a disk-full retry waits, free space is looked at this often (one statvfs).
+FREE_SPACE_POLL = 2.0
+
+DOWNLOAD = "download"
+INSTALL = "install"
+
+
 @dataclass
 class AgentOptions:
     targets: tuple[TargetSpec, ...] = ()
     auto_download: bool = True
     cache_size: int = 1024**3
+    retry_min: float = 30.0  # first wait before a failed step is tried again
+    retry_max: float = 1800.0  # the wait doubles up to this
+    free_space_poll: float = FREE_SPACE_POLL
 
 
 class SelfUpdateHook(Protocol):
@@ -60,6 +81,24 @@ class SelfUpdateHook(Protocol):
 
 
 @dataclass
+class _PendingRetry:
+    """A failed step waiting to be tried again (one per channel at most)."""
+
+    ann: Announcement
+    target: TargetSpec | None
+    apply_it: bool
+    step: str  # DOWNLOAD or INSTALL
+    reason: str
+    attempt: int
+    delay: float
+    due: float  # trio clock
+    next_try: float  # unix time, for status
+    wake_on: str | None
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    wake: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
 class _ChannelState:
     download: Announcement | None = None
     scope: trio.CancelScope | None = None
@@ -70,6 +109,9 @@ class _ChannelState:
     # Package id that `p2pupdate apply` asked for before its download finished.
     apply_when_done: bytes | None = None
     progress: dict[str, Any] = field(default_factory=dict)
+    retry: _PendingRetry | None = None
+    # (package id, step) -> failures in a row that were retried
+    failures: dict[tuple[bytes, str], int] = field(default_factory=dict)
 
 
 class Agent:
@@ -80,6 +122,8 @@ class Agent:
         applicator: Applicator,
         events: EventLog,
         options: AgentOptions,
+        *,
+        rng: random.Random | None = None,
     ) -> None:
         self.node = node
         self.swarm = swarm
@@ -91,10 +135,13 @@ class Agent:
         self._nursery: trio.Nursery | None = None
         self._tmp = Path(tempfile.mkdtemp(prefix="p2pupdate-export-"))
         self.cache = CacheIndex(options.cache_size)
+        self.rng = rng or random.Random()
+        self.backoff = Backoff(first=options.retry_min, limit=options.retry_max)
         # Self-update: its own channel is cached like any other and handed to the hook.
         self.self_update: SelfUpdateHook | None = None
         self.self_update_off = "off: not a managed install"
         node.on_announcement = self.on_announcement
+        swarm.on_source = self.on_source
 
     def _chan(self, channel: str) -> _ChannelState:
         return self.channels.setdefault(channel, _ChannelState())
@@ -173,6 +220,14 @@ class Agent:
                 apply_it = True
         elif b.size > self.options.cache_size:
             return  # relay only: too big to cache for others
+        if st.retry is not None:
+            if st.retry.ann.body.package_id == b.package_id:
+                # Already waiting to try this package again; a re-signed replacement
+                # (wider rollout) is what the retry will act on.
+                st.retry.ann, st.retry.target = ann, target
+                st.retry.apply_it = st.retry.apply_it or apply_it
+                return
+            self._cancel_retry(st)  # superseded
         if st.download is not None:
             if st.download.body.package_id == b.package_id:
                 return  # already on it (a re-signed replacement changes nothing here)
@@ -230,20 +285,22 @@ class Agent:
                         ann, on_progress=progress, on_started=None if already else started_cb
                     )
                 except DiskFullError as exc:
-                    self.events.emit("download_failed", **base, reason=f"disk_full: {exc}")
+                    await self._download_failed(ann, target, apply_it, f"disk_full: {exc}")
                     return
                 except OSError as exc:
-                    self.events.emit("download_failed", **base, reason=f"disk_error: {exc}")
+                    kind = "disk_full" if exc.errno in _NO_SPACE else "disk_error"
+                    await self._download_failed(ann, target, apply_it, f"{kind}: {exc}")
                     return
                 except P2PUpdateError as exc:
                     # A corrupt state file, a store that lost a file under us: this
                     # download fails, the node and every other download go on.
                     log.error("download of %s %s failed: %s", b.channel, b.version, exc)
-                    self.events.emit("download_failed", **base, reason=f"error: {exc}")
+                    await self._download_failed(ann, target, apply_it, f"error: {exc}")
                     return
                 if not result.ok:
-                    self.events.emit("download_failed", **base, reason=result.reason)
+                    await self._download_failed(ann, target, apply_it, result.reason)
                     return
+                st.failures.pop((b.package_id, DOWNLOAD), None)
                 if not already:
                     self.events.emit(
                         "download_complete",
@@ -304,17 +361,176 @@ class Agent:
                     reason="package_missing",
                     detail=str(exc),
                 )
+                self._schedule_retry(ann, target, True, INSTALL, "package_missing")
                 return False
+            before = self._last_result(target)
             ok = await self.applicator.apply(
                 target, b.version, path, b.package_id, min_version=b.min_version
             )
         finally:
             st.applying = False
+        if ok:
+            st.failures.pop((b.package_id, INSTALL), None)
+            if st.retry is not None and st.retry.ann.body.package_id == b.package_id:
+                self._cancel_retry(st)  # installed meanwhile (`p2pupdate apply`)
+        else:
+            last = self._last_result(target)
+            if last is before or last is None:
+                reason = "state_error"  # nothing could be recorded: the state dir failed
+            elif last.get("version") == b.version:
+                reason = str(last.get("reason") or "")
+            else:
+                reason = ""
+            self._schedule_retry(ann, target, True, INSTALL, reason)
         for attr in ("waiting", "available"):
             held = getattr(st, attr)
             if held is not None and held.body.package_id == b.package_id:
                 setattr(st, attr, None)
         return ok
+
+    def _last_result(self, target: TargetSpec) -> dict[str, Any] | None:
+        """The applicator's record of the channel's last install result (a fresh dict)."""
+        channel = self.applicator.status([target])["channels"].get(target.channel, {})
+        last = channel.get("last")
+        return last if isinstance(last, dict) else None
+
+    # -- trying again -----------------------------------------------------------------
+    async def _download_failed(
+        self, ann: Announcement, target: TargetSpec | None, apply_it: bool, reason: str
+    ) -> None:
+        b = ann.body
+        self.events.emit(
+            "download_failed",
+            channel=b.channel,
+            version=b.version,
+            package_id=b.package_id.hex(),
+            reason=reason,
+        )
+        if reason_kind(reason) == "package_hash_mismatch":
+            # Every chunk was verified when it arrived, so the partial file changed
+            # under us (a bad disk): an empty bitmap makes the next try re-hash every
+            # chunk from the file, keep the good ones and fetch the rest again.
+            try:
+                await self.swarm.store.persist(b.package_id, zeros(chunk_count(b.size)))
+            except (OSError, P2PUpdateError, ValueError) as exc:
+                log.warning("could not reset the bitmap of %s: %s", b.package_id.hex()[:16], exc)
+        self._schedule_retry(ann, target, apply_it, DOWNLOAD, reason)
+
+    def _schedule_retry(
+        self,
+        ann: Announcement,
+        target: TargetSpec | None,
+        apply_it: bool,
+        step: str,
+        reason: str,
+    ) -> None:
+        """Ask the core whether (and when) to try ``step`` again; start the wait."""
+        b = ann.body
+        st = self._chan(b.channel)
+        key = (b.package_id, step)
+        if self._nursery is None or not reason:
+            return
+        decision = decide(reason, st.failures.get(key, 0) + 1, self.backoff, self.rng)
+        if not isinstance(decision, Retry):
+            st.failures.pop(key, None)
+            return
+        st.failures[key] = decision.attempt
+        self._cancel_retry(st)
+        now = trio.current_time()
+        # A new source concerns downloads only; free space is watched for both steps.
+        wake_on = decision.wake_on if step == DOWNLOAD or decision.wake_on == FREE_SPACE else None
+        retry = _PendingRetry(
+            ann=ann,
+            target=target,
+            apply_it=apply_it,
+            step=step,
+            reason=decision.reason,
+            attempt=decision.attempt,
+            delay=decision.delay,
+            due=now + decision.delay,
+            next_try=time.time() + decision.delay,
+            wake_on=wake_on,
+        )
+        st.retry = retry
+        log.warning(
+            "%s %s %s failed (%s); trying again in %.0f s (attempt %d)",
+            b.channel,
+            b.version,
+            step,
+            decision.reason,
+            decision.delay,
+            decision.attempt,
+        )
+        self.events.emit(
+            "download_retry" if step == DOWNLOAD else "install_retry",
+            channel=b.channel,
+            version=b.version,
+            package_id=b.package_id.hex(),
+            attempt=decision.attempt,
+            delay=round(decision.delay, 3),
+            reason=decision.reason,
+            wake_on=wake_on,
+        )
+        self._nursery.start_soon(self._retry_later, retry)
+
+    def _cancel_retry(self, st: _ChannelState) -> None:
+        if st.retry is not None:
+            st.retry.scope.cancel()
+            st.retry = None
+
+    def on_source(self, package_id: bytes) -> None:
+        """The swarm heard that a connected peer holds chunks of ``package_id``."""
+        for st in self.channels.values():
+            r = st.retry
+            if r is not None and r.wake_on == NEW_SOURCE and r.ann.body.package_id == package_id:
+                r.wake.set()
+
+    def _has_room(self, r: _PendingRetry) -> bool:
+        b = r.ann.body
+        if r.step == INSTALL and r.target is not None:
+            return self.applicator.has_room(r.target, b.size)
+        return self.swarm.store.has_room(b.package_id, b.size)
+
+    async def _retry_later(self, r: _PendingRetry) -> None:
+        b = r.ann.body
+        st = self._chan(b.channel)
+        with r.scope:
+            with trio.move_on_at(r.due):
+                if r.wake_on == FREE_SPACE:
+                    # Poll free space cheaply (one statvfs). Only a change counts: the
+                    # disk seen full, then with room for the package. A write that
+                    # failed while the numbers said there was room (a sparse file, a
+                    # quota) waits out its back-off instead of failing in a loop.
+                    seen_full = False
+                    while True:
+                        room = self._has_room(r)
+                        if room and seen_full:
+                            break
+                        seen_full = seen_full or not room
+                        with trio.move_on_after(self.options.free_space_poll):
+                            await r.wake.wait()
+                        if r.wake.is_set():
+                            break
+                else:
+                    await r.wake.wait()
+            if st.retry is not r:
+                return
+            st.retry = None
+            newest = self.node.book.newest(b.channel)
+            if newest is not None and newest.body.package_id != b.package_id:
+                return  # superseded meanwhile
+            if r.target is not None:
+                reason = self._refusal(r.ann, r.target)
+                if reason is not None and reason != "outside_rollout":
+                    return  # refused now (quarantined, installed, ...): final
+            log.info("%s %s: trying the %s again", b.channel, b.version, r.step)
+            if r.step == DOWNLOAD:
+                if st.download is None:
+                    self._start_download(r.ann, r.target, r.apply_it)
+                return
+        if r.scope.cancelled_caught or r.step != INSTALL or r.target is None:
+            return
+        await self._apply(r.ann, r.target)
 
     # -- cache --------------------------------------------------------------------------
     def _refresh_cache_index(self) -> None:
@@ -404,6 +620,7 @@ class Agent:
             if st.download is None or st.download.body.package_id != ann.body.package_id:
                 if st.scope is not None:
                     st.scope.cancel()
+                self._cancel_retry(st)  # asked for now: no need to wait out a back-off
                 self._start_download(ann, target, True)
             return {"ok": True, "message": f"downloading {ann.body.version}; it will be applied"}
         ok = await self._apply(ann, target)
@@ -423,6 +640,17 @@ class Agent:
             if st.download is not None:
                 dl = {"version": st.download.body.version, "state": "downloading", **st.progress}
             newest = self.node.book.newest(ch)
+            retry = None
+            if st.retry is not None:
+                r = st.retry
+                retry = {
+                    "version": r.ann.body.version,
+                    "step": r.step,
+                    "reason": r.reason,
+                    "attempt": r.attempt,
+                    "next_try": round(r.next_try, 3),
+                    "wake_on": r.wake_on,
+                }
             channels[ch] = {
                 "installed": a.get("installed_version"),
                 "target": str(target.path) if target else None,
@@ -439,6 +667,7 @@ class Agent:
                     for b in a.get("backups", [])
                 ],
                 "last": a.get("last"),
+                "retry": retry,
             }
         self._refresh_cache_index()
         return {
@@ -465,6 +694,10 @@ class Agent:
             if self.self_update is not None
             else {"managed": False},
         }
+
+
+# errno values that mean "no room" (ENOSPC; EDQUOT: a quota is a full disk too).
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _waiting(st: _ChannelState, auto_download: bool) -> list[dict[str, str]]:

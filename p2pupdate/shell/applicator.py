@@ -119,6 +119,24 @@ class Applicator:
         )
         return decision.reason if isinstance(decision, core.Refuse) else None
 
+    def has_room(self, target: TargetSpec, size: int) -> bool:
+        """Whether the free-space checks of installing ``size`` bytes into ``target``
+        would pass now (cheap: a statvfs or two). The agent polls it while an install
+        that found the disk full waits to be tried again."""
+        try:
+            target = ops.resolved_target(target)
+            checks = [(target.path.parent, size)]
+            if not target.is_dir and target.path.is_file():
+                backup_dir = self._channel_backup_dir(target.channel)
+                checks.append((backup_dir, target.path.stat().st_size))
+            for directory, needed in checks:
+                while not directory.exists() and directory != directory.parent:
+                    directory = directory.parent  # made at install time
+                ops.check_free_space(directory, needed)
+        except (OSError, DiskFullError, ApplyError):
+            return False
+        return True
+
     def status(self, targets: Sequence[TargetSpec] = ()) -> dict[str, Any]:
         """JSON-able state of every channel (and of the given targets)."""
         channels: dict[str, Any] = {}
@@ -298,6 +316,7 @@ class Applicator:
         action = machine.start(trio.current_time())
         in_place = False
         health = Health(False, "", "", "")
+        restart_detail = ""
         while True:
             match action:
                 case core.PersistAttempt(attempt=n):
@@ -317,7 +336,10 @@ class Applicator:
                 case core.RunRestart(timeout=timeout):
                     res = await self._run(target, target.restart_cmd or [], version, timeout)
                     ops.fault("after_restart")
-                    action = machine.on_restart_result(res.ok, trio.current_time())
+                    restart_detail = res.describe()
+                    action = machine.on_restart_result(
+                        res.ok, trio.current_time(), started=not res.error
+                    )
                 case core.RunHealthCheck(timeout=timeout):
                     health = await self._health_check(target, version, timeout)
                     action = machine.on_health_result(
@@ -341,7 +363,7 @@ class Applicator:
                         attempts=machine.attempts_done,
                     )
                     return True
-                case core.GiveUp(reason=reason):
+                case core.GiveUp(reason=reason, quarantine=quarantine):
                     if not in_place:  # the bound was used up before this call
                         self._quarantine(st, version, reason)
                         st.attempts.pop(version, None)
@@ -349,8 +371,13 @@ class Applicator:
                         self._emit("update_failed", **base, reason=reason)
                         self._emit("quarantined", **base, reason=reason)
                         return False
-                    detail = health.output if machine.last_failure != core.RESTART_FAILED else ""
-                    await self._give_up(target, st, reason, detail)
+                    if machine.last_failure == core.RESTART_NOT_STARTED:
+                        detail = restart_detail
+                    elif machine.last_failure == core.RESTART_FAILED:
+                        detail = ""
+                    else:
+                        detail = health.output
+                    await self._give_up(target, st, reason, detail, quarantine=quarantine)
                     return False
                 case _:  # pragma: no cover - ConfirmAction is closed
                     raise ApplyError("illegal_transition", repr(action))
@@ -528,7 +555,13 @@ class Applicator:
         self._store.save(st)
 
     async def _give_up(
-        self, target: TargetSpec, st: ChannelState, reason: str, detail: str
+        self,
+        target: TargetSpec,
+        st: ChannelState,
+        reason: str,
+        detail: str,
+        *,
+        quarantine: bool = True,
     ) -> None:
         p = st.pending
         assert p is not None
@@ -543,7 +576,9 @@ class Applicator:
             self._rollback_failed(target, st, f"{reason}: {detail}", exc)
             return
         await self._restart_after_rollback(target, p.previous_version)
-        self._finish_rollback(target, st, reason, quarantine=p.version, detail=detail)
+        self._finish_rollback(
+            target, st, reason, quarantine=p.version if quarantine else None, detail=detail
+        )
 
     def _finish_rollback(
         self,
@@ -645,9 +680,8 @@ class Applicator:
         await self._restart_after_rollback(target, p.previous_version)
         match decision:
             case core.RecoverFinishRollback(reason=reason):
-                self._finish_rollback(
-                    target, st, reason, quarantine=p.version or None, detail=p.detail
-                )
+                bad = p.version if core.quarantines(reason) else None
+                self._finish_rollback(target, st, reason, quarantine=bad or None, detail=p.detail)
                 return
             case core.RecoverGiveUp(reason=reason):
                 self._finish_rollback(target, st, reason, quarantine=p.version)

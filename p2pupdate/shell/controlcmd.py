@@ -40,6 +40,9 @@ stores it (every key optional to this module, which shows what it gets)::
           "waiting": [{"version": str, "package_id": str (hex)}],  # need `apply`
           "quarantined": [str, ...],       # versions
           "last_refusal": None | {"version": str, "reason": str},
+          "retry": None | {"version": str, "step": "download" | "install",
+                           "reason": str, "attempt": int, "next_try": float (unix),
+                           "wake_on": None | "free_space" | "new_source"},
         },
       },
       "cache": {
@@ -199,6 +202,16 @@ def _get(d: Any, key: str, kind: type | tuple[type, ...], default: Any = None) -
     return default
 
 
+def _clock(t: float | None) -> str:
+    """Local wall-clock time of a unix time, or "later" for a missing or absurd one."""
+    if t is None:
+        return "later"
+    try:
+        return datetime.datetime.fromtimestamp(t).astimezone().strftime("%H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return "later"
+
+
 def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
@@ -276,6 +289,19 @@ def _format_channel(name: str, ch: Any, add: Callable[[str], None]) -> None:
     ]
     if quarantined:
         add(f"  quarantined {', '.join(quarantined)}")
+    retry = _get(ch, "retry", dict)
+    if retry is not None:
+        sooner = {
+            "free_space": " or as soon as there is room",
+            "new_source": " or as soon as a peer offers it",
+        }.get(str(_get(retry, "wake_on", str, "")), "")
+        when = _clock(_get(retry, "next_try", (int, float)))
+        add(
+            f"  retry       {_get(retry, 'version', str, '?')} "
+            f"{_get(retry, 'step', str, 'download')} failed "
+            f"({_get(retry, 'reason', str, '?')}), attempt {_get(retry, 'attempt', int, '?')}; "
+            f"next try at {when}{sooner}"
+        )
     refusal = _get(ch, "last_refusal", dict)
     if refusal is not None:
         add(

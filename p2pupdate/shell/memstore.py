@@ -177,6 +177,13 @@ class MemoryStore:
             raise StateFileError(f"no partial file for package {package_id.hex()}")
         return p
 
+    def has_room(self, package_id: bytes, size: int) -> bool:
+        if self.capacity is None:
+            return True
+        p = self._partials.get(package_id)
+        needed = size - (p.size if p is not None and p.size == size else 0)
+        return self.capacity - self._used() >= needed
+
     async def open_partial(self, package_id: bytes, size: int) -> None:
         check_package_id(package_id)
         check_package_size(size)

@@ -165,7 +165,7 @@ async def run_node(
         ban_period=settings.ban_period,
     )
     node = Node(options, transport, key, emit=events.emit, rng=random.Random())
-    store = DiskStore(settings.data_dir / "store")
+    store = DiskStore(settings.data_dir / "store", free_margin=settings.min_free_space)
     swarm = Swarm(
         node,
         store,
@@ -192,6 +192,8 @@ async def run_node(
             targets=settings.targets,
             auto_download=settings.auto_download,
             cache_size=settings.cache_size,
+            retry_min=settings.retry_min,
+            retry_max=settings.retry_max,
         ),
     )
     agent.self_update = updater

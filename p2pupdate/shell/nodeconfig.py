@@ -87,6 +87,7 @@ __all__ = [
 ]
 
 GiB = 1024**3
+MiB = 1024**2
 # A config file is a few dozen lines; 1 MiB means someone pointed --config at the wrong file.
 _MAX_CONFIG = 1024 * 1024
 _UNSET_BACKUP = Path("<data_dir>/backups")
@@ -120,6 +121,12 @@ class NodeSettings:
     self_update_track: str = "stable"  # channel p2pupdate/<track>/<python>-<platform>
     self_update_wait: float = 60.0  # seconds the installing node waits for the others
     ban_period: float = 600.0
+    # A failed download or install step that can pass (full disk, disk error, sources
+    # gone) is tried again after retry_min seconds, doubling up to retry_max.
+    retry_min: float = 30.0
+    retry_max: float = 1800.0
+    # Free space a download leaves on the data dir's filesystem beyond the package.
+    min_free_space: int = 64 * MiB
     log_level: str = "info"
     log_json: bool = False
     control_socket: Path | None = None  # None: DATA_DIR/control.sock or a runtime dir
@@ -423,6 +430,9 @@ _SCALARS: dict[str, tuple[Callable[[object, _Src], Any], str | None]] = {
     "self_update_track": (_track, None),
     "self_update_wait": (_duration, None),
     "ban_period": (_duration, None),
+    "retry_min": (_duration, None),
+    "retry_max": (_duration, None),
+    "min_free_space": (_size, None),
     "log_level": (_log_level, "--log-level"),
     "log_json": (_bool, "--log-json"),
     "control_socket": (_path, None),
@@ -572,6 +582,10 @@ def load_settings(args: argparse.Namespace) -> NodeSettings:
         raise UsageError(
             f"target_connections {values['target_connections']} is more than "
             f"max_connections {values['max_connections']}"
+        )
+    if values["retry_max"] < values["retry_min"]:
+        raise UsageError(
+            f"retry_max {values['retry_max']:g}s is less than retry_min {values['retry_min']:g}s"
         )
     if values["max_package_size"] <= 0:
         raise UsageError("max_package_size must be positive")

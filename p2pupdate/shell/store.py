@@ -109,6 +109,10 @@ class ChunkStore(Protocol):
     async def open_partial(self, package_id: bytes, size: int) -> None:
         """Create and preallocate the partial file (DiskFullError if no room); idempotent."""
 
+    def has_room(self, package_id: bytes, size: int) -> bool:
+        """Whether ``open_partial(package_id, size)`` would find the free space it needs
+        (cheap: one statvfs; the agent polls it while a disk-full retry waits)."""
+
     def load_bitmap(self, package_id: bytes, nchunks: int) -> bitarray | None:
         """The last persisted bitmap, or None if there is none or it is corrupt."""
 
@@ -358,6 +362,19 @@ class DiskStore:
         finally:
             os.close(fd)
         fsync_dir(path.parent)
+
+    def has_room(self, package_id: bytes, size: int) -> bool:
+        try:
+            have = self._part_path(package_id).stat().st_size
+        except FileNotFoundError:
+            have = 0
+        # A partial file of the right size is preallocated: only the margin is needed
+        # (bitmaps, tables, the rename into the cache).
+        needed = 0 if have == size else max(0, size - have)
+        try:
+            return self._ops.free_space(self._root) >= needed + self._margin
+        except OSError:
+            return False
 
     async def open_partial(self, package_id: bytes, size: int) -> None:
         check_package_size(size)

@@ -164,6 +164,9 @@ class Swarm:
         self.last_served: dict[bytes, float] = {}
         self.critical_active: set[bytes] = set()  # critical downloads in progress
         self.on_complete_from_peer: Callable[[bytes, PeerConn], None] | None = None
+        # Told when a connected peer advertises chunks of a package (the agent wakes a
+        # download retry that waits for a new source).
+        self.on_source: Callable[[bytes], None] | None = None
         self._table_fetches: dict[bytes, TableFetch[bytes]] = {}
         self._labels: dict[bytes, str] = {}
         node.package_service = self
@@ -363,6 +366,8 @@ class Swarm:
             raise RemoteProtocolError("bitfield length does not match the package")
         pkg.bitfields[peer.node_id] = bits
         pkg.table_wake.set()
+        if self.on_source is not None and bits.any():
+            self.on_source(pkg.package_id)
         if pkg.downloader is not None and pkg.downloader.state in (
             DownloadState.PENDING,
             DownloadState.DOWNLOADING,
@@ -395,6 +400,8 @@ class Swarm:
         for i in msg.indices:
             bits[i] = 1
         pkg.table_wake.set()
+        if self.on_source is not None and msg.indices:
+            self.on_source(pkg.package_id)
         if pkg.downloader is not None and pkg.downloader.state in (
             DownloadState.PENDING,
             DownloadState.DOWNLOADING,
@@ -621,6 +628,10 @@ class Swarm:
                 with trio.move_on_after(wait):
                     await pkg.wake.wait()
         finally:
+            if dl.state in (DownloadState.PENDING, DownloadState.DOWNLOADING):
+                # Left by an exception (a disk or store error) or a cancel: stop asking
+                # peers for chunks nobody will write (a retry starts a new downloader).
+                self._run_actions(pkg, dl.fail("stopped"))
             with trio.CancelScope(shield=True):
                 if not pkg.complete and dl.state is not DownloadState.COMPLETE:
                     await self._persist(pkg, dl)
@@ -688,7 +699,8 @@ class Swarm:
                 except (OSError, DiskFullError) as exc:
                     log.error("writing chunk %d failed: %s", act.index, exc)
                     self._run_actions(pkg, dl.on_write_failed(act.index))
-                    await self._run_actions_async(pkg, dl.fail(f"disk error: {exc}"))
+                    kind = "disk_full" if isinstance(exc, DiskFullError) else "disk_error"
+                    await self._run_actions_async(pkg, dl.fail(f"{kind}: {exc}"))
                     return
                 await self._run_actions_async(pkg, dl.on_chunk_written(act.index))
             else:

@@ -58,6 +58,7 @@ __all__ = [
     "InstallPlan",
     "TargetSpec",
     "backup_file",
+    "check_free_space",  # re-exported: the disk layer the applicator (and tests) go through
     "cleanup_leftovers",
     "command_env",
     "copy_to_staging",

@@ -219,6 +219,17 @@ def test_failed_restart_counts_as_a_failed_attempt() -> None:
     assert m.on_restart_result(False, 2.0) == GiveUp(core.RESTART_FAILED)
 
 
+def test_restart_command_that_cannot_start_gives_up_without_quarantine() -> None:
+    m = machine(max_attempts=3)
+    m.start(0.0)
+    m.on_installed(0.0)
+    action = m.on_restart_result(False, 1.0, started=False)
+    assert action == GiveUp(core.RESTART_NOT_STARTED, quarantine=False)
+    assert m.done and m.attempts_done == 1  # no more attempts: the host is at fault
+    assert not core.quarantines(core.RESTART_NOT_STARTED)
+    assert core.quarantines(core.RESTART_FAILED) and core.quarantines(core.HEALTH_CHECK_FAILED)
+
+
 def test_attempts_from_a_crashed_run_count() -> None:
     m = machine(done=2, max_attempts=3)
     assert m.start(0.0) == PersistAttempt(3)

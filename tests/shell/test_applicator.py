@@ -318,6 +318,29 @@ async def test_failing_restart_command_counts_attempts(env: Env) -> None:
     assert env.events.one("restart_failed")["version"] == "1.0.0"  # the good one's restart
 
 
+async def test_restart_command_that_cannot_start_rolls_back_without_quarantine(
+    env: Env,
+) -> None:
+    v1 = env.install_v1()
+    pkg, pid = env.package("2.0.0")
+    spec = env.spec(restart_cmd=[str(env.tmp / "no-such-restart")], max_attempts=3)
+    assert not await env.app.apply(spec, "2.0.0", pkg, pid)
+    failed = env.events.one("update_failed")
+    assert failed["reason"] == core.RESTART_NOT_STARTED
+    assert "no-such-restart" in failed["detail"]
+    assert env.events.one("rolled_back")["reason"] == core.RESTART_NOT_STARTED
+    assert "quarantined" not in env.events.names()
+    assert env.target.read_bytes() == v1
+    assert not env.app.is_quarantined(CHANNEL, "2.0.0")
+    ch = env.app.status()["channels"][CHANNEL]
+    assert ch["attempts"] == {} and ch["last"]["reason"] == core.RESTART_NOT_STARTED
+    # Once the restart command exists, the same version installs.
+    restart = env.tmp / "no-such-restart"
+    restart.write_text("#!/bin/sh\nexit 0\n")
+    restart.chmod(0o755)
+    assert await env.app.apply(spec, "2.0.0", pkg, pid)
+
+
 # ---------------------------------------------------------------------------
 # Cancellation (SIGTERM) and recovery
 # ---------------------------------------------------------------------------

@@ -370,3 +370,25 @@ def test_version_states_never_fail_on_odd_input(channel: dict[str, Any]) -> None
     for row in version_states(channel):
         assert isinstance(row["version"], str) and row["states"]
     quarantine_rows({"channels": {"c": channel}}, None)
+
+
+def test_format_status_shows_a_pending_retry() -> None:
+    status = {
+        "channels": {
+            "app/stable": {
+                "installed": "1.0.0",
+                "retry": {
+                    "version": "2.0.0",
+                    "step": "download",
+                    "reason": "disk_full",
+                    "attempt": 3,
+                    "next_try": 1_700_000_000.0,
+                    "wake_on": "free_space",
+                },
+            }
+        }
+    }
+    text = format_status(status, running=True)
+    line = next(x for x in text.splitlines() if x.strip().startswith("retry"))
+    assert "2.0.0 download failed (disk_full), attempt 3; next try at " in line
+    assert line.endswith("or as soon as there is room")

@@ -718,3 +718,24 @@ def test_parse_hostport_any_text_gives_an_address_or_usage_error(text: str) -> N
 def test_parse_hostport_rejects_ports_above_65535(port: int) -> None:
     with pytest.raises(UsageError):
         parse_hostport(f"127.0.0.1:{port}")
+
+
+def test_retry_settings_and_free_space_margin(tmp_path: Path) -> None:
+    s = load(tmp_path, *base_argv(tmp_path))
+    assert (s.retry_min, s.retry_max, s.min_free_space) == (30.0, 1800.0, 64 * MiB)
+    s = load(
+        tmp_path,
+        *base_argv(tmp_path),
+        config='retry_min = "5s"\nretry_max = "2m"\nmin_free_space = "1GiB"\n',
+    )
+    assert (s.retry_min, s.retry_max, s.min_free_space) == (5.0, 120.0, GiB)
+
+
+def test_error_retry_max_below_retry_min(tmp_path: Path) -> None:
+    msg = usage_error(tmp_path, *base_argv(tmp_path), config='retry_min = "1h"\nretry_max = "1m"\n')
+    assert "retry_max 60s is less than retry_min 3600s" in msg
+
+
+def test_error_retry_min_not_a_duration(tmp_path: Path) -> None:
+    msg = usage_error(tmp_path, *base_argv(tmp_path), config="retry_min = 0\n")
+    assert ": retry_min: must be a positive number of seconds" in msg
