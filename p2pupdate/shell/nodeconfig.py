@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import validate_channel, validate_version
 from p2pupdate.core.keys import parse_pubkey
 from p2pupdate.core.units import parse_duration, parse_rate, parse_size
@@ -118,6 +119,8 @@ class NodeSettings:
     self_update_track: str = "stable"  # channel p2pupdate/<track>/<python>-<platform>
     self_update_wait: float = 60.0  # seconds the installing node waits for the others
     ban_period: float = 600.0
+    # Longest announcement validity (expires - created) accepted: Limits.max_validity.
+    max_announcement_validity: float = float(DEFAULT_LIMITS.max_validity)
     log_level: str = "info"
     log_json: bool = False
     control_socket: Path | None = None  # None: DATA_DIR/control.sock or a runtime dir
@@ -421,6 +424,7 @@ _SCALARS: dict[str, tuple[Callable[[object, _Src], Any], str | None]] = {
     "self_update_track": (_track, None),
     "self_update_wait": (_duration, None),
     "ban_period": (_duration, None),
+    "max_announcement_validity": (_duration, None),
     "log_level": (_log_level, "--log-level"),
     "log_json": (_bool, "--log-json"),
     "control_socket": (_path, None),

@@ -21,6 +21,7 @@ from pathlib import Path
 import nacl.signing
 import trio
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import (
     AnnouncementBody,
     sign_announcement,
@@ -70,6 +71,13 @@ def _check_args(args: argparse.Namespace) -> list[nacl.signing.SigningKey]:
         args.upload_rate = parse_rate(args.upload_limit) if args.upload_limit else 0
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.expires_seconds > DEFAULT_LIMITS.max_validity:
+        # Nodes refuse it (validity_too_long): say so now rather than time out.
+        raise UsageError(
+            f"--expires {args.expires} is longer than the "
+            f"{DEFAULT_LIMITS.max_validity // 86400} days nodes accept "
+            "(max_announcement_validity); re-sign before expiry instead"
+        )
     args.peer_addrs = [parse_hostport(p, allow_port_zero=False) for p in args.peer]
     args.listen_addr = parse_hostport(args.listen)
     path: Path = args.file
