@@ -19,6 +19,7 @@ operators. This module does not parse command lines or talk to peers.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +50,8 @@ from p2pupdate.shell.healthcheck import (
 from p2pupdate.shell.targets import TargetSpec
 
 __all__ = ["KEEP_BACKUPS", "Applicator", "Emit", "TargetSpec"]
+
+log = logging.getLogger("p2pupdate.applicator")
 
 # The issue asks for the last two backups per channel: one to roll back to,
 # one more for an operator who rolls back twice.
@@ -154,6 +157,8 @@ class Applicator:
         by_channel = {t.channel: t for t in targets}
         for spec in targets:
             ops.cleanup_leftovers(spec.path)
+        for path in ops.cleanup_backup_leftovers(self._backup_dir):
+            log.info("removed %s, left by an interrupted backup", path)
         for channel in sorted(set(self._store.channels()) | set(by_channel)):
             st = self._state(channel)
             if st.pending is None:

@@ -58,6 +58,7 @@ __all__ = [
     "InstallPlan",
     "TargetSpec",
     "backup_file",
+    "cleanup_backup_leftovers",
     "cleanup_leftovers",
     "command_env",
     "copy_to_staging",
@@ -87,6 +88,7 @@ FAULT_ENV = "P2PUPDATE_FAULT"
 # Where a crash test may kill the applicator; docs/applying.md says what each means.
 FAULT_POINTS = (
     "after_pending",  # pending record persisted, nothing else touched
+    "mid_backup",  # backup's staging file (in backup_dir) half written
     "after_backup",  # backup of the current target durable
     "mid_stage",  # staging file half written
     "after_stage",  # staging file complete and fsynced, not yet renamed
@@ -189,6 +191,31 @@ def cleanup_leftovers(target: Path) -> list[Path]:
     return removed
 
 
+_BACKUP_STAGING_RE = re.compile(r"\..+\.p2pupdate-[0-9a-f]{12}\.staging")
+
+
+def cleanup_backup_leftovers(backup_dir: Path) -> list[Path]:
+    """Remove the staging files of backups a killed install left in ``backup_dir``.
+
+    A backup is copied to ``.<name>.p2pupdate-<token>.staging`` in its channel's
+    directory under ``backup_dir`` and renamed when complete; a kill in between
+    leaves the staging file (as large as the target). Only names of exactly that
+    form are removed; finished backups and anything else stay.
+    """
+    removed: list[Path] = []
+    if not backup_dir.is_dir() or backup_dir.is_symlink():
+        return removed
+    for channel_dir in backup_dir.iterdir():
+        if not channel_dir.is_dir() or channel_dir.is_symlink():
+            continue
+        for entry in channel_dir.iterdir():
+            if _BACKUP_STAGING_RE.fullmatch(entry.name) and not entry.is_dir():
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
+
+
 def hash_file(path: Path, check: Callable[[], None] = no_check) -> tuple[bytes, int]:
     """BLAKE3 of the whole file and its size, read in blocks."""
     hasher = blake3.blake3()
@@ -276,7 +303,7 @@ def backup_file(target: Path, backup: Path, check: Callable[[], None] = no_check
     """Copy ``target`` durably to ``backup`` (which may be on another filesystem)."""
     backup.parent.mkdir(parents=True, exist_ok=True)
     mode, _ = _mode_and_owner(target, 0o755)
-    tmp, _digest = copy_to_staging(target, backup, mode, check=check)
+    tmp, _digest = copy_to_staging(target, backup, mode, check=check, fault_mid="mid_backup")
     install_staged(tmp, backup)
 
 
