@@ -402,7 +402,7 @@ class Applicator:
         ops.fault("after_pending")
         try:
             if target.is_dir:
-                await self._swap_dir(target, st.pending, package)
+                await self._swap_dir(target, st.pending, package, package_id)
             else:
                 await self._swap_file(target, st.pending, package, package_id)
         except (OSError, DiskFullError, ApplyError) as exc:
@@ -461,7 +461,9 @@ class Applicator:
         ops.install_staged(staging, path)
         ops.fault("after_swap")
 
-    async def _swap_dir(self, target: TargetSpec, p: Pending, package: Path) -> None:
+    async def _swap_dir(
+        self, target: TargetSpec, p: Pending, package: Path, package_id: bytes
+    ) -> None:
         path = target.path
         assert p.release is not None
         release = Path(p.release)
@@ -469,7 +471,11 @@ class Applicator:
         ops.prepare_releases(path, package, release.parent, adopt_to)
         await trio.to_thread.run_sync(
             lambda: ops.extract_release(
-                package, release, self._max_size, check=trio.from_thread.check_cancelled
+                package,
+                release,
+                self._max_size,
+                check=trio.from_thread.check_cancelled,
+                package_id=package_id,  # what is unpacked is hashed as it is read
             )
         )
         ops.fault("after_extract")

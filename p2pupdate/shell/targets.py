@@ -35,11 +35,13 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import blake3
 
 from p2pupdate.core.apply import (
     BAD_ARCHIVE,
+    HASH_MISMATCH,
     INSTALL_FAILED,
     ROLLBACK_FAILED,
     ArchiveMember,
@@ -508,6 +510,30 @@ def _check_links_inside(root: Path) -> None:
                     raise ApplyError(BAD_ARCHIVE, f"{p} points outside the release")
 
 
+class _HashingReader:
+    """A read-only file object that hashes (BLAKE3) every byte read through it."""
+
+    def __init__(self, raw: BinaryIO, check: Callable[[], None]) -> None:
+        self._raw = raw
+        self._check = check
+        self.hasher = blake3.blake3()
+
+    def read(self, size: int = -1) -> bytes:
+        self._check()
+        data = self._raw.read(size)
+        self.hasher.update(data)
+        return data
+
+    def drain(self) -> None:
+        """Read (and hash) what is left of the file: tar padding, trailing blocks."""
+        while self.read(BLOCK):
+            pass
+
+
+def _member(info: tarfile.TarInfo) -> ArchiveMember:
+    return ArchiveMember(info.name, _member_kind(info), info.size, info.linkname)
+
+
 def extract_release(
     archive: Path,
     release: Path,
@@ -515,6 +541,7 @@ def extract_release(
     *,
     max_members: int = MAX_ARCHIVE_MEMBERS,
     check: Callable[[], None] = no_check,
+    package_id: bytes | None = None,
 ) -> None:
     """Unpack a tar archive into the new directory ``release``, checked first.
 
@@ -524,6 +551,13 @@ def extract_release(
     final look at every link guard the extraction itself. The release is
     built in its final directory (venvs cannot move) and marked complete by a
     ``<release>.complete`` file written last.
+
+    With ``package_id`` (the BLAKE3 of the archive), the unpacking pass reads the
+    archive once, front to back, hashing every byte it reads; each member must be
+    the one the pre-check saw, in the same place, and the hash must be the package
+    id at the end, else ApplyError(``hash_mismatch``) and no marker is written (the
+    caller removes the release). A cache file changed after it was verified is
+    refused, never made live.
     """
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -533,14 +567,17 @@ def extract_release(
                 infos.append(info)
                 if len(infos) > max_members:
                     break
-            members = [ArchiveMember(i.name, _member_kind(i), i.size, i.linkname) for i in infos]
+            members = [_member(i) for i in infos]
             verdict = check_archive(members, max_total, max_members)
             if isinstance(verdict, Refuse):
                 raise ApplyError(verdict.reason, verdict.detail)
             release.mkdir(parents=False, exist_ok=False)
-            for info in infos:
-                check()
-                tar.extract(info, release, filter="data")
+            if package_id is None:
+                for info in infos:
+                    check()
+                    tar.extract(info, release, filter="data")
+        if package_id is not None:
+            _extract_hashed(archive, release, members, package_id, check)
     except (tarfile.TarError, EOFError) as exc:
         raise ApplyError(BAD_ARCHIVE, f"{type(exc).__name__}: {exc}") from exc
     _check_links_inside(release)
@@ -552,6 +589,35 @@ def extract_release(
     finally:
         os.close(fd)
     fsync_dir(release.parent)
+
+
+def _extract_hashed(
+    archive: Path,
+    release: Path,
+    checked: list[ArchiveMember],
+    package_id: bytes,
+    check: Callable[[], None],
+) -> None:
+    """Unpack in one sequential pass over ``archive``, hashing what is read (see above)."""
+    changed = "package changed after it was verified"
+    with open(archive, "rb") as raw:
+        reader = _HashingReader(raw, check)
+        try:
+            # Stream mode: every byte is read once, in order, through the hasher.
+            with tarfile.open(fileobj=reader, mode="r|*") as tar:  # type: ignore[call-overload]
+                n = 0
+                for info in tar:
+                    if n >= len(checked) or _member(info) != checked[n]:
+                        raise ApplyError(HASH_MISMATCH, f"{changed}: member {info.name!r}")
+                    n += 1
+                    tar.extract(info, release, filter="data")
+                if n != len(checked):
+                    raise ApplyError(HASH_MISMATCH, f"{changed}: members missing")
+        except (tarfile.TarError, EOFError) as exc:
+            raise ApplyError(HASH_MISMATCH, f"{changed}: {exc}") from exc
+        reader.drain()
+        if reader.hasher.digest() != package_id:
+            raise ApplyError(HASH_MISMATCH, changed)
 
 
 def read_live_release(target: Path) -> Path | None:
