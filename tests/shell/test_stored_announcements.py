@@ -226,3 +226,29 @@ async def test_update_held_for_apply_is_not_installed_once_expired(tmp_path: Pat
         assert not reply["ok"] and "expired" in reply["error"], reply
         assert r.agent.applicator.installed_version(target) == "1.0.0"
         assert r.applied() == []
+
+
+async def test_app_and_self_update_channels_are_both_checked_at_load(tmp_path: Path) -> None:
+    from p2pupdate.selfupdate.release import platform_channel
+
+    own = platform_channel("stable")
+    directory = tmp_path / "data" / "announcements"
+    directory.mkdir(parents=True)
+    stored = {
+        CHANNEL: make_announcement([OLD], channel=CHANNEL, version="9.0.0"),
+        own: make_announcement([OLD], channel=own, version="9.0.0"),
+        "db/stable": make_announcement([NEW], channel="db/stable", version="1.0.0"),
+    }
+    for channel, ann in stored.items():
+        (directory / (channel.replace("/", "+") + ".ann")).write_bytes(ann.encode())
+    async with running(tmp_path, {NEW}) as r:
+        refused = {
+            e["channel"]
+            for e in r.events()
+            if e["event"] == "update_refused" and e["reason"] == "untrusted"
+        }
+        assert refused == {CHANNEL, own}
+        assert r.node.book.newest(CHANNEL) is None and r.node.book.newest(own) is None
+        kept = r.node.book.newest("db/stable")
+        assert kept is not None and kept.id == stored["db/stable"].id
+        assert sorted(p.name for p in directory.iterdir()) == ["db+stable.ann"]
