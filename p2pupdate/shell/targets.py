@@ -598,8 +598,13 @@ def _extract_hashed(
     package_id: bytes,
     check: Callable[[], None],
 ) -> None:
-    """Unpack in one sequential pass over ``archive``, hashing what is read (see above)."""
-    changed = "package changed after it was verified"
+    """Unpack in one sequential pass over ``archive``, hashing what is read (see above).
+
+    Whatever stops the pass, the rest of the file is read and hashed too: if the bytes
+    are not the package's, the file changed (``hash_mismatch``); if they are, the
+    archive itself is at fault (``bad_archive``).
+    """
+    problem: str | None = None
     with open(archive, "rb") as raw:
         reader = _HashingReader(raw, check)
         try:
@@ -608,16 +613,20 @@ def _extract_hashed(
                 n = 0
                 for info in tar:
                     if n >= len(checked) or _member(info) != checked[n]:
-                        raise ApplyError(HASH_MISMATCH, f"{changed}: member {info.name!r}")
+                        problem = f"member {info.name!r} is not the one checked"
+                        break
                     n += 1
                     tar.extract(info, release, filter="data")
-                if n != len(checked):
-                    raise ApplyError(HASH_MISMATCH, f"{changed}: members missing")
+                if problem is None and n != len(checked):
+                    problem = f"{len(checked) - n} checked members missing"
         except (tarfile.TarError, EOFError) as exc:
-            raise ApplyError(HASH_MISMATCH, f"{changed}: {exc}") from exc
+            problem = f"{type(exc).__name__}: {exc}"
         reader.drain()
-        if reader.hasher.digest() != package_id:
-            raise ApplyError(HASH_MISMATCH, changed)
+    if reader.hasher.digest() != package_id:
+        detail = "package changed after it was verified"
+        raise ApplyError(HASH_MISMATCH, f"{detail}: {problem}" if problem else detail)
+    if problem is not None:
+        raise ApplyError(BAD_ARCHIVE, problem)
 
 
 def read_live_release(target: Path) -> Path | None:
