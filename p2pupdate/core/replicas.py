@@ -34,8 +34,9 @@ P = TypeVar("P", bound=Hashable)
 # passes with probability about f^4: one with half of it, 1 time in 16. It costs the
 # peer 256 KiB of upload, next to the package it claims to hold.
 CHALLENGE_CHUNKS = 4
-# Seconds a peer has to answer a challenge (64 KiB chunks from a busy, rate-limited
-# peer); after that the challenge fails and is asked again, with new indices.
+# Seconds a peer may go without answering one more challenged chunk (a 64 KiB chunk
+# from a busy peer with an upload limit of 10 KiB/s takes under 7 s); after that the
+# challenge fails and is asked again, with new indices.
 CHALLENGE_TIMEOUT = 20.0
 # Seconds before a peer that rejected or timed out is challenged again.
 RETRY_AFTER = 1.0
@@ -121,6 +122,7 @@ class ReplicaProof(Generic[P]):
             st.refuted = True
             return True
         st.challenge.indices.discard(index)
+        st.challenge.deadline = now + self.timeout  # progress: a slow peer is not cut off
         if not st.challenge.indices:
             st.challenge = None
             st.proven = True

@@ -140,3 +140,14 @@ def test_asking_us_for_a_challenged_chunk_fails_the_challenge() -> None:
     assert not p.on_chunk("proxy", asked[0], CHUNKS[asked[0]], 0.2)  # too late
     assert "proxy" not in p.proven
     assert p.due(1.2) == ["proxy"]
+
+
+def test_a_slow_peer_that_keeps_answering_is_not_cut_off() -> None:
+    p = proof(timeout=5.0)
+    asked = p.claim("slow", 0.0)
+    now = 0.0
+    for i in asked:
+        now += 4.0  # each chunk within the timeout, all of them well past it
+        assert p.due(now) == []
+        assert p.on_chunk("slow", i, CHUNKS[i], now)
+    assert p.proven == frozenset({"slow"})
