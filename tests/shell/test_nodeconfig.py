@@ -701,3 +701,13 @@ def test_parse_hostport_any_text_gives_an_address_or_usage_error(text: str) -> N
 def test_parse_hostport_rejects_ports_above_65535(port: int) -> None:
     with pytest.raises(UsageError):
         parse_hostport(f"127.0.0.1:{port}")
+
+
+def test_max_announcement_validity_defaults_to_90_days_and_is_a_config_duration(
+    tmp_path: Path,
+) -> None:
+    assert load(tmp_path, *base_argv(tmp_path)).max_announcement_validity == 90 * 86400
+    s = load(tmp_path, *base_argv(tmp_path), config='max_announcement_validity = "180d"\n')
+    assert s.max_announcement_validity == 180 * 86400
+    msg = usage_error(tmp_path, *base_argv(tmp_path), config="max_announcement_validity = 0\n")
+    assert "max_announcement_validity" in msg
