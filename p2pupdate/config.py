@@ -37,6 +37,12 @@ class Limits:
     max_signatures: int = 5
     # Semver strings in announcements (DESIGN.md: at most 64 bytes).
     max_version_len: int = 64
+    # Longest validity (expires - created) of an announcement: 90 days. Without a cap, one
+    # announcement signed by a key later revoked or stolen, with expires decades away, keeps
+    # its channel on that version (every genuine lower-numbered release is "not newest")
+    # until it expires; 90 days is three times the publish default of 30 days. A node may
+    # set its own (``max_announcement_validity``).
+    max_validity: int = 90 * 86400
 
 
 DEFAULT_LIMITS = Limits()

@@ -613,6 +613,44 @@ def _normalize(path: str) -> list[str] | None:
     return parts
 
 
+# Symbolic links followed while resolving one link target, as the Linux kernel allows
+# (ELOOP): bounds the work of hostile chains and refuses loops.
+MAX_LINK_HOPS = 40
+
+
+def _resolve_link(base: list[str], target: str, links: dict[str, str]) -> list[str] | None:
+    """Where the link target ``target`` written in directory ``base`` leads, following the
+    archive's other symlinks (``links``: path -> target) like the kernel would.
+
+    None if it climbs above the root at any step, or needs more than
+    :data:`MAX_LINK_HOPS` link expansions (a loop, or a chain built to be expensive).
+    """
+    budget = [MAX_LINK_HOPS]
+
+    def walk(cur: list[str], path: str) -> list[str] | None:
+        for part in path.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not cur:
+                    return None
+                cur.pop()
+                continue
+            cur.append(part)
+            nested = links.get("/".join(cur))
+            if nested is not None:
+                budget[0] -= 1
+                if budget[0] < 0 or nested.startswith("/"):
+                    return None
+                found = walk(cur[:-1], nested)
+                if found is None:
+                    return None
+                cur = found
+        return cur
+
+    return walk(list(base), target)
+
+
 def check_archive(
     members: Iterable[ArchiveMember], max_total: int, max_members: int
 ) -> Accept | Refuse:
@@ -622,11 +660,15 @@ def check_archive(
     hard) that point outside the tree or at an absolute path, members
     written through an earlier symlink, duplicates of non-directories,
     device files and other special kinds, more than ``max_members`` members,
-    and more than ``max_total`` bytes unpacked.
+    and more than ``max_total`` bytes unpacked. Symlink targets are resolved
+    through the archive's other symlinks (in any order, as the unpacked tree
+    will have them all): ``x -> .`` then ``a -> x/..`` is refused, because ``a``
+    leads to the release directory's parent.
     """
     total = 0
     count = 0
     seen: dict[str, str] = {}
+    links: dict[str, str] = {}
     for m in members:
         count += 1
         if count > max_members:
@@ -657,6 +699,7 @@ def check_archive(
                 return Refuse(BAD_ARCHIVE, f"{m.name!r}: link to an absolute path")
             if _normalize("/".join([*parts[:-1], m.linkname])) is None:
                 return Refuse(BAD_ARCHIVE, f"{m.name!r}: link points outside the tree")
+            links[key] = m.linkname
         elif m.kind == "hardlink":
             target = _normalize(m.linkname) if not m.linkname.startswith("/") else None
             if not target or seen.get("/".join(target)) != "file":
@@ -668,4 +711,7 @@ def check_archive(
             if total > max_total:
                 return Refuse(BAD_ARCHIVE, f"unpacks to more than {max_total} bytes")
         seen[key] = m.kind
+    for name, linkname in links.items():
+        if _resolve_link(name.split("/")[:-1], linkname, links) is None:
+            return Refuse(BAD_ARCHIVE, f"{name!r}: link leads outside the tree through other links")
     return Accept()

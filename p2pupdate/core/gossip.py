@@ -17,7 +17,7 @@ from typing import TypeVar
 import blake3
 
 from p2pupdate.core.announcement import Announcement
-from p2pupdate.core.policy import Decision, TrustConfig, relay_decision, version_key
+from p2pupdate.core.policy import Decision, TrustConfig, relay_decision
 
 __all__ = ["AnnouncementBook", "choose_fanout"]
 
@@ -71,16 +71,16 @@ class AnnouncementBook:
             self._newest[ann.body.channel] = ann
         return decision
 
-    def restore(self, ann: Announcement) -> None:
-        """Load a persisted announcement at start (it passed relay when it was stored)."""
-        current = self._newest.get(ann.body.channel)
-        if current is None or (version_key(ann.body.version), ann.body.created) > (
-            version_key(current.body.version),
-            current.body.created,
-        ):
-            self._newest[ann.body.channel] = ann
-        self._mark(self._seen_ids, ann.id)
-        self._mark(self._seen_wire, blake3.blake3(ann.encode()).digest())
+    def restore(self, ann: Announcement, now: float) -> Decision:
+        """Load a persisted announcement at start, checked as if it had just arrived.
+
+        The relay decision runs again with the node's *current* trust settings and
+        ``now``: an announcement stored under a key since removed from the trust set,
+        one past its expiry, or one valid for longer than the current cap is refused
+        (and never becomes the channel's newest, so it blocks nothing). Of several
+        stored for one channel, the newest that passes wins.
+        """
+        return self.offer(ann, now)
 
     def newest(self, channel: str) -> Announcement | None:
         return self._newest.get(channel)

@@ -1,9 +1,11 @@
 """Trust policy: whether to relay an announcement, and whether to act on it.
 
 Pure functions over one ``now``. The order of checks is fixed (python-tuf
-style): form, signatures, trusted keys and threshold, expiry, then freshness
-against the newest announcement seen for the channel. The act decision adds
-the node's own situation: installed version, quarantine, min_version, rollout.
+style): form, signatures, trusted keys and threshold, validity length
+(``expires - created`` at most ``TrustConfig.max_validity``), expiry, then
+freshness against the newest announcement seen for the channel. The act
+decision adds the node's own situation: installed version, quarantine,
+min_version, rollout.
 
 Each decision is a :class:`Decision`: ``ok`` or a named reason from
 :data:`REASONS`. "Same announcement again" is the quiet reason ``duplicate``.
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import blake3
 import semver
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import Announcement
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "in_rollout",
     "is_newer",
     "relay_decision",
+    "valid_now",
     "version_key",
 ]
 
@@ -40,6 +44,7 @@ REASONS = frozenset(
         "below_threshold",
         "expired",
         "not_yet_valid",
+        "validity_too_long",
         "not_newest",
         "duplicate",
         "equivocation",
@@ -70,10 +75,14 @@ class TrustConfig:
     trusted_keys: frozenset[bytes]
     threshold: int = 1
     clock_skew: float = CLOCK_SKEW
+    # Longest ``expires - created`` accepted (``Limits.max_validity``: why it is capped).
+    max_validity: float = DEFAULT_LIMITS.max_validity
 
     def __post_init__(self) -> None:
         if self.threshold < 1:
             raise ValueError("trust threshold must be at least 1")
+        if self.max_validity <= 0:
+            raise ValueError("max_validity must be positive")
 
 
 def version_key(version: str) -> semver.Version:
@@ -110,18 +119,34 @@ def _check_signatures(ann: Announcement, trust: TrustConfig) -> Decision:
     return ACCEPT
 
 
-def relay_decision(
-    ann: Announcement, trust: TrustConfig, now: float, newest: Announcement | None
-) -> Decision:
-    """Relay ``ann``? ``newest`` is the newest accepted announcement for its channel."""
+def valid_now(ann: Announcement, trust: TrustConfig, now: float) -> Decision:
+    """Signatures, threshold, validity length and expiry under ``trust`` at ``now``.
+
+    The part of the relay decision that does not depend on other announcements:
+    what passed it once may fail it later (a key removed from the trust set, an
+    expiry reached), so the agent asks again before it installs.
+    """
     verdict = _check_signatures(ann, trust)
     if not verdict.ok:
         return verdict
     body = ann.body
+    if body.expires - body.created > trust.max_validity:
+        return Decision(False, "validity_too_long")
     if now > body.expires + trust.clock_skew:
         return Decision(False, "expired")
     if body.created > now + trust.clock_skew:
         return Decision(False, "not_yet_valid")
+    return ACCEPT
+
+
+def relay_decision(
+    ann: Announcement, trust: TrustConfig, now: float, newest: Announcement | None
+) -> Decision:
+    """Relay ``ann``? ``newest`` is the newest accepted announcement for its channel."""
+    verdict = valid_now(ann, trust, now)
+    if not verdict.ok:
+        return verdict
+    body = ann.body
     if newest is None:
         return ACCEPT
     old = newest.body

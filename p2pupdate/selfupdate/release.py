@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
+
 from p2pupdate.core.announcement import validate_channel, validate_version
 from p2pupdate.errors import ApplyError, UsageError
 
@@ -219,13 +221,57 @@ def build_release(
     return manifest
 
 
-def open_release(archive: Path, dest: Path, *, check_platform: bool = True) -> ReleaseManifest:
+def _verified_copy(archive: Path, dest: Path, package_id: bytes) -> Path:
+    """Copy ``archive`` into ``dest`` while hashing it (BLAKE3); the copy, if it is
+    ``package_id``, else ApplyError(``hash_mismatch``) and no copy is left."""
+    dest.mkdir(parents=True, exist_ok=True)
+    copy = dest / ".release.tar"
+    hasher = blake3.blake3()
+    total = 0
+    try:
+        with open(archive, "rb") as src, open(copy, "xb") as dst:
+            while chunk := src.read(1024 * 1024):
+                total += len(chunk)
+                if total > MAX_RELEASE_SIZE:
+                    raise ApplyError("bad_archive", "larger than a release can be")
+                hasher.update(chunk)
+                dst.write(chunk)
+        if hasher.digest() != package_id:
+            raise ApplyError("hash_mismatch", "release archive changed after it was verified")
+    except BaseException:
+        copy.unlink(missing_ok=True)
+        raise
+    return copy
+
+
+def open_release(
+    archive: Path,
+    dest: Path,
+    *,
+    check_platform: bool = True,
+    package_id: bytes | None = None,
+) -> ReleaseManifest:
     """Check the release ``archive`` and unpack its wheels into the new dir ``dest/wheels``.
 
     Raises ApplyError: ``bad_archive`` (unexpected members, sizes, hash
     mismatch, no manifest), ``wrong_platform`` (built for another Python or
     platform). Nothing is left in ``dest`` on error.
+
+    With ``package_id`` (the announced BLAKE3 of the archive), the archive is
+    first copied into ``dest`` while it is hashed, and only that copy, which
+    nothing else writes, is read: a cache file changed after it was verified is
+    refused (``hash_mismatch``) before anything is unpacked. The copy is removed
+    at the end.
     """
+    copy = _verified_copy(archive, dest, package_id) if package_id is not None else None
+    try:
+        return _open_release(copy or archive, dest, check_platform=check_platform)
+    finally:
+        if copy is not None:
+            copy.unlink(missing_ok=True)
+
+
+def _open_release(archive: Path, dest: Path, *, check_platform: bool) -> ReleaseManifest:
     try:
         with tarfile.open(archive, "r:") as tar:
             infos = []

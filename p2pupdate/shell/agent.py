@@ -35,7 +35,7 @@ from bitarray.util import zeros
 
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.chunks import chunk_count
-from p2pupdate.core.policy import act_decision
+from p2pupdate.core.policy import act_decision, valid_now
 from p2pupdate.core.retry import FREE_SPACE, NEW_SOURCE, Backoff, Retry, decide, reason_kind
 from p2pupdate.core.store import PIN_IN_PROGRESS, PIN_INSTALLED, PIN_NEWEST, CacheIndex
 from p2pupdate.errors import DiskFullError, P2PUpdateError
@@ -178,6 +178,11 @@ class Agent:
     # -- deciding -------------------------------------------------------------------
     def _refusal(self, ann: Announcement, target: TargetSpec) -> str | None:
         b = ann.body
+        # Trust and expiry are asked again: an announcement held for `p2pupdate apply`
+        # or a long download may have expired meanwhile; nothing expired is installed.
+        valid = valid_now(ann, self.node.book.trust, self.node.wall_clock())
+        if not valid.ok:
+            return valid.reason
         reason = self.applicator.check(target, b.version, b.size, min_version=b.min_version)
         if reason is not None:
             return reason

@@ -19,6 +19,7 @@ operators. This module does not parse command lines or talk to peers.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +50,8 @@ from p2pupdate.shell.healthcheck import (
 from p2pupdate.shell.targets import TargetSpec
 
 __all__ = ["KEEP_BACKUPS", "Applicator", "Emit", "TargetSpec"]
+
+log = logging.getLogger("p2pupdate.applicator")
 
 # The issue asks for the last two backups per channel: one to roll back to,
 # one more for an operator who rolls back twice.
@@ -172,6 +175,8 @@ class Applicator:
         by_channel = {t.channel: t for t in targets}
         for spec in targets:
             ops.cleanup_leftovers(spec.path)
+        for path in ops.cleanup_backup_leftovers(self._backup_dir):
+            log.info("removed %s, left by an interrupted backup", path)
         for channel in sorted(set(self._store.channels()) | set(by_channel)):
             st = self._state(channel)
             if st.pending is None:
@@ -424,7 +429,7 @@ class Applicator:
         ops.fault("after_pending")
         try:
             if target.is_dir:
-                await self._swap_dir(target, st.pending, package)
+                await self._swap_dir(target, st.pending, package, package_id)
             else:
                 await self._swap_file(target, st.pending, package, package_id)
         except (OSError, DiskFullError, ApplyError) as exc:
@@ -483,7 +488,9 @@ class Applicator:
         ops.install_staged(staging, path)
         ops.fault("after_swap")
 
-    async def _swap_dir(self, target: TargetSpec, p: Pending, package: Path) -> None:
+    async def _swap_dir(
+        self, target: TargetSpec, p: Pending, package: Path, package_id: bytes
+    ) -> None:
         path = target.path
         assert p.release is not None
         release = Path(p.release)
@@ -491,7 +498,11 @@ class Applicator:
         ops.prepare_releases(path, package, release.parent, adopt_to)
         await trio.to_thread.run_sync(
             lambda: ops.extract_release(
-                package, release, self._max_size, check=trio.from_thread.check_cancelled
+                package,
+                release,
+                self._max_size,
+                check=trio.from_thread.check_cancelled,
+                package_id=package_id,  # what is unpacked is hashed as it is read
             )
         )
         ops.fault("after_extract")

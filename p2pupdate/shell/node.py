@@ -223,7 +223,14 @@ class Node:
         return self._nursery
 
     def load_announcements(self) -> None:
-        """Restore announcements persisted in the data dir (a restart keeps them)."""
+        """Restore announcements persisted in the data dir (a restart keeps them).
+
+        Each goes through the same checks as one from the network, with the trust
+        settings and clock of *this* start: one whose signer was removed from the trust
+        set, that expired meanwhile, or that is valid for longer than the current cap
+        is refused (``update_refused``), its file removed, and never becomes the
+        channel's newest, so it blocks no later release.
+        """
         if self.options.data_dir is None:
             return
         directory = self.options.data_dir / "announcements"
@@ -236,7 +243,16 @@ class Node:
                 log.warning("dropping unreadable stored announcement %s: %s", path, exc)
                 path.unlink(missing_ok=True)
                 continue
-            self.book.restore(ann)
+            decision = self.book.restore(ann, self.wall_clock())
+            if not decision.ok:
+                log.warning(
+                    "dropping stored announcement %s %s: %s",
+                    ann.body.channel,
+                    ann.body.version,
+                    decision.reason,
+                )
+                self._refused(None, ann, decision)
+                path.unlink(missing_ok=True)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, dial, gossip until cancelled. ``task_status.started()`` once listening."""

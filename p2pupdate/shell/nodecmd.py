@@ -155,7 +155,11 @@ async def run_node(
     transport = TcpTransport(inherited_fd)
     options = NodeOptions(
         listen=settings.listen,
-        trust=TrustConfig(settings.trust, settings.trust_threshold),
+        trust=TrustConfig(
+            settings.trust,
+            settings.trust_threshold,
+            max_validity=settings.max_announcement_validity,
+        ),
         peers=settings.peers,
         data_dir=settings.data_dir,
         auto_check=settings.auto_check,

@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import validate_channel, validate_version
 from p2pupdate.core.keys import parse_pubkey
 from p2pupdate.core.units import parse_duration, parse_rate, parse_size
@@ -127,6 +128,8 @@ class NodeSettings:
     retry_max: float = 1800.0
     # Free space a download leaves on the data dir's filesystem beyond the package.
     min_free_space: int = 64 * MiB
+    # Longest announcement validity (expires - created) accepted: Limits.max_validity.
+    max_announcement_validity: float = float(DEFAULT_LIMITS.max_validity)
     log_level: str = "info"
     log_json: bool = False
     control_socket: Path | None = None  # None: DATA_DIR/control.sock or a runtime dir
@@ -433,6 +436,7 @@ _SCALARS: dict[str, tuple[Callable[[object, _Src], Any], str | None]] = {
     "retry_min": (_duration, None),
     "retry_max": (_duration, None),
     "min_free_space": (_size, None),
+    "max_announcement_validity": (_duration, None),
     "log_level": (_log_level, "--log-level"),
     "log_json": (_bool, "--log-json"),
     "control_socket": (_path, None),

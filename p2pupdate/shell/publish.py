@@ -4,7 +4,9 @@ The publisher is a short-lived node: it hashes the package (id and chunk
 table), signs the announcement with every ``--key``, dials the given peers,
 gossips the announcement, and serves chunks super-seeding style (distinct
 chunks to distinct peers, so it uploads little more than one copy) until
-``--replicas`` peers report verified complete copies. It then prints what it
+``--replicas`` peers hold verified complete copies: a peer counts once it has
+answered a challenge for randomly chosen chunks with data that matches the chunk
+table (``core/replicas.py``), never on its COMPLETE alone. It then prints what it
 uploaded and exits 0; on timeout it exits 1 with one line.
 """
 
@@ -21,14 +23,17 @@ from pathlib import Path
 import nacl.signing
 import trio
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import (
     AnnouncementBody,
     sign_announcement,
     validate_channel,
     validate_version,
 )
-from p2pupdate.core.messages import Announce
+from p2pupdate.core.messages import Announce, Chunk, Message, Reject
+from p2pupdate.core.messages import Request as RequestMsg
 from p2pupdate.core.policy import TrustConfig
+from p2pupdate.core.replicas import ReplicaProof
 from p2pupdate.core.units import format_size, parse_duration, parse_rate
 from p2pupdate.errors import P2PUpdateError, TransferError, UsageError
 from p2pupdate.shell.content import hash_file_async
@@ -70,6 +75,13 @@ def _check_args(args: argparse.Namespace) -> list[nacl.signing.SigningKey]:
         args.upload_rate = parse_rate(args.upload_limit) if args.upload_limit else 0
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.expires_seconds > DEFAULT_LIMITS.max_validity:
+        # Nodes refuse it (validity_too_long): say so now rather than time out.
+        raise UsageError(
+            f"--expires {args.expires} is longer than the "
+            f"{DEFAULT_LIMITS.max_validity // 86400} days nodes accept "
+            "(max_announcement_validity); re-sign before expiry instead"
+        )
     args.peer_addrs = [parse_hostport(p, allow_port_zero=False) for p in args.peer]
     args.listen_addr = parse_hostport(args.listen)
     path: Path = args.file
@@ -156,6 +168,49 @@ class _Progress:
             self._bar.stop()
 
 
+class _ProofService:
+    """The swarm, with the CHUNKs and REJECTs that answer replica challenges taken out.
+
+    Everything else goes to the swarm unchanged. A peer that answers a challenge with
+    a wrong chunk is refuted (never counted) and banned like any sender of bad data.
+    """
+
+    def __init__(self, swarm: Swarm, proof: ReplicaProof[bytes], package_id: bytes) -> None:
+        self.swarm = swarm
+        self.proof = proof
+        self.package_id = package_id
+
+    def on_peer_up(self, peer: PeerConn) -> None:
+        self.swarm.on_peer_up(peer)
+
+    def on_peer_down(self, peer: PeerConn) -> None:
+        self.proof.peer_gone(peer.node_id)
+        self.swarm.on_peer_down(peer)
+
+    async def run_peer(self, peer: PeerConn) -> None:
+        await self.swarm.run_peer(peer)
+
+    async def handle(self, peer: PeerConn, msg: Message) -> bool:
+        if isinstance(msg, (Chunk, Reject)) and msg.package_id == self.package_id:
+            now = trio.current_time()
+            if isinstance(msg, Chunk):
+                if self.proof.on_chunk(peer.node_id, msg.index, msg.data, now):
+                    if self.proof.is_refuted(peer.node_id):
+                        log.warning("%s claimed a copy it does not hold", peer.label)
+                        self.swarm.node.ban(peer.addr, peer.node_id, "false replica claim")
+                    return True
+            elif self.proof.on_reject(peer.node_id, msg.index, now):
+                return True
+        if (
+            isinstance(msg, RequestMsg)
+            and msg.package_id == self.package_id
+            and self.proof.on_request(peer.node_id, msg.index, trio.current_time())
+        ):
+            peer.post(Reject(msg.package_id, msg.index))  # not our data as its proof
+            return True
+        return await self.swarm.handle(peer, msg)
+
+
 async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]) -> int:
     started = time.monotonic()
     info = await hash_file_async(args.file)
@@ -187,19 +242,32 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
         store = DiskStore(Path(tmp) / "store")
         swarm = Swarm(node, store, SwarmOptions(max_upload_speed=args.upload_rate, super_seed=True))
         swarm.set_table(ann, list(info.chunk_hashes))
-        # A replica is a peer that holds a verified copy *and* was sent this announcement:
-        # a peer that already had the package (a re-signed announcement widening the
-        # rollout or extending the expiry) says COMPLETE at once, before it has heard of
-        # it, and exiting then would leave it unannounced.
+        # A replica is a peer that was sent this announcement *and* proved it holds a
+        # verified copy. COMPLETE alone is a claim anyone can make: the peer must answer
+        # a challenge for randomly chosen chunks, checked against the table
+        # (core/replicas.py). A peer that already had the package (a re-signed
+        # announcement widening the rollout or extending the expiry) says COMPLETE at
+        # once, before it has heard of it, and exiting then would leave it unannounced.
         completes: set[bytes] = set()
         told: set[bytes] = set()
         telling: set[bytes] = set()
         replicas: set[bytes] = set()
         done = trio.Event()
         announce = Announce(ann.encode())
+        proof: ReplicaProof[bytes] = ReplicaProof(list(info.chunk_hashes), random.Random())
+        node.package_service = _ProofService(swarm, proof, info.package_id)
+
+        def challenge(nid: bytes) -> None:
+            peer = node.peers.get(nid)
+            if peer is None:
+                return
+            for index in proof.claim(nid, trio.current_time()):
+                peer.post(RequestMsg(info.package_id, index))
 
         def count() -> None:
-            replicas.update(completes & told)
+            for nid in completes & told:
+                challenge(nid)
+            replicas.update(proof.proven & told)
             if len(replicas) >= args.replicas:
                 done.set()
 
@@ -236,6 +304,9 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
                         if nid not in telling:
                             telling.add(nid)
                             nursery.start_soon(tell, peer)
+                    for nid in proof.due(trio.current_time()):
+                        challenge(nid)
+                    count()
                     with trio.move_on_after(0.1):
                         await done.wait()
                     now_t = trio.current_time()
@@ -243,10 +314,13 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
                     last_bytes, last_t = swarm.bytes_uploaded, now_t
                     progress.update(swarm.bytes_uploaded, len(replicas), len(node.peers), rate)
                     if now_t > deadline:
+                        unproven = len(completes - replicas)
                         raise PublishTimeout(
                             f"timed out after {args.timeout:g} s: {len(replicas)} of "
                             f"{args.replicas} peers hold verified copies "
-                            f"({len(node.peers)} connected)"
+                            f"({len(node.peers)} connected"
+                            + (f", {unproven} claimed a copy without proof" if unproven else "")
+                            + ")"
                         )
                 nursery.cancel_scope.cancel()
         finally:

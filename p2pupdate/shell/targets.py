@@ -35,11 +35,13 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import blake3
 
 from p2pupdate.core.apply import (
     BAD_ARCHIVE,
+    HASH_MISMATCH,
     INSTALL_FAILED,
     ROLLBACK_FAILED,
     ArchiveMember,
@@ -59,6 +61,7 @@ __all__ = [
     "TargetSpec",
     "backup_file",
     "check_free_space",  # re-exported: the disk layer the applicator (and tests) go through
+    "cleanup_backup_leftovers",
     "cleanup_leftovers",
     "command_env",
     "copy_to_staging",
@@ -88,6 +91,7 @@ FAULT_ENV = "P2PUPDATE_FAULT"
 # Where a crash test may kill the applicator; docs/applying.md says what each means.
 FAULT_POINTS = (
     "after_pending",  # pending record persisted, nothing else touched
+    "mid_backup",  # backup's staging file (in backup_dir) half written
     "after_backup",  # backup of the current target durable
     "mid_stage",  # staging file half written
     "after_stage",  # staging file complete and fsynced, not yet renamed
@@ -190,6 +194,31 @@ def cleanup_leftovers(target: Path) -> list[Path]:
     return removed
 
 
+_BACKUP_STAGING_RE = re.compile(r"\..+\.p2pupdate-[0-9a-f]{12}\.staging")
+
+
+def cleanup_backup_leftovers(backup_dir: Path) -> list[Path]:
+    """Remove the staging files of backups a killed install left in ``backup_dir``.
+
+    A backup is copied to ``.<name>.p2pupdate-<token>.staging`` in its channel's
+    directory under ``backup_dir`` and renamed when complete; a kill in between
+    leaves the staging file (as large as the target). Only names of exactly that
+    form are removed; finished backups and anything else stay.
+    """
+    removed: list[Path] = []
+    if not backup_dir.is_dir() or backup_dir.is_symlink():
+        return removed
+    for channel_dir in backup_dir.iterdir():
+        if not channel_dir.is_dir() or channel_dir.is_symlink():
+            continue
+        for entry in channel_dir.iterdir():
+            if _BACKUP_STAGING_RE.fullmatch(entry.name) and not entry.is_dir():
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
+
+
 def hash_file(path: Path, check: Callable[[], None] = no_check) -> tuple[bytes, int]:
     """BLAKE3 of the whole file and its size, read in blocks."""
     hasher = blake3.blake3()
@@ -277,7 +306,7 @@ def backup_file(target: Path, backup: Path, check: Callable[[], None] = no_check
     """Copy ``target`` durably to ``backup`` (which may be on another filesystem)."""
     backup.parent.mkdir(parents=True, exist_ok=True)
     mode, _ = _mode_and_owner(target, 0o755)
-    tmp, _digest = copy_to_staging(target, backup, mode, check=check)
+    tmp, _digest = copy_to_staging(target, backup, mode, check=check, fault_mid="mid_backup")
     install_staged(tmp, backup)
 
 
@@ -482,6 +511,30 @@ def _check_links_inside(root: Path) -> None:
                     raise ApplyError(BAD_ARCHIVE, f"{p} points outside the release")
 
 
+class _HashingReader:
+    """A read-only file object that hashes (BLAKE3) every byte read through it."""
+
+    def __init__(self, raw: BinaryIO, check: Callable[[], None]) -> None:
+        self._raw = raw
+        self._check = check
+        self.hasher = blake3.blake3()
+
+    def read(self, size: int = -1) -> bytes:
+        self._check()
+        data = self._raw.read(size)
+        self.hasher.update(data)
+        return data
+
+    def drain(self) -> None:
+        """Read (and hash) what is left of the file: tar padding, trailing blocks."""
+        while self.read(BLOCK):
+            pass
+
+
+def _member(info: tarfile.TarInfo) -> ArchiveMember:
+    return ArchiveMember(info.name, _member_kind(info), info.size, info.linkname)
+
+
 def extract_release(
     archive: Path,
     release: Path,
@@ -489,6 +542,7 @@ def extract_release(
     *,
     max_members: int = MAX_ARCHIVE_MEMBERS,
     check: Callable[[], None] = no_check,
+    package_id: bytes | None = None,
 ) -> None:
     """Unpack a tar archive into the new directory ``release``, checked first.
 
@@ -498,6 +552,13 @@ def extract_release(
     final look at every link guard the extraction itself. The release is
     built in its final directory (venvs cannot move) and marked complete by a
     ``<release>.complete`` file written last.
+
+    With ``package_id`` (the BLAKE3 of the archive), the unpacking pass reads the
+    archive once, front to back, hashing every byte it reads; each member must be
+    the one the pre-check saw, in the same place, and the hash must be the package
+    id at the end, else ApplyError(``hash_mismatch``) and no marker is written (the
+    caller removes the release). A cache file changed after it was verified is
+    refused, never made live.
     """
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -507,14 +568,17 @@ def extract_release(
                 infos.append(info)
                 if len(infos) > max_members:
                     break
-            members = [ArchiveMember(i.name, _member_kind(i), i.size, i.linkname) for i in infos]
+            members = [_member(i) for i in infos]
             verdict = check_archive(members, max_total, max_members)
             if isinstance(verdict, Refuse):
                 raise ApplyError(verdict.reason, verdict.detail)
             release.mkdir(parents=False, exist_ok=False)
-            for info in infos:
-                check()
-                tar.extract(info, release, filter="data")
+            if package_id is None:
+                for info in infos:
+                    check()
+                    tar.extract(info, release, filter="data")
+        if package_id is not None:
+            _extract_hashed(archive, release, members, package_id, check)
     except (tarfile.TarError, EOFError) as exc:
         raise ApplyError(BAD_ARCHIVE, f"{type(exc).__name__}: {exc}") from exc
     _check_links_inside(release)
@@ -526,6 +590,44 @@ def extract_release(
     finally:
         os.close(fd)
     fsync_dir(release.parent)
+
+
+def _extract_hashed(
+    archive: Path,
+    release: Path,
+    checked: list[ArchiveMember],
+    package_id: bytes,
+    check: Callable[[], None],
+) -> None:
+    """Unpack in one sequential pass over ``archive``, hashing what is read (see above).
+
+    Whatever stops the pass, the rest of the file is read and hashed too: if the bytes
+    are not the package's, the file changed (``hash_mismatch``); if they are, the
+    archive itself is at fault (``bad_archive``).
+    """
+    problem: str | None = None
+    with open(archive, "rb") as raw:
+        reader = _HashingReader(raw, check)
+        try:
+            # Stream mode: every byte is read once, in order, through the hasher.
+            with tarfile.open(fileobj=reader, mode="r|*") as tar:  # type: ignore[call-overload]
+                n = 0
+                for info in tar:
+                    if n >= len(checked) or _member(info) != checked[n]:
+                        problem = f"member {info.name!r} is not the one checked"
+                        break
+                    n += 1
+                    tar.extract(info, release, filter="data")
+                if problem is None and n != len(checked):
+                    problem = f"{len(checked) - n} checked members missing"
+        except (tarfile.TarError, EOFError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        reader.drain()
+    if reader.hasher.digest() != package_id:
+        detail = "package changed after it was verified"
+        raise ApplyError(HASH_MISMATCH, f"{detail}: {problem}" if problem else detail)
+    if problem is not None:
+        raise ApplyError(BAD_ARCHIVE, problem)
 
 
 def read_live_release(target: Path) -> Path | None:

@@ -527,3 +527,92 @@ def test_accepted_archives_never_point_outside(
             for part in m.linkname.split("/"):
                 depth += {"..": -1, ".": 0, "": 0}.get(part, 1)
                 assert depth >= 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        # The issue's case: each link is lexically inside, the chain is not.
+        members(("x", "symlink", 0, "."), ("a", "symlink", 0, "x/..")),
+        # The same in the other order: the unpacked tree has both links.
+        members(("a", "symlink", 0, "x/.."), ("x", "symlink", 0, ".")),
+        members(("d", "dir"), ("d/up", "symlink", 0, ".."), ("a", "symlink", 0, "d/up/..")),
+        members(
+            ("x", "symlink", 0, "."), ("y", "symlink", 0, "x/x/x"), ("z", "symlink", 0, "y/..")
+        ),
+        members(("p", "symlink", 0, "q"), ("q", "symlink", 0, "p")),  # a loop
+    ],
+)
+def test_check_archive_resolves_symlink_chains(bad: list[ArchiveMember]) -> None:
+    d = core.check_archive(bad, 1000, 100)
+    assert isinstance(d, Refuse) and d.reason == core.BAD_ARCHIVE, d
+
+
+def test_check_archive_accepts_chains_that_stay_inside() -> None:
+    ok = members(
+        ("lib", "dir"),
+        ("lib/real.so", "file", 10),
+        ("lib/x.so", "symlink", 0, "real.so"),
+        ("cur", "symlink", 0, "."),
+        ("l2", "symlink", 0, "cur/lib/x.so"),
+        ("d", "dir"),
+        ("d/up", "symlink", 0, ".."),
+        ("d/lib", "symlink", 0, "up/lib"),
+    )
+    assert core.check_archive(ok, 1000, 100) == Accept()
+
+
+def test_a_long_chain_of_links_is_bounded() -> None:
+    chain = [ArchiveMember("l0", "symlink", 0, ".")]
+    chain += [ArchiveMember(f"l{i}", "symlink", 0, f"l{i - 1}") for i in range(1, 60)]
+    d = core.check_archive(chain, 1000, 100)
+    assert isinstance(d, Refuse) and d.reason == core.BAD_ARCHIVE
+    assert core.check_archive(chain[: core.MAX_LINK_HOPS], 1000, 100) == Accept()
+
+
+_link_target = st.lists(st.sampled_from(["a", "b", "c", "..", "."]), min_size=1, max_size=4).map(
+    "/".join
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    specs=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c", "d/a", "d/b"]),
+            st.sampled_from(["symlink", "dir"]),
+            _link_target,
+        ),
+        max_size=6,
+        unique_by=lambda s: s[0],
+    )
+)
+def test_accepted_links_resolve_inside_on_a_real_filesystem(
+    specs: list[tuple[str, str, str]],
+) -> None:
+    """Build what an accepted archive describes, then ask the kernel where each link leads."""
+    import os
+    import tempfile
+
+    ms = [
+        ArchiveMember(name, kind, 0, link if kind == "symlink" else "")
+        for name, kind, link in specs
+    ]
+    if not isinstance(core.check_archive(ms, 10**6, 100), Accept):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.realpath(os.path.join(tmp, "release"))
+        os.mkdir(root)
+        for m in ms:
+            path = os.path.join(root, m.name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if os.path.lexists(path):
+                return  # an implicit parent dir named like a later member; not this test
+            if m.kind == "dir":
+                os.mkdir(path)
+            else:
+                os.symlink(m.linkname, path)
+        for m in ms:
+            if m.kind == "symlink":
+                real = os.path.realpath(os.path.join(root, m.name))
+                assert os.path.commonpath([real, root]) == root, (m, real)

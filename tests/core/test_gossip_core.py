@@ -55,11 +55,36 @@ def test_restore_keeps_the_later_of_two_stored_announcements() -> None:
     old = make_announcement([KEY], version="1.0.0", created=1_700_000_000)
     replacement = make_announcement([KEY], version="1.0.0", created=1_700_000_100)
     newer = make_announcement([KEY], version="1.1.0", data=b"x", created=1_700_000_050)
-    book.restore(replacement)
-    book.restore(old)
+    now = 1_700_000_200
+    assert book.restore(replacement, now).ok
+    assert book.restore(old, now).reason == "not_newest"
     assert book.newest("app/stable") == replacement
-    book.restore(newer)
+    assert book.restore(newer, now).ok
     assert book.newest("app/stable") == newer
+
+
+def test_restore_rechecks_trust_expiry_and_validity_with_current_settings() -> None:
+    """What was accepted under old settings is refused under new ones, and blocks nothing."""
+    revoked = nacl.signing.SigningKey(b"\x05" * 32)
+    created = 1_700_000_000
+    frozen = make_announcement([revoked], version="9.0.0", created=created, expires_in=86400)
+    book = AnnouncementBook(TRUST)  # the key that signed it is no longer trusted
+    assert book.restore(frozen, created + 60).reason == "untrusted"
+    assert book.newest("app/stable") is None
+    genuine = make_announcement([KEY], version="2.0.0", data=b"new", created=created + 30)
+    assert book.offer(genuine, created + 60).ok  # not refused as not_newest
+    assert book.newest("app/stable") == genuine
+
+    short = make_announcement([KEY], version="1.0.0", created=created, expires_in=5)
+    book = AnnouncementBook(TRUST)
+    assert book.restore(short, created + 600).reason == "expired"
+    assert book.newest("app/stable") is None
+
+    long = make_announcement([KEY], version="1.0.0", created=created, expires_in=200 * 86400)
+    book = AnnouncementBook(TRUST)
+    assert book.restore(long, created + 60).reason == "validity_too_long"
+    capped = AnnouncementBook(TrustConfig(TRUST.trusted_keys, max_validity=365 * 86400))
+    assert capped.restore(long, created + 60).ok
 
 
 def test_refusal_for_signatures_does_not_settle_the_body_id() -> None:

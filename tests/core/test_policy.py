@@ -19,6 +19,7 @@ from p2pupdate.core.policy import (
     in_rollout,
     is_newer,
     relay_decision,
+    valid_now,
     version_key,
 )
 from tests.core.announce_helpers import KEYS, NOW, from_parts, pub, resign, sign_bytes, signed
@@ -65,6 +66,7 @@ def test_reasons_are_the_documented_set() -> None:
         "below_threshold",
         "expired",
         "not_yet_valid",
+        "validity_too_long",
         "not_newest",
         "duplicate",
         "equivocation",
@@ -148,6 +150,35 @@ def test_clock_skew_is_five_minutes_and_configurable() -> None:
     ann = signed(AUTHORITY)
     strict = TrustConfig(TRUST.trusted_keys, clock_skew=0)
     assert refused(relay(ann, now=ann.body.expires + 1, trust=strict), "expired")
+
+
+def test_validity_is_capped_at_90_days_by_default_and_the_cap_is_a_setting() -> None:
+    from p2pupdate.config import DEFAULT_LIMITS
+
+    assert DEFAULT_LIMITS.max_validity == TRUST.max_validity == 90 * 86400
+    at_cap = signed(AUTHORITY, expires=NOW + 90 * 86400)
+    assert relay(at_cap).ok
+    # An authority key (or a thief of one) cannot freeze a channel for years.
+    frozen = signed(AUTHORITY, version="99.0.0", expires=NOW + 90 * 86400 + 1)
+    assert refused(relay(frozen), "validity_too_long")
+    assert refused(valid_now(frozen, TRUST, NOW + 10), "validity_too_long")
+    newer = signed(AUTHORITY, version="2.0.0", package_id=b"\x44" * 32)
+    assert relay(newer, None).ok  # the refused one never became the newest
+    loose = TrustConfig(TRUST.trusted_keys, max_validity=10 * 365 * 86400)
+    assert relay(frozen, trust=loose).ok
+    tight = TrustConfig(TRUST.trusted_keys, max_validity=3600)
+    assert refused(relay(signed(AUTHORITY), trust=tight), "validity_too_long")
+    with pytest.raises(ValueError):
+        TrustConfig(TRUST.trusted_keys, max_validity=0)
+    # Who signed is checked first: an untrusted over-long one is "untrusted".
+    assert refused(relay(signed(STRANGER, expires=NOW + 400 * 86400)), "untrusted")
+
+
+@given(st.integers(1, 2**40), st.integers(1, 2**40))
+def test_validity_cap_holds_for_any_length(length: int, cap: int) -> None:
+    ann = signed(AUTHORITY, expires=NOW + length)
+    trust = TrustConfig(TRUST.trusted_keys, max_validity=cap)
+    assert valid_now(ann, trust, NOW + 1).ok == (length <= cap)
 
 
 # -- relay: freshness against the newest for the channel -------------------------------------------

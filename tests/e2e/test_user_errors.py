@@ -138,6 +138,10 @@ def test_bad_duration_for_expires(authority: Authority, package: Path) -> None:
     assert_usage_error(publish(authority.key, package, "--expires", "soon"), "soon")
 
 
+def test_expires_beyond_the_validity_cap_is_refused(authority: Authority, package: Path) -> None:
+    assert_usage_error(publish(authority.key, package, "--expires", "91d"), "90 days")
+
+
 def test_bad_rate_syntax_for_publish(authority: Authority, package: Path) -> None:
     assert_usage_error(publish(authority.key, package, "--upload-limit", "10XB"), "10XB")
 

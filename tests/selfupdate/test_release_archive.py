@@ -154,3 +154,28 @@ def test_any_bytes_give_a_release_or_bad_archive(
     with pytest.raises(ApplyError) as err:
         open_release(path, tmp / "dest")
     assert err.value.reason == "bad_archive"
+
+
+def test_release_changed_after_verification_is_refused_from_a_verified_copy(
+    tmp_path: Path,
+) -> None:
+    import blake3
+
+    members: list[tuple[str, bytes | None, str]] = [
+        (MANIFEST_NAME, manifest([entry()]), "file"),
+        (f"wheels/{WHEEL}", DATA, "file"),
+    ]
+    path = archive(tmp_path / "r.tar", members)
+    package_id = blake3.blake3(path.read_bytes()).digest()
+    m = open_release(path, tmp_path / "ok", package_id=package_id)
+    assert m.version == "1.2.0" and [p.name for p in (tmp_path / "ok").iterdir()] == ["wheels"]
+    # The cached file is replaced after the swarm verified it: a consistent release
+    # of its own (manifest and wheel hashes agree), just not the one announced.
+    other = b"PK\x03\x04 another wheel"
+    forged = manifest([entry(data=other)])
+    archive(path, [(MANIFEST_NAME, forged, "file"), (f"wheels/{WHEEL}", other, "file")])
+    dest = tmp_path / "dest"
+    with pytest.raises(ApplyError) as err:
+        open_release(path, dest, package_id=package_id)
+    assert err.value.reason == "hash_mismatch"
+    assert list(dest.iterdir()) == []  # nothing unpacked, no copy left

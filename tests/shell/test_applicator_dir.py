@@ -117,8 +117,8 @@ HOSTILE = {
     "hardlink_dotdot": make_tar({}, hardlinks={"x": "../../outside"}),
     "device": make_tar({}, devices=["null"]),
     # Each link looks inside on paper; together z resolves to the release's parent.
-    # The member check lets it through, tarfile's "data" filter stops it.
     "link_chain": make_tar({}, symlinks={"a": ".", "z": "a/.."}),
+    "link_chain_reversed": make_tar({}, symlinks={"z": "a/..", "a": "."}),
     "not_a_tar": b"this is not a tar archive at all" * 40,
 }
 
@@ -143,6 +143,63 @@ async def test_hostile_archive_is_refused_and_writes_nothing_outside(
     assert {p.name for p in (denv.srv / "svc.releases").iterdir() if p.is_dir()} == {
         live_release.name
     }
+
+
+@pytest.mark.parametrize("name", ["link_chain", "link_chain_reversed"])
+def test_a_symlink_chain_is_refused_before_anything_is_unpacked(tmp_path: Path, name: str) -> None:
+    from p2pupdate.errors import ApplyError
+    from p2pupdate.shell.targets import extract_release
+
+    archive = tmp_path / "chain.tar"
+    archive.write_bytes(HOSTILE[name])
+    release = tmp_path / "releases" / "2.0.0"
+    release.parent.mkdir()
+    with pytest.raises(ApplyError) as err:
+        extract_release(archive, release, 1 << 20)
+    assert err.value.reason == core.BAD_ARCHIVE
+    assert "through other links" in str(err.value)
+    assert list(release.parent.iterdir()) == []  # the pre-check refused it: nothing written
+
+
+@pytest.mark.parametrize("change", ["content", "member"])
+async def test_a_cached_archive_changed_after_verification_is_not_made_live(
+    tmp_path: Path, change: str
+) -> None:
+    """The cache file is swapped between the hash check and the unpacking."""
+    good = release("2.0.0")
+    if change == "content":  # same headers, other bytes in a file: only a hash sees it
+        evil = good.replace(b"echo svc 2.0.0", b"echo pwn 2.0.0")
+    else:  # another member list, itself harmless
+        evil = make_tar({"bin/run": b"#!/bin/sh\necho pwned\n", "VERSION": b"2.0.0"})
+    assert evil != good
+    pkg, pid = make_package(tmp_path / "cache", "2.tar", good)
+
+    class Tamper(Events):
+        armed = True
+
+        def __call__(self, event: str, fields: dict[str, object]) -> None:
+            super().__call__(event, fields)
+            if event == "applying" and self.armed:  # emitted after the hash was checked
+                pkg.write_bytes(evil)
+
+    denv = DirEnv(tmp_path)
+    assert await denv.apply("1.0.0", release("1.0.0"))
+    tamper = Tamper()
+    app = Applicator(tmp_path / "data", tmp_path / "backups", tamper)
+    assert not await app.apply(denv.spec, "2.0.0", pkg, pid)
+    assert tamper.one("update_refused")["reason"] == core.HASH_MISMATCH
+    assert tamper.of("quarantined") == []  # not the release's fault
+    assert denv.live() == "1.0.0"
+    releases = denv.srv / "svc.releases"
+    assert {p.name for p in releases.iterdir()} == {
+        denv.target.resolve().name,
+        denv.target.resolve().name + ".complete",
+    }
+    # Once the cache holds the genuine bytes again, the release installs.
+    tamper.armed = False
+    pkg.write_bytes(good)
+    assert await app.apply(denv.spec, "2.0.0", pkg, pid)
+    assert denv.live() == "2.0.0"
 
 
 async def test_archive_that_unpacks_past_the_limit_is_refused(tmp_path: Path) -> None:

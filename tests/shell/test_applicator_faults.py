@@ -132,6 +132,7 @@ class Scenario:
 # (fault point, directory target?, bad version?, restart command?)
 CASES = [
     ("after_pending", False, False, False),
+    ("mid_backup", False, False, False),
     ("after_backup", False, False, False),
     ("mid_stage", False, False, False),
     ("after_stage", False, False, False),
@@ -174,7 +175,14 @@ async def test_kill_9_at_each_step_leaves_old_or_new_and_recovery_finishes(
 
     # 1. The target is the complete old or the complete new version.
     assert sc.live_bytes() in (sc.old, sc.new)
-    if point in ("after_pending", "after_backup", "mid_stage", "after_stage", "after_extract"):
+    if point in (
+        "after_pending",
+        "mid_backup",
+        "after_backup",
+        "mid_stage",
+        "after_stage",
+        "after_extract",
+    ):
         assert sc.live_bytes() == sc.old
     if point in ("after_swap", "after_switch", "after_health", "after_commit"):
         assert sc.live_bytes() == sc.new
@@ -187,6 +195,8 @@ async def test_kill_9_at_each_step_leaves_old_or_new_and_recovery_finishes(
     assert status["pending"] is None
     leftovers = [p.name for p in sc.target.parent.iterdir() if ".p2pupdate-" in p.name]
     assert leftovers == []
+    # Nor in the backup dir (a kill mid-backup leaves a staging file as big as the target).
+    assert [p.name for p in (tmp_path / "backups").rglob("*.staging")] == []
     if point == "after_commit":
         assert events.names() == []  # nothing was unconfirmed
         assert sc.live_bytes() == sc.new

@@ -739,3 +739,13 @@ def test_error_retry_max_below_retry_min(tmp_path: Path) -> None:
 def test_error_retry_min_not_a_duration(tmp_path: Path) -> None:
     msg = usage_error(tmp_path, *base_argv(tmp_path), config="retry_min = 0\n")
     assert ": retry_min: must be a positive number of seconds" in msg
+
+
+def test_max_announcement_validity_defaults_to_90_days_and_is_a_config_duration(
+    tmp_path: Path,
+) -> None:
+    assert load(tmp_path, *base_argv(tmp_path)).max_announcement_validity == 90 * 86400
+    s = load(tmp_path, *base_argv(tmp_path), config='max_announcement_validity = "180d"\n')
+    assert s.max_announcement_validity == 180 * 86400
+    msg = usage_error(tmp_path, *base_argv(tmp_path), config="max_announcement_validity = 0\n")
+    assert "max_announcement_validity" in msg
