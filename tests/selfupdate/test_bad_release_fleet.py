@@ -149,6 +149,23 @@ def test_release_that_cannot_import_installer_never_runs_it_and_install_keeps_se
 
     history = fleet.history()
     booted = _boots(history, "1.2.0")
+    # Figures for docs/self-update.md (kept beside the test's files).
+    stamps = {line.split(" ", 2)[1]: float(line.split(" ", 1)[0]) for line in history}
+    (tmp_path / "figures.json").write_text(
+        json.dumps(
+            {
+                "probe_rounds": probe.rounds,
+                "installer": installer.name,
+                "refused": probe.refused,
+                "all_refused": probe.all_refused,
+                "boots_of_bad": {n.name: booted.get(keys[n.name], 0) for n in nodes},
+                "exits": {n.name: n.exits for n in nodes},
+                "switch_to_rollback_s": stamps.get("rollback", 0) - stamps.get("switch", 0),
+                "history": history,
+            },
+            indent=1,
+        )
+    )
     # The installing node never ran the release, never stopped, never refused a connection.
     assert keys[installer.name] not in booted, history
     assert installer.pids == pids[installer.name] and installer.exits == []
