@@ -173,18 +173,22 @@ def test_release_that_cannot_import_installer_never_runs_it_and_install_keeps_se
     # At every probe round at least one node of the install accepted connections.
     assert probe.all_refused == 0, (probe.refused, probe.rounds)
     assert probe.rounds > 20
-    # The others did try it (so it is the others' failure that stopped it), each within
-    # the boot bound.
+    # The others tried it (so it is their failure that stopped it), each within the boot
+    # bound. (A node slow to move may find it quarantined already and never boot it.)
     others = [n for n in nodes if n is not installer]
-    assert {keys[n.name] for n in others} <= set(booted), (booted, history)
+    assert booted and set(booted) <= {keys[n.name] for n in others}, (booted, history)
     assert all(count <= BOUND for count in booted.values()), booted
     for n in others:
+        if keys[n.name] not in booted:
+            assert n.exits == [] and not n.events("self_update_rolled_back"), n.name
+            continue
         assert n.exits and all(rc != 0 for rc in n.exits), (n.name, n.exits)
         ev = n.events("self_update_rolled_back", version="1.2.0")
         assert len(ev) == 1 and ev[0]["booted"] is True, ev
         assert n.events("quarantined", version="1.2.0")
     ev = installer.events("self_update_rolled_back", version="1.2.0")
-    assert len(ev) == 1 and ev[0]["booted"] is False and ev[0]["reason"] == "failed_on_others"
+    assert len(ev) == 1 and ev[0]["booted"] is False, ev
+    assert ev[0]["reason"] in ("failed_on_others", "quarantined"), ev
     assert not installer.events("self_update_restarting")
     # current back on 1.1.0; a good release other than current stays to fall back to.
     assert (inst / "current").readlink() == Path("releases/1.1.0")
