@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pupdate.core.announcement import validate_version
+from p2pupdate.core.selfupdate import retention
 from p2pupdate.errors import ApplyError, StateFileError
 from p2pupdate.selfupdate.release import ReleaseManifest, open_release
 from p2pupdate.shell.fsutil import (
@@ -65,20 +66,24 @@ __all__ = [
     "SELF_FAULT_POINTS",
     "Layout",
     "base_python",
+    "boot_records",
     "confirm_boot",
     "install_lock",
     "install_release",
     "is_complete",
     "log_history",
     "node_key",
+    "node_registrations",
     "prune_releases",
     "quarantine",
     "quarantine_clear",
+    "quarantine_reasons",
     "quarantined",
     "read_boot_record",
     "read_link",
     "register_node",
     "registered_nodes",
+    "roll_back_install",
     "setup_install",
     "switch_current",
     "unregister_node",
@@ -247,6 +252,11 @@ def quarantined(layout: Layout) -> list[str]:
     return [e["version"] for e in _quarantine_entries(layout)]
 
 
+def quarantine_reasons(layout: Layout) -> dict[str, str]:
+    """Quarantined release -> the reason it was quarantined for."""
+    return {e["version"]: str(e.get("reason", "")) for e in _quarantine_entries(layout)}
+
+
 def quarantine(layout: Layout, version: str, reason: str, node: str = "") -> None:
     """Record ``version`` as quarantined for every node of the install."""
     with _quarantine_lock(layout):
@@ -286,7 +296,9 @@ def _state_python(layout: Layout) -> str:
     return base_python()
 
 
-def install_release(layout: Layout, archive: Path) -> tuple[ReleaseManifest, bool]:
+def install_release(
+    layout: Layout, archive: Path, *, package_id: bytes | None = None
+) -> tuple[ReleaseManifest, bool]:
     """Install the release ``archive`` into ``releases/<version>``; (manifest, installed now).
 
     Caller holds :func:`install_lock`. A complete release of that version is
@@ -299,7 +311,7 @@ def install_release(layout: Layout, archive: Path) -> tuple[ReleaseManifest, boo
     tmp_root = layout.root / "tmp"
     tmp_root.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=tmp_root, prefix="unpack-") as tmp:
-        manifest = open_release(archive, Path(tmp))
+        manifest = open_release(archive, Path(tmp), package_id=package_id)
         version = manifest.version
         if is_complete(layout, version):
             return manifest, False
@@ -378,14 +390,54 @@ def switch_current(layout: Layout, version: str) -> str | None:
     return old
 
 
+def _complete_releases(layout: Layout) -> list[str]:
+    if not layout.releases.is_dir():
+        return []
+    out = []
+    for entry in layout.releases.iterdir():
+        name = entry.name.removesuffix(".complete")
+        if entry.name.endswith(".complete") and is_complete(layout, name):
+            out.append(name)
+    return out
+
+
+def _rearm_previous(layout: Layout, busy: set[str]) -> set[str]:
+    """Point ``previous`` at a good release other than ``current``; the releases to keep.
+
+    Caller holds :func:`install_lock`. See :func:`p2pupdate.core.selfupdate.retention`.
+    """
+    current = read_link(layout.current)
+    try:
+        previous = read_link(layout.previous)
+    except StateFileError:
+        previous = None
+    want, keep = retention(
+        _complete_releases(layout),
+        current=current,
+        previous=previous,
+        quarantined=quarantined(layout),
+        busy=busy,
+    )
+    if want is not None and want != previous:
+        make_symlink_live(layout.previous, layout.release(want))
+        log_history(layout, f"previous {previous or '-'} -> {want}")
+    return keep
+
+
 def prune_releases(layout: Layout, keep: set[str]) -> list[str]:
-    """Remove releases outside ``keep``, ``current``, ``previous`` and leftovers; the removed."""
+    """Remove releases the install does not keep; the removed.
+
+    Kept: ``keep`` (the releases running nodes use), ``current`` and
+    ``previous``, which is first pointed at the newest complete, not
+    quarantined release other than ``current`` when it names ``current`` (as
+    after a rollback) or a quarantined release. Directories without their
+    marker (leftovers of a killed install) go too.
+    """
     with install_lock(layout):
-        for link in (layout.current, layout.previous):
-            with contextlib.suppress(StateFileError):
-                name = read_link(link)
-                if name is not None:
-                    keep = keep | {name}
+        try:
+            keep = _rearm_previous(layout, set(keep))
+        except StateFileError:
+            return []  # cannot be sure what current is: remove nothing
         removed: list[str] = []
         if not layout.releases.is_dir():
             return removed
@@ -401,6 +453,30 @@ def prune_releases(layout: Layout, keep: set[str]) -> list[str]:
             if name not in removed:
                 removed.append(name)
         return removed
+
+
+def roll_back_install(
+    layout: Layout, version: str, key: str, *, quarantine_reason: str | None
+) -> str | None:
+    """Take the install off ``version``; the release ``current`` names afterwards.
+
+    Quarantines ``version`` (unless ``quarantine_reason`` is None), switches
+    ``current`` back to ``previous`` when it still names ``version`` and
+    ``previous`` is a complete release that is not quarantined, then points
+    ``previous`` at a good release other than ``current`` (see
+    :func:`prune_releases`). Takes the install lock.
+    """
+    if quarantine_reason is not None:
+        quarantine(layout, version, quarantine_reason, key)
+    with install_lock(layout):
+        if read_link(layout.current) == version:
+            prev = read_link(layout.previous)
+            good = prev is not None and prev != version and prev not in quarantined(layout)
+            if prev is not None and good and is_complete(layout, prev):
+                make_symlink_live(layout.current, layout.release(prev))
+                log_history(layout, f"rollback {version} -> {prev} node={key} by=installer")
+        _rearm_previous(layout, set())
+        return read_link(layout.current)
 
 
 # ---------------------------------------------------------------- boots and nodes
@@ -447,8 +523,8 @@ def unregister_node(layout: Layout, key: str) -> None:
     layout.node_path(key).unlink(missing_ok=True)
 
 
-def registered_nodes(layout: Layout) -> dict[str, dict[str, Any]]:
-    """Registered nodes whose process is alive: key -> registration."""
+def node_registrations(layout: Layout) -> dict[str, dict[str, Any]]:
+    """Every registration, alive or not: key -> registration plus ``alive`` (its pid runs)."""
     out: dict[str, dict[str, Any]] = {}
     directory = layout.state / "nodes"
     if not directory.is_dir():
@@ -456,9 +532,22 @@ def registered_nodes(layout: Layout) -> dict[str, dict[str, Any]]:
     for path in directory.glob("*.json"):
         with contextlib.suppress(StateFileError):
             obj = _read_json(path)
-            if isinstance(obj, dict) and isinstance(obj.get("pid"), int) and pid_alive(obj["pid"]):
-                out[path.stem] = obj
+            if isinstance(obj, dict) and isinstance(obj.get("pid"), int):
+                out[path.stem] = {**obj, "alive": pid_alive(obj["pid"])}
     return out
+
+
+def registered_nodes(layout: Layout) -> dict[str, dict[str, Any]]:
+    """Registered nodes whose process is alive: key -> registration."""
+    return {k: v for k, v in node_registrations(layout).items() if v["alive"]}
+
+
+def boot_records(layout: Layout) -> dict[str, dict[str, Any]]:
+    """Every node's boot record: key -> record (see :func:`read_boot_record`)."""
+    directory = layout.state / "boots"
+    if not directory.is_dir():
+        return {}
+    return {path.stem: read_boot_record(layout, path.stem) for path in directory.glob("*.json")}
 
 
 # ---------------------------------------------------------------- setting up

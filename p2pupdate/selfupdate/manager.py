@@ -6,22 +6,27 @@ a node started any other way has self-update off and never touches its own
 files. For a managed install, ``p2pupdate node`` makes one
 :class:`SelfUpdater`, which
 
-* registers the node in the install (pid, release) and emits what the
-  launcher did at boot (``self_update_rolled_back``);
+* registers the node in the install (pid, release) and says once for every
+  release it was rolled back from, by its own launcher or by another node
+  (``self_update_rolled_back`` and ``quarantined``);
 * decides on announcements of its channel (trusted already, strictly newer
   than the running release, not quarantined by any node of the install):
   ``self_update_available``, or ``update_refused`` with the reason;
 * once the agent has the package: installs it (in a worker thread, under the
   install lock), arms ``previous``, switches ``current``
-  (``self_update_installed``), waits (bounded) until the other nodes of the
-  install run it (the installing node goes last), then asks the node to
-  re-exec (``self_update_restarting``);
+  (``self_update_installed``), then waits until another node of the install
+  was seen healthy on it and the others moved (the installing node goes
+  last), and asks the node to re-exec (``self_update_restarting``); when the
+  others die on it instead, it quarantines the release and switches
+  ``current`` back without ever running it (``self_update_rolled_back``,
+  ``quarantined``), see :func:`p2pupdate.core.selfupdate.installer_decision`;
 * watches ``current`` (every second, and at once on SIGHUP): when it points
   at another complete release, the node re-execs at its own safe boundary;
   when it cannot be sure (unreadable link, release missing) it does nothing
   and says why;
 * after the node is healthy, confirms the boot (``self_update_confirmed``)
-  and removes releases older than current and previous.
+  and, when it runs the release ``current`` names, removes the releases the
+  install does not keep (:func:`p2pupdate.core.selfupdate.retention`).
 
 The re-exec itself (:func:`reexec`) runs after trio has stopped: logs and
 files flushed, the listening socket inherited (its number in
@@ -38,6 +43,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -46,10 +52,18 @@ import trio
 import p2pupdate
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.policy import act_decision
+from p2pupdate.core.selfupdate import (
+    InstallerAction,
+    InstallerDecision,
+    OtherNode,
+    installer_decision,
+    rollback_notices,
+)
 from p2pupdate.errors import ApplyError, StateFileError
 from p2pupdate.selfupdate import install as inst
 from p2pupdate.selfupdate.release import platform_channel
 from p2pupdate.shell.targets import fault
+from p2pupdate.shell.tmpdirs import node_tmp_dir
 
 __all__ = [
     "LAUNCHER_ENV",
@@ -102,6 +116,7 @@ class SelfUpdateOptions:
     boot_attempts: int = inst.DEFAULT_BOOT_ATTEMPTS
     wait_for_others: float = 60.0  # the installing node waits at most this long
     poll_interval: float = 1.0  # how often `current` is looked at
+    others_interval: float = 0.05  # how often the installing node looks at the others
 
 
 class SelfUpdater:
@@ -134,7 +149,10 @@ class SelfUpdater:
         self._going_last = False
         self._check = trio.Event()
         self._said: str | None = None
-        self._tmp = Path(tempfile.mkdtemp(prefix="p2pupdate-self-"))
+        self._reported: set[str] = set()
+        # Under the data dir, which the next start cleans: a node killed here leaves
+        # nothing behind in the system's temp dir.
+        self._tmp = Path(tempfile.mkdtemp(prefix="self-", dir=node_tmp_dir(data_dir)))
 
     def attach(self, swarm: Any, node_id: bytes) -> None:
         """Give the updater the swarm (to export a downloaded release) and the node id."""
@@ -174,8 +192,8 @@ class SelfUpdater:
         try:
             path = await self._swarm.store.export(b.package_id, self._tmp)
             fault("self_after_download")
-            installed_now, switched = await trio.to_thread.run_sync(
-                self._install_and_switch, path, b.version
+            installed_now, others = await trio.to_thread.run_sync(
+                self._install_and_switch, path, b.version, b.package_id
             )
         except (ApplyError, OSError, StateFileError) as exc:
             self.state = "idle"
@@ -184,6 +202,7 @@ class SelfUpdater:
             log.error("self-update to %s failed: %s", b.version, exc)
             self._emit("update_failed", {**fields, "reason": reason, "detail": str(exc)})
             return
+        switched = others is not None
         self._emit(
             "self_update_installed",
             {
@@ -193,15 +212,26 @@ class SelfUpdater:
                 "switched": switched,
             },
         )
-        if switched:
+        if others is not None:
             self._going_last = True
             self.state = "waiting_for_others"
-            await self._wait_for_others(b.version)
+            decision = await self._wait_for_others(b.version, others)
+            if decision.action is not InstallerAction.GO:
+                await self._back_off(b.version, decision, fields)
+                return
         self._restart(b.version, "installed" if switched else "current changed")
 
-    def _install_and_switch(self, archive: Path, version: str) -> tuple[bool, bool]:
+    def _install_and_switch(
+        self, archive: Path, version: str, package_id: bytes
+    ) -> tuple[bool, set[str] | None]:
+        """(installed now, the other live nodes when ``current`` was switched, or None when
+        another node of the install had switched it already)."""
         with inst.install_lock(self.layout):
-            manifest, installed_now = inst.install_release(self.layout, archive)
+            # The export was verified in the cache; the unpack hashes what it reads again, so a
+            # file changed on disk since is refused (hash_mismatch), never installed.
+            manifest, installed_now = inst.install_release(
+                self.layout, archive, package_id=package_id
+            )
             if manifest.version != version:
                 raise ApplyError(
                     "bad_archive", f"announced {version}, the release says {manifest.version}"
@@ -209,27 +239,117 @@ class SelfUpdater:
             if version in inst.quarantined(self.layout):
                 raise ApplyError("quarantined", f"{version} was quarantined meanwhile")
             if inst.read_link(self.layout.current) == version:
-                return installed_now, False  # another node of the install switched already
+                return installed_now, None  # another node of the install switched already
+            others = set(inst.registered_nodes(self.layout)) - {self.key}
             inst.switch_current(self.layout, version)
-            return installed_now, True
+            return installed_now, others
 
-    async def _wait_for_others(self, version: str) -> None:
-        with trio.move_on_after(self.options.wait_for_others) as scope:
-            while True:
-                others = {
-                    k: n
-                    for k, n in inst.registered_nodes(self.layout).items()
-                    if k != self.key and n.get("release") != version
-                }
-                if not others:
-                    return
-                await trio.sleep(0.2)
-        if scope.cancelled_caught:
+    def _others(self, version: str, at_switch: set[str]) -> tuple[list[OtherNode], bool]:
+        """The other nodes (alive at the switch, or that booted ``version`` since), and
+        whether ``version`` is quarantined."""
+        regs = inst.node_registrations(self.layout)
+        records = inst.boot_records(self.layout)
+        keys = set(at_switch)
+        for key, record in records.items():
+            entry = record["releases"].get(version)
+            if isinstance(entry, dict) and entry.get("attempts", 0):
+                keys.add(key)
+        keys.discard(self.key)
+        out = []
+        for key in sorted(keys):
+            entry = records.get(key, {"releases": {}})["releases"].get(version)
+            entry = entry if isinstance(entry, dict) else {}
+            attempts = entry.get("attempts", 0)
+            reg = regs.get(key, {})
+            release = reg.get("release")
+            out.append(
+                OtherNode(
+                    key=key,
+                    attempts=attempts if isinstance(attempts, int) else 0,
+                    confirmed=bool(entry.get("confirmed", False)),
+                    alive=bool(reg.get("alive", False)),
+                    release=release if isinstance(release, str) else None,
+                )
+            )
+        return out, version in inst.quarantined(self.layout)
+
+    async def _wait_for_others(self, version: str, at_switch: set[str]) -> InstallerDecision:
+        """Until another node was seen healthy on ``version`` (and the others moved), or
+        the others failed on it; see :func:`installer_decision`."""
+        started = trio.current_time()
+        said = ""
+        while True:
+            others, bad = await trio.to_thread.run_sync(self._others, version, at_switch)
+            decision = installer_decision(
+                others,
+                version=version,
+                quarantined=bad,
+                now=trio.current_time(),
+                started=started,
+                wait=self.options.wait_for_others,
+            )
+            if decision.action is not InstallerAction.WAIT:
+                states = ", ".join(f"{k}={s.value}" for k, s in decision.states.items())
+                log.info(
+                    "self-update to %s: %s (%s) after %.1f s; others: %s",
+                    version,
+                    decision.action.value,
+                    decision.reason,
+                    trio.current_time() - started,
+                    states or "none",
+                )
+                return decision
+            if decision.reason != said:
+                log.info("self-update to %s: waiting (%s)", version, decision.reason)
+                said = decision.reason
+            await trio.sleep(self.options.others_interval)
+
+    async def _back_off(
+        self, version: str, decision: InstallerDecision, fields: dict[str, Any]
+    ) -> None:
+        """Take the install off ``version`` without ever running it; stay on the running one."""
+        quarantine = decision.action is InstallerAction.ROLL_BACK
+        try:
+            restored = await trio.to_thread.run_sync(
+                partial(
+                    inst.roll_back_install,
+                    self.layout,
+                    version,
+                    self.key,
+                    quarantine_reason=decision.reason if quarantine else None,
+                )
+            )
+        except (OSError, StateFileError) as exc:
+            restored = None
+            log.error("self-update: could not switch %s back: %s", self.layout.current, exc)
+        self._going_last = False
+        self.state = "idle"
+        failed = sorted(k for k, s in decision.states.items() if s.value == "failed")
+        if quarantine:
+            self.last_error = f"{version}: {decision.reason} ({', '.join(failed) or 'none'})"
+            log.error(
+                "self-update: release %s %s (nodes %s); quarantined, current -> %s; this node "
+                "never ran it",
+                version,
+                "failed on the other nodes" if failed else "was quarantined",
+                ", ".join(failed) or "-",
+                restored,
+            )
+            info = {"reason": decision.reason, "booted": False, "failed_nodes": failed}
+            self._emit("self_update_rolled_back", {**fields, **info, "restored_version": restored})
+            self._emit("quarantined", {**fields, "reason": decision.reason})
+            self._reported.add(version)
+        else:
+            self.last_error = f"{version}: {decision.reason}"
             log.warning(
-                "self-update: other nodes of %s did not move to %s within %g s; going anyway",
-                self.layout.root,
+                "self-update: no other node ran %s healthily within %g s; current -> %s",
                 version,
                 self.options.wait_for_others,
+                restored,
+            )
+            self._emit(
+                "update_failed",
+                {**fields, "reason": decision.reason, "detail": "not seen healthy on another node"},
             )
 
     def _restart(self, to: str, why: str) -> None:
@@ -295,22 +415,44 @@ class SelfUpdater:
             release=self.running,
             data_dir=str(self.data_dir),
         )
+        self._report_rollbacks()
+
+    def _report_rollbacks(self) -> None:
+        """Say once for every release this node was rolled back from: by its own launcher
+        past the bound, by another node's launcher, or by the installing node."""
         record = inst.read_boot_record(self.layout, self.key)
         notice = record.pop("rolled_back", None)
-        if isinstance(notice, dict):
-            inst.write_boot_record(self.layout, self.key, record)
-            bad, restored = notice.get("version"), notice.get("restored")
+        reasons = inst.quarantine_reasons(self.layout)
+        versions = rollback_notices(record["releases"], self.running, reasons)
+        if isinstance(notice, dict) and notice.get("restored") is None:
+            bad = notice.get("version")
+            log.error(
+                "release %s failed its boots and is quarantined; there is nothing to roll "
+                "back to (no good previous release), so it keeps running as it is",
+                bad,
+            )
             fields = {"channel": self.channel, "version": bad, "reason": "too_many_attempts"}
-            if restored is None:
-                log.error(
-                    "release %s failed its boots and is quarantined; there is nothing to roll "
-                    "back to (no good previous release), so it keeps running as it is",
-                    bad,
-                )
-                self._emit("quarantined", {**fields, "detail": "nothing to roll back to"})
-            else:
-                self._emit("self_update_rolled_back", {**fields, "restored_version": restored})
-                self._emit("quarantined", fields)
+            self._emit("quarantined", {**fields, "detail": "nothing to roll back to"})
+        for bad in versions:
+            entry = record["releases"][bad]
+            entry["reported"] = True
+            if bad in self._reported:
+                continue
+            reason = reasons.get(bad) or "too_many_attempts"
+            fields = {"channel": self.channel, "version": bad, "reason": reason}
+            self._emit(
+                "self_update_rolled_back",
+                {
+                    **fields,
+                    "restored_version": self.running,
+                    "booted": True,
+                    "attempts": entry.get("attempts"),
+                },
+            )
+            self._emit("quarantined", fields)
+            self._reported.add(bad)
+        if notice is not None or versions:
+            inst.write_boot_record(self.layout, self.key, record)
 
     async def confirm_healthy(self) -> None:
         """The node is healthy: confirm this boot, then prune old releases."""
@@ -320,6 +462,12 @@ class SelfUpdater:
         if counted:
             self._emit("self_update_confirmed", {"version": self.running, "channel": self.channel})
             inst.log_history(self.layout, f"confirmed {self.running} node={self.key}")
+        try:
+            current = inst.read_link(self.layout.current)
+        except StateFileError:
+            current = None
+        if current != self.running:
+            return  # only a node that runs what `current` names prunes (never mid-update)
         busy = {str(n.get("release")) for n in inst.registered_nodes(self.layout).values()}
         removed = await trio.to_thread.run_sync(
             inst.prune_releases, self.layout, busy | {self.running}

@@ -43,6 +43,7 @@ from p2pupdate.shell.applicator import Applicator, TargetSpec
 from p2pupdate.shell.events import EventLog
 from p2pupdate.shell.node import Node, PeerConn
 from p2pupdate.shell.swarm import Swarm
+from p2pupdate.shell.tmpdirs import node_tmp_dir
 
 __all__ = ["Agent", "AgentOptions", "SelfUpdateHook"]
 
@@ -133,7 +134,11 @@ class Agent:
         self.targets = {t.channel: t for t in options.targets}
         self.channels: dict[str, _ChannelState] = {}
         self._nursery: trio.Nursery | None = None
-        self._tmp = Path(tempfile.mkdtemp(prefix="p2pupdate-export-"))
+        # Under the data dir (cleaned at the next start), so a killed node leaves no
+        # directory behind in the system's temp dir.
+        data_dir = node.options.data_dir
+        tmp_base = node_tmp_dir(data_dir) if data_dir is not None else None
+        self._tmp = Path(tempfile.mkdtemp(prefix="p2pupdate-export-", dir=tmp_base))
         self.cache = CacheIndex(options.cache_size)
         self.rng = rng or random.Random()
         self.backoff = Backoff(first=options.retry_min, limit=options.retry_max)

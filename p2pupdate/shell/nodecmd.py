@@ -46,6 +46,7 @@ from p2pupdate.shell.nodeconfig import NodeSettings, format_hostport, load_setti
 from p2pupdate.shell.sentinel import BootSentinel
 from p2pupdate.shell.store import DiskStore
 from p2pupdate.shell.swarm import Swarm, SwarmOptions
+from p2pupdate.shell.tmpdirs import clean_node_tmp
 from p2pupdate.shell.transport import TcpTransport
 
 __all__ = ["LISTEN_FD_ENV", "run_node", "run_node_command"]
@@ -75,6 +76,10 @@ def run_node_command(args: argparse.Namespace) -> int:
         return 0
     setup_logging(settings.log_level, settings.log_json)
     key = load_or_create_node_key(settings.data_dir)
+    # Temporary dirs a previous run left (killed, crashed): nothing of this run exists yet.
+    stale = clean_node_tmp(settings.data_dir)
+    if stale:
+        log.info("removed %d temporary entries left by a previous run", len(stale))
     # First thing, before networking: count this boot of a freshly swapped program.
     sentinel = BootSentinel(
         settings.data_dir / "self",

@@ -441,6 +441,11 @@ class SelfUpdateRun:
             "current": self._link(self.layout.current),
             "previous": self._link(self.layout.previous),
             "quarantined": inst.quarantined(self.layout),
+            "complete": sorted(
+                p.name.removesuffix(".complete")
+                for p in self.layout.releases.glob("*.complete")
+                if inst.is_complete(self.layout, p.name.removesuffix(".complete"))
+            ),
             "quiet_from": self.quiet_from,
             "boots_after_quiet": [
                 {"t": t, "release": r, "key": k}
@@ -524,11 +529,7 @@ def check_self_update(
                 ]
                 if over:
                     problems.append(f"booted {v} more than {bound} times: {', '.join(over)}")
-                if not any(
-                    _has(t.events, "self_update_rolled_back", v, restored_version=good)
-                    for t in tracks
-                ):
-                    problems.append(f"no node reported self_update_rolled_back of {v}")
+                problems += _rolled_back_problems(v, good, nodes, tracks)
             if snap.get("quiet_from") is None:
                 problems.append("never settled")
             if snap.get("boots_after_quiet"):
@@ -536,10 +537,53 @@ def check_self_update(
             wrong = sorted(n for n, x in nodes.items() if x.get("running") != good)
             if wrong:
                 problems.append(f"not running {good}: {', '.join(wrong)}")
+            problems += _fallback_problems(sc, snap)
         out.append(
             _exp("self_update_rolled_back", exp.self_update_rolled_back, not problems, problems)
         )
     return out
+
+
+def _rolled_back_problems(
+    v: str, good: str, nodes: Mapping[str, Any], tracks: Sequence[NodeTrack]
+) -> list[str]:
+    """The installing node never ran the bad release ``v`` (unless it was alone), and every
+    node that booted it reported being rolled back to ``good``."""
+    problems = []
+    reported = {
+        t.name
+        for t in tracks
+        if _has(t.events, "self_update_rolled_back", v, restored_version=good)
+    }
+    if not reported:
+        problems.append(f"no node reported self_update_rolled_back of {v}")
+    silent = sorted(n for n, x in nodes.items() if x.get("boots", {}).get(v) and n not in reported)
+    if silent:
+        problems.append(f"booted {v}, rolled back, did not say so: {', '.join(silent)}")
+    installers = [
+        t.name for t in tracks if _has(t.events, "self_update_installed", v, switched=True)
+    ]
+    for name in installers:
+        if len(nodes) > 1 and nodes.get(name, {}).get("boots", {}).get(v):
+            problems.append(f"the installing node {name} booted {v} (it must go last)")
+    return problems
+
+
+def _fallback_problems(sc: Scenario, snap: Mapping[str, Any]) -> list[str]:
+    """A good release other than ``current`` is left to fall back to, when the install
+    ever had one (the initial release and each healthy publication)."""
+    good = {sc.initial_version} | {p.version for p in sc.publications if p.healthy}
+    current = snap.get("current")
+    complete = set(snap.get("complete", []))
+    quarantined = set(snap.get("quarantined", []))
+    if len(good) < 2:
+        return []
+    left = sorted((complete - quarantined) - {current})
+    if not left:
+        return [f"no good release other than {current} left (releases: {sorted(complete)})"]
+    if snap.get("previous") not in left:
+        return [f"previous -> {snap.get('previous')}, not a good release other than {current}"]
+    return []
 
 
 def summary(snap: Mapping[str, Any]) -> list[str]:

@@ -133,12 +133,22 @@ def test_sim_bad_self_update_small(tmp_path: Path, release_cache: Path) -> None:
         assert bad_boots <= su["boot_attempts"], (name, node)
         assert len(node["exits"]) == bad_boots and all(c != 0 for c in node["exits"]), node
     assert tried >= 1
-    rolled = [
+    rolled = {
         n["name"]
         for n in report["nodes"]
         if any(e["event"] == "self_update_rolled_back" for e in n["events"])
+    }
+    # Every node that booted the bad release says it was rolled back; the installing node
+    # (which switched `current`) never booted it, never exited, and says so too.
+    booted = {name for name, node in su["nodes"].items() if node["boots"].get("1.1.0")}
+    assert booted and booted <= rolled, (booted, rolled)
+    installers = [
+        n["name"]
+        for n in report["nodes"]
+        if any(e["event"] == "self_update_installed" and e.get("switched") for e in n["events"])
     ]
-    assert rolled
+    assert len(installers) == 1
+    assert installers[0] not in booted and su["nodes"][installers[0]]["exits"] == []
     assert_cleaned_up(report)
 
 
@@ -203,3 +213,64 @@ def test_release_source_sets_the_version_and_the_defect(tmp_path: Path) -> None:
     assert 'version = "1.2.3"' in pyproject and "p2pupdate.cli:main" in pyproject
     assert "matplotlib" not in pyproject  # extras are not release dependencies
     assert not list(src.rglob("__pycache__"))
+
+
+# -- the bad-release verdict (pure, fast) ---------------------------------------------------
+
+
+def _bad_scenario(**self_update: object) -> Any:
+    return parse_scenario(
+        _raw(
+            faults=[{"kind": "bad_release", "version": "1.1.0"}],
+            publications=[{"version": "1.1.0", "at": 0.0}],
+            self_update=self_update,
+        ),
+        name="x",
+    )
+
+
+def _track(index: int, events: list[dict[str, Any]]) -> Any:
+    from p2pupdate.sim.tracker import NodeTrack
+
+    t = NodeTrack(index, f"n{index:02d}", "127.0.0.1:1")
+    t.events.extend(events)
+    return t
+
+
+def _snap(boots: dict[str, dict[str, int]], **kw: Any) -> dict[str, Any]:
+    nodes = {n: {"boots": b, "running": "1.0.0", "exits": []} for n, b in boots.items()}
+    base = {
+        "current": "1.0.0",
+        "previous": "1.0.0",
+        "quarantined": ["1.1.0"],
+        "complete": ["1.0.0"],
+        "quiet_from": 1.0,
+        "boots_after_quiet": [],
+        "nodes": nodes,
+    }
+    return {**base, **kw}
+
+
+ROLLED = {"event": "self_update_rolled_back", "version": "1.1.0", "restored_version": "1.0.0"}
+INSTALLED = {"event": "self_update_installed", "version": "1.1.0", "switched": True}
+
+
+def _verdict(snap: dict[str, Any], tracks: list[Any]) -> dict[str, Any]:
+    from p2pupdate.sim.selfupdate import check_self_update
+
+    (v,) = check_self_update(_bad_scenario(), snap, tracks)
+    return v
+
+
+def test_bad_release_verdict_every_booting_node_reports_installer_never_boots() -> None:
+    boots = {"n00": {"1.0.0": 1}, "n01": {"1.0.0": 1, "1.1.0": 2}, "n02": {"1.0.0": 1, "1.1.0": 1}}
+    good = [_track(0, [INSTALLED, ROLLED]), _track(1, [ROLLED]), _track(2, [ROLLED])]
+    assert _verdict(_snap(boots), good)["ok"], _verdict(_snap(boots), good)
+    # n02 booted it and was rolled back but did not say so.
+    silent = [_track(0, [INSTALLED, ROLLED]), _track(1, [ROLLED]), _track(2, [])]
+    v = _verdict(_snap(boots), silent)
+    assert not v["ok"] and "did not say so: n02" in v["detail"]
+    # The installing node booted the bad release: it did not go last.
+    booted = {**boots, "n00": {"1.0.0": 1, "1.1.0": 1}}
+    v = _verdict(_snap(booted), good)
+    assert not v["ok"] and "the installing node n00 booted 1.1.0" in v["detail"]
