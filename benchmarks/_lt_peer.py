@@ -9,7 +9,8 @@ benchmark-only extra and not a dependency of the project. Line protocol on stdin
     child -> "up BYTES"          answer to "stats", total payload uploaded
     parent -> "quit"             exit
 
-Fairness (DESIGN.md): 127.0.0.0/8 is put in the global peer class (libtorrent exempts local
+Fairness (docs/performance.md):
+127.0.0.0/8 is put in the global peer class (libtorrent exempts local
 peers from rate limits and unchoke slots by default), and several connections per IP are
 allowed, since every peer is on 127.0.0.1. No DHT, LSD, UPnP or NAT-PMP: peers only know
 the addresses the parent gives them. It does nothing else.

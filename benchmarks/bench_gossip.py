@@ -2,7 +2,7 @@
 
 Prints the median and p95 time from injection at one node until all 10 hold it,
 over 20 publications, and the redundancy factor (ANNOUNCE messages sent per node
-per announcement). Target (DESIGN.md): p95 < 100 ms.
+per announcement). Target (docs/performance.md): p95 < 100 ms.
 
     .venv/bin/python benchmarks/bench_gossip.py [--nodes 10] [--rounds 20]
 """

@@ -2,7 +2,7 @@
 
 1. ``hash_file`` (package id + chunk table + root, read from a file) against one
    single-threaded ``blake3.blake3(data).digest()`` over the same bytes already in memory.
-   Target (DESIGN.md): ratio >= 0.90. Runs alternate, and the best of each is compared, so
+   Target (docs/performance.md): ratio >= 0.90. Runs alternate, and the best of each is compared, so
    a burst of load from other processes hurts both sides alike; the medians are printed too.
 2. CHUNK frames (64 KiB payload): encode, then feed the bytes to a FrameDecoder in 64 KiB
    pieces (what a socket read hands over) and take the messages out; MiB/s of payload.

@@ -25,7 +25,7 @@ when it exists. Quick run (< 1 minute):
 
     /work/venv/bin/python benchmarks/bench_swarm.py --size 8MiB
 
-Full run (targets in DESIGN.md):
+Full run (targets in docs/performance.md):
 
     /work/venv/bin/python benchmarks/bench_swarm.py
 """

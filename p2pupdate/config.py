@@ -33,9 +33,9 @@ class Limits:
     max_list: int = 4096
     # Nesting depth of any decoded message: our messages are at most 3 deep.
     max_depth: int = 4
-    # Signatures in one envelope (multi-authority release, DESIGN.md).
+    # Signatures in one envelope (multi-authority release, docs/protocol.md).
     max_signatures: int = 5
-    # Semver strings in announcements (DESIGN.md: at most 64 bytes).
+    # Semver strings in announcements (docs/protocol.md: at most 64 bytes).
     max_version_len: int = 64
     # Longest validity (expires - created) of an announcement: 90 days. Without a cap, one
     # announcement signed by a key later revoked or stolen, with expires decades away, keeps

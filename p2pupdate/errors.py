@@ -44,7 +44,7 @@ class RemoteProtocolError(ProtocolError):
 class TrustError(P2PUpdateError):
     """An announcement or its content failed a trust check.
 
-    ``reason`` is one of the short names of DESIGN.md (``untrusted``,
+    ``reason`` is one of the short names of docs/operations.md (``untrusted``,
     ``bad_signature``, ``below_threshold``, ``expired``, ...).
     """
 

@@ -111,7 +111,7 @@ PACKAGE_MISSING = "package_missing"
 NO_BACKUP = "no_backup"
 OPERATOR_ROLLBACK = "operator_rollback"
 
-# DESIGN.md: a version string is at most 64 bytes.
+# docs/protocol.md: a version string is at most 64 bytes.
 MAX_VERSION_LEN = 64
 
 

@@ -6,7 +6,7 @@ What it does
     there are not enough, and returns how long the caller must wait before moving those
     bytes. Because every caller reserves before it waits, callers sharing one bucket (all
     connections of a node) are paced one chunk after another at exactly ``rate``, with no
-    bursts and no gaps: the per-chunk pacing DESIGN.md asks for. ``rate == 0`` means
+    bursts and no gaps: the per-chunk pacing docs/performance.md asks for. ``rate == 0`` means
     unlimited.
 
 What it does not do

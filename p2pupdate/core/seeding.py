@@ -3,7 +3,7 @@
 What it does
     :class:`SuperSeeder` decides, for a node with every chunk (the publisher, or a node that
     holds the only full copy), which chunks to advertise to which peer and whether to serve
-    a request. The aim is the Mutualcast schedule of DESIGN.md ("Getting near the bound"):
+    a request. The aim is the Mutualcast schedule of docs/performance.md ("Getting near the bound"):
     the seed sends every chunk once, each to one peer, and the peers trade the rest, so the
     seed uploads about one copy of the package however many peers there are.
 

@@ -63,7 +63,7 @@ Emit = Callable[[str, dict[str, Any]], None]
 class Applicator:
     """Installs packages into targets; see the module docstring.
 
-    ``emit(event, fields)`` receives the DESIGN.md events (the node adds
+    ``emit(event, fields)`` receives the docs/operations.md events (the node adds
     ``t`` and ``node``). One install per channel runs at a time.
     """
 

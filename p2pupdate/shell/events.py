@@ -10,7 +10,7 @@ objects become strings, sets become sorted lists, non-finite floats become null.
 A field named ``node`` is written as ``peer_node``, since ``node`` is the id
 of the node writing the log (likewise ``t`` -> ``field_t``, ``event`` ->
 ``field_event``); the one exception is ``peer_banned``, whose ``node`` is the
-banned peer's id as DESIGN.md specifies, with the writer in ``reporter``.
+banned peer's id as docs/operations.md specifies, with the writer in ``reporter``.
 Every event is also forwarded to the ``p2pupdate.events`` logger, so people
 see it in the human log too (``download_progress`` at DEBUG, the rest at INFO).
 
@@ -18,7 +18,7 @@ see it in the human log too (``download_progress`` at DEBUG, the rest at INFO).
 lines on stderr by default, one JSON object per line with ``json=True``.
 
 This module decides nothing about which events exist or when they fire; the
-node does. The names DESIGN.md guarantees are listed in :data:`EVENT_NAMES`.
+node does. The names docs/operations.md guarantees are listed in :data:`EVENT_NAMES`.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ EVENT_NAMES = frozenset(
         "peer_banned",
     }
 )
-"""The event names DESIGN.md promises; the node may emit others too."""
+"""The event names docs/operations.md promises; the node may emit others too."""
 
 LOG_LEVELS = {
     "debug": logging.DEBUG,
@@ -71,7 +71,7 @@ LOG_LEVELS = {
 }
 
 # Keys of the record itself. A field with one of these names is renamed rather
-# than allowed to overwrite them (peer_banned's ``node`` is the exception: DESIGN.md
+# than allowed to overwrite them (peer_banned's ``node`` is the exception: docs/operations.md
 # makes it the banned peer's id, and the writer moves to ``reporter``).
 _RESERVED = frozenset({"t", "node", "event"})
 _RENAMED = {"t": "field_t", "node": "peer_node", "event": "field_event"}
@@ -134,7 +134,7 @@ class EventLog:
         record: dict[str, Any] = {"t": time.time(), "node": self.node_id, "event": name}
         for key, value in fields.items():
             if name == "peer_banned" and key == "node":
-                # DESIGN.md: peer_banned's ``node`` is the banned peer's id; the
+                # docs/operations.md: peer_banned's ``node`` is the banned peer's id; the
                 # writer of the line moves to ``reporter``.
                 record["reporter"] = self.node_id
                 record["node"] = jsonable(value)

@@ -71,7 +71,7 @@ class CommandResult:
 
 
 def default_health_argv(path: Path) -> list[str] | None:
-    """The default check of DESIGN.md: an executable file is run with ``--version``;
+    """The default check of docs/applying.md: an executable file is run with ``--version``;
     anything else is checked by its hash alone (None).
 
     Executable means the x bit *and* a program the kernel can start (a ``#!`` script
@@ -217,7 +217,7 @@ async def health_check(
     env: Mapping[str, str],
     seconds: float,
 ) -> Health:
-    """The target's health check, or the default one (DESIGN.md, Applying)."""
+    """The target's health check, or the default one (docs/applying.md, Applying)."""
     if argv is None and not is_dir:
         argv = default_health_argv(path)
     if argv is None:

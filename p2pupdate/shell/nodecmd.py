@@ -281,7 +281,7 @@ async def run_node(
 async def _confirm_when_healthy(
     confirm: Callable[[], Awaitable[None]], node: Node, window: float
 ) -> None:
-    """Healthy (DESIGN.md): up for the confirm window with the listener and control socket
+    """Healthy (docs/applying.md): up for the confirm window with the listener and control socket
     working, or earlier on a completed peer handshake. No peers is not a failure."""
     with trio.move_on_after(window):
         await node.first_handshake.wait()

@@ -19,7 +19,7 @@ Merging rules (flags override the file):
   target. ``--health-cmd CHANNEL=CMD`` replaces the health command of a target
   defined by the file or by ``--target``; naming no target is an error.
 * A target given only with ``--target`` is applied automatically
-  (``auto_apply = true``, whatever the global setting, as DESIGN.md says); a
+  (``auto_apply = true``, whatever the global setting, as docs/operations.md says); a
   target the file defines takes its ``auto_apply`` from its table, else from the
   global ``auto_apply`` (default true).
 * A target is a directory target when its path ends in ``/``, when it is an
@@ -679,7 +679,7 @@ def _load_targets(ld: _Loader, *, default_auto_apply: bool) -> tuple[TargetSpec,
     for value in getattr(ld.args, "target", None) or []:
         channel, text, src = _split_assignment(value, "--target", "PATH")
         if channel not in specs:
-            # DESIGN.md: a target given on the command line is applied automatically.
+            # docs/operations.md: a target given on the command line is applied automatically.
             specs[channel] = {"auto_apply": True}
         fields = specs[channel]
         fields["path"] = _path(text, src)

@@ -14,7 +14,7 @@ reuse it:
    manager then starts the good one); with no last good it quarantines and
    keeps going. A corrupt sentinel, or one for another version or program,
    is cleared, never fatal.
-3. Once healthy (DESIGN.md, Healthy), :meth:`BootSentinel.confirm` promotes
+3. Once healthy (docs/applying.md, Healthy), :meth:`BootSentinel.confirm` promotes
    the running program to last good and removes the sentinel.
 
 A program is a file (its last good copy lives in the state directory) or a
@@ -45,7 +45,7 @@ from p2pupdate.shell.fsutil import (
 
 __all__ = ["EXIT_ROLLED_BACK", "BootOutcome", "BootSentinel"]
 
-# DESIGN.md exit codes: 3 = the node rolled its own program back and wants its
+# docs/applying.md exit codes: 3 = the node rolled its own program back and wants its
 # supervisor to start it again.
 EXIT_ROLLED_BACK = 3
 _FORMAT = 1

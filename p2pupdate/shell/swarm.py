@@ -155,7 +155,7 @@ class Swarm:
         self._uploads: dict[bytes, _Uploads] = {}
         self._slots = trio.Semaphore(self.options.upload_slots)
         now = trio.current_time()
-        # Burst of two chunks: pacing per chunk, no bursts and gaps (DESIGN.md).
+        # Burst of two chunks: pacing per chunk, no bursts and gaps (docs/performance.md).
         self.up_bucket = TokenBucket(float(self.options.max_upload_speed), 128 * 1024, now)
         self.down_bucket = TokenBucket(float(self.options.max_download_speed), 128 * 1024, now)
         self.bytes_uploaded = 0

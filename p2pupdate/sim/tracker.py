@@ -7,7 +7,7 @@ node's events, in order, into what the live view and the report show: state,
 progress, rate, installed version, where its chunks came from, its outcome for
 each version. It only reads events; it never talks to a node.
 
-Events used (DESIGN.md contract): announcement_received, update_refused,
+Events used (docs/operations.md contract): announcement_received, update_refused,
 download_started, download_progress, download_complete, download_failed,
 verifying, applying, update_complete, update_failed, rolled_back, quarantined,
 peer_banned. Beyond the contract, used when a node sends them:

@@ -1,7 +1,7 @@
 """The harness's parts on their own: topology, the app, event tailing, report, plot, view.
 
 No node runs here: the report is built from synthetic event streams shaped
-like the DESIGN.md contract, so every expectation can be shown to pass and
+like the docs/operations.md contract, so every expectation can be shown to pass and
 to fail.
 """
 

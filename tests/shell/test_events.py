@@ -96,7 +96,8 @@ def test_fields_named_like_record_keys_are_renamed(tmp_path: Path) -> None:
         log.emit("peer_banned", peer="127.0.0.1:4000", node="bad", reason="bad_chunk", t=1, event=2)
         log.emit("update_refused", node="x", reason="expired")
     banned, refused = read_lines(tmp_path / "e")
-    # DESIGN.md: peer_banned carries the banned peer's id as ``node``; the writer is ``reporter``.
+    # docs/operations.md: peer_banned carries the banned peer's id as ``node``;
+    # the writer is ``reporter``.
     assert (banned["node"], banned["reporter"]) == ("bad", "me")
     assert banned["event"] == "peer_banned"
     assert banned["t"] != 1

@@ -299,7 +299,7 @@ path = "db"
         config=config,
     )  # fmt: skip
     by_channel = {t.channel: t for t in s.targets}
-    assert by_channel["app/stable"].auto_apply is True  # DESIGN.md: CLI targets auto-apply
+    assert by_channel["app/stable"].auto_apply is True  # docs/operations.md: CLI targets auto-apply
     assert by_channel["db/stable"].auto_apply is False  # the file's target: the global
 
 
