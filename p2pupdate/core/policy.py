@@ -17,10 +17,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import blake3
-import semver
 
 from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import Announcement
+from p2pupdate.core.versions import is_newer, version_key
 
 __all__ = [
     "CLOCK_SKEW",
@@ -83,18 +83,6 @@ class TrustConfig:
             raise ValueError("trust threshold must be at least 1")
         if self.max_validity <= 0:
             raise ValueError("max_validity must be positive")
-
-
-def version_key(version: str) -> semver.Version:
-    """Semver precedence with build metadata ignored."""
-    return semver.Version.parse(version).replace(build=None)
-
-
-def is_newer(candidate: str, than: str | None) -> bool:
-    """True if ``candidate`` is strictly newer than ``than`` (None: anything is newer)."""
-    if than is None:
-        return True
-    return version_key(candidate) > version_key(than)
 
 
 def in_rollout(node_id: bytes, version: str, rollout: int) -> bool:

@@ -27,6 +27,7 @@ from urllib.parse import quote, unquote
 
 import blake3
 
+from p2pupdate.core.announcement import validate_channel as check_channel
 from p2pupdate.errors import StateFileError
 from p2pupdate.shell.fsutil import atomic_write_bytes, fsync_dir, read_bytes_limited
 
@@ -47,17 +48,17 @@ FORMAT = 1
 # A channel's state is a few hundred bytes; 1 MiB leaves room for a long
 # quarantine list while bounding what a corrupt file can make us read.
 MAX_STATE_FILE = 1024 * 1024
-# Channel names are short (Limits.max_str); the file name must fit NAME_MAX.
-MAX_CHANNEL_LEN = 256
+# A quoted channel name longer than this is hashed instead, so a file name fits NAME_MAX.
 _MAX_QUOTED = 200
 
 
 def validate_channel(channel: str) -> None:
-    """Raise ValueError for a channel name that must not reach a file name."""
-    if not channel or len(channel) > MAX_CHANNEL_LEN:
-        raise ValueError(f"channel name must be 1 to {MAX_CHANNEL_LEN} characters")
-    if any(ord(c) < 0x20 or c == "\x7f" for c in channel):
-        raise ValueError("channel name contains control characters")
+    """Raise ValueError for a channel name that must not reach a file name.
+
+    The one channel rule of the project (:func:`p2pupdate.core.announcement.validate_channel`):
+    a state file is only ever made for a channel an announcement or a target could name.
+    """
+    check_channel(channel)
 
 
 def channel_file_name(channel: str) -> str:

@@ -525,15 +525,17 @@ async def test_unwritable_state_dir_fails_the_update_before_touching_the_target(
 
 
 async def test_channel_names_never_become_paths(env: Env) -> None:
-    spec = TargetSpec("../../etc/passwd", env.target)
+    # One channel rule everywhere: what no announcement could name never reaches a path.
+    for bad in ("../../etc/passwd", "bad\nname", "a/../b", "/abs", "x" * 300):
+        with pytest.raises(ValueError):
+            TargetSpec(bad, env.target)
+    spec = TargetSpec("etc/passwd/x.y", env.target)  # a valid channel with slashes
     env.install_v1()
     pkg, pid = env.package("2.0.0")
     assert await env.app.apply(spec, "2.0.0", pkg, pid)
     files = [p for p in env.tmp.rglob("*") if p.is_file()]
     assert all(env.tmp in p.parents for p in files)
     assert all("passwd" not in p.name or p.name.startswith("ch-") for p in files)
-    with pytest.raises(ValueError):
-        TargetSpec("bad\nname", env.target)
 
 
 async def test_a_symlinked_file_target_is_installed_at_the_file_it_points_to(env: Env) -> None:
