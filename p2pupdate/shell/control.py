@@ -47,7 +47,7 @@ from typing import Any
 import trio
 
 from p2pupdate.errors import P2PUpdateError, StateFileError, UsageError
-from p2pupdate.shell.fsutil import atomic_write_bytes, read_bytes_limited
+from p2pupdate.shell.fsutil import atomic_write_bytes, read_bytes_limited, read_json_file
 
 __all__ = [
     "CONTROL_PATH_FILE",
@@ -475,16 +475,9 @@ def write_status_snapshot(data_dir: Path, status: dict[str, Any]) -> None:
 def read_status_snapshot(data_dir: Path) -> dict[str, Any] | None:
     """The last snapshot the node wrote, None if there is none; StateFileError if corrupt."""
     path = data_dir / STATUS_FILE
-    try:
-        data = read_bytes_limited(path, MAX_STATUS_FILE)
-    except FileNotFoundError:
+    status = read_json_file(path, MAX_STATUS_FILE)
+    if status is None:
         return None
-    except (OSError, ValueError) as exc:
-        raise StateFileError(f"cannot read {path}: {exc}") from None
-    try:
-        status = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
-        raise StateFileError(f"{path} is not valid JSON") from None
     if not isinstance(status, dict):
         raise StateFileError(f"{path} does not hold a JSON object")
     return status
