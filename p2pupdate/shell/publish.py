@@ -21,12 +21,14 @@ from pathlib import Path
 import nacl.signing
 import trio
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import (
     AnnouncementBody,
     sign_announcement,
     validate_channel,
     validate_version,
 )
+from p2pupdate.core.chunks import chunk_count
 from p2pupdate.core.messages import Announce
 from p2pupdate.core.policy import TrustConfig
 from p2pupdate.core.units import format_size, parse_duration, parse_rate
@@ -254,9 +256,18 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
             store.close()
     elapsed = time.monotonic() - started
     ratio = swarm.bytes_uploaded / info.size if info.size else 0.0
+    # Resuming a rollout (this publish run again after the first one died): the super-
+    # seeder handed out only what no peer held, so say how much the swarm had already.
+    seeder = swarm.packages[info.package_id].seeder
+    nchunks = chunk_count(info.size)
+    held = seeder.swarm_held if seeder is not None else 0
+    missing = nchunks - held
+    missing_bytes = min(info.size, missing * DEFAULT_LIMITS.chunk_size)
     print(
         f"published {args.channel} {args.pkg_version} ({info.package_id.hex()}): "
-        f"{len(replicas)} replicas; uploaded {swarm.bytes_uploaded} bytes "
+        f"{len(replicas)} replicas; the swarm held {held} of {nchunks} chunks already, "
+        f"{missing} ({format_size(missing_bytes)}) were missing and came from here; "
+        f"uploaded {swarm.bytes_uploaded} bytes "
         f"({ratio:.2f}x the package) in {elapsed:.1f} s"
     )
     return 0

@@ -201,10 +201,20 @@ class Swarm:
         if table is not None:
             self._set_table(pkg, [table[i : i + 32] for i in range(0, len(table), 32)])
         pkg.complete = True
-        if self.options.super_seed:
-            pkg.seeder = SuperSeeder(pkg.nchunks, rng=self.rng, window=self.options.pipeline_depth)
+        if self.options.super_seed and pkg.seeder is None:
+            seeder: SuperSeeder[bytes] = SuperSeeder(
+                pkg.nchunks, rng=self.rng, window=self.options.pipeline_depth
+            )
+            # Peers that told us what they hold before we had the package (a download
+            # that outlived its publisher says so as soon as we connect): the seeder
+            # starts from the swarm's view, so it hands out what the swarm lacks first.
+            for nid, bits in pkg.bitfields.items():
+                if nid in self.node.peers:
+                    seeder.on_peer_joined(nid, bits)
+            pkg.seeder = seeder
         for peer in list(self.node.peers.values()):
             self._advertise(peer, pkg)
+        self._reveal_all(pkg)
 
     def set_table(self, ann: Announcement, hashes: list[bytes]) -> None:
         """Install a table computed locally (publisher) and persist it."""
