@@ -37,6 +37,14 @@ class Limits:
     max_signatures: int = 5
     # Semver strings in announcements (DESIGN.md: at most 64 bytes).
     max_version_len: int = 64
+    # Seconds without a new chunk after which an incomplete download re-examines its
+    # sources (asks peers for their bitfields again, forgives timeouts). Long enough that
+    # a merely slow swarm (a 64 KiB chunk takes 0.5 s at 128 KiB/s) never triggers it,
+    # short enough that a download whose sources changed under it does not wait long.
+    download_stall_timeout: float = 30.0
+    # A BITFIELD identical to the last one from that peer asks for ours again; answered at
+    # most this often per peer and package, so two stalled nodes cannot ping-pong.
+    bitfield_refresh_interval: float = 5.0
 
 
 DEFAULT_LIMITS = Limits()

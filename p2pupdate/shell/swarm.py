@@ -25,6 +25,7 @@ import trio
 from bitarray import bitarray
 from bitarray.util import ones, zeros
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.chunks import (
     chunk_count,
@@ -41,6 +42,7 @@ from p2pupdate.core.download import (
     Downloader,
     DownloadFailed,
     DownloadState,
+    RefreshSources,
     Request,
     VerifyPackage,
     WriteChunk,
@@ -88,6 +90,8 @@ class SwarmOptions:
     max_upload_speed: int = 0  # bytes/s, 0 = unlimited
     max_download_speed: int = 0
     super_seed: bool = False  # reveal chunks of complete packages gradually (publisher)
+    # no new chunk for this long: the download re-examines its sources (core decides)
+    stall_timeout: float = DEFAULT_LIMITS.download_stall_timeout
 
 
 @dataclass
@@ -166,6 +170,9 @@ class Swarm:
         self.on_complete_from_peer: Callable[[bytes, PeerConn], None] | None = None
         self._table_fetches: dict[bytes, TableFetch[bytes]] = {}
         self._labels: dict[bytes, str] = {}
+        # peer -> package -> when we last sent it our BITFIELD (a refresh is answered at
+        # most once per bitfield_refresh_interval); dropped with the peer.
+        self._bitfield_sent: dict[bytes, dict[bytes, float]] = {}
         node.package_service = self
 
     # -- what we hold ---------------------------------------------------------------
@@ -234,6 +241,7 @@ class Swarm:
             self._advertise(peer, pkg)
 
     def on_peer_down(self, peer: PeerConn) -> None:
+        self._bitfield_sent.pop(peer.node_id, None)
         uploads = self._uploads.pop(peer.node_id, None)
         if uploads is not None:
             uploads.send.close()
@@ -262,9 +270,61 @@ class Swarm:
             if have is None:
                 return
             bits = have
-        peer.post(Bitfield(pkg.package_id, pkg.nchunks, bits.tobytes()))
+        self._post_bitfield(
+            peer, pkg.package_id, Bitfield(pkg.package_id, pkg.nchunks, bits.tobytes())
+        )
         if pkg.complete:
             peer.post(Complete(pkg.package_id))
+
+    def _post_bitfield(self, peer: PeerConn, package_id: bytes, msg: Bitfield) -> None:
+        peer.post(msg)
+        if peer.node_id in self._uploads:  # a connected peer (not one that just left)
+            sent = self._bitfield_sent.setdefault(peer.node_id, {})
+            sent[package_id] = trio.current_time()
+
+    def _answer_refresh(self, peer: PeerConn, pkg: _Package, bits: bitarray) -> None:
+        """``peer`` sent the very BITFIELD it sent before: it asks for ours again (a stalled
+        download re-examining its sources). Answered at most once per interval per peer
+        and package, so two nodes asking each other cannot ping-pong."""
+        last = self._bitfield_sent.get(peer.node_id, {}).get(pkg.package_id)
+        now = trio.current_time()
+        if last is not None and now - last < DEFAULT_LIMITS.bitfield_refresh_interval:
+            return
+        if self._serving_bits(pkg) is None:
+            return
+        if pkg.seeder is not None:
+            # Start this peer over: what we showed it before is shown again from scratch
+            # (our empty BITFIELD makes its downloader forget it), from its bitfield now.
+            pkg.seeder.on_peer_gone(peer.node_id)
+            pkg.seeder.on_peer_joined(peer.node_id, bits)
+        self._advertise(peer, pkg)
+        if pkg.seeder is not None:
+            self._reveal(pkg, peer)
+
+    def _refresh_sources(self, pkg: _Package) -> None:
+        """A stalled download re-examines its sources (the core's RefreshSources)."""
+        dl = pkg.downloader
+        if dl is None:
+            return
+        now = trio.current_time()
+        # Claims the downloader dropped (a REJECT) come back from what peers advertised ...
+        for nid, bits in pkg.bitfields.items():
+            if nid in self.node.peers:
+                self._run_actions(pkg, dl.on_peer_bitfield(nid, bits, now))
+        # ... and every peer is asked for its bitfield again: our own, unchanged since we
+        # last sent it, is the question (answered with the peer's current one).
+        msg = Bitfield(pkg.package_id, pkg.nchunks, dl.have.tobytes())
+        peers = list(self.node.peers.values())
+        for peer in peers:
+            self._post_bitfield(peer, pkg.package_id, msg)
+        log.info(
+            "download of %s %s stalled at %.1f%%: asking %d peers again",
+            pkg.channel,
+            pkg.version,
+            100 * dl.progress,
+            len(peers),
+        )
+        pkg.poke()
 
     def _reveal_all(self, pkg: _Package) -> None:
         if pkg.seeder is None:
@@ -371,6 +431,7 @@ class Swarm:
             return
         if msg.nchunks != pkg.nchunks:
             raise RemoteProtocolError("bitfield length does not match the package")
+        refresh = pkg.bitfields.get(peer.node_id) == bits
         pkg.bitfields[peer.node_id] = bits
         pkg.table_wake.set()
         if pkg.downloader is not None and pkg.downloader.state in (
@@ -381,6 +442,8 @@ class Swarm:
                 pkg, pkg.downloader.on_peer_bitfield(peer.node_id, bits, trio.current_time())
             )
             pkg.poke()
+        if refresh:
+            self._answer_refresh(peer, pkg, bits)
         if pkg.seeder is not None:
             if peer.node_id in pkg.seeder.peers():
                 pkg.seeder.on_peer_have(peer.node_id, bits.search(1))
@@ -562,6 +625,7 @@ class Swarm:
             rng=self.rng,
             pipeline_depth=self.options.pipeline_depth,
             request_timeout=self.options.request_timeout,
+            stall_timeout=self.options.stall_timeout,
         )
         pkg.downloader = dl
         if on_started is not None:
@@ -572,7 +636,7 @@ class Swarm:
                 self._run_actions(pkg, dl.on_peer_bitfield(nid, bits, now))
         # Tell everyone what we can serve of it already (possibly nothing).
         for peer in list(self.node.peers.values()):
-            peer.post(Bitfield(pid, pkg.nchunks, dl.have.tobytes()))
+            self._post_bitfield(peer, pid, Bitfield(pid, pkg.nchunks, dl.have.tobytes()))
         return await self._drive(pkg, dl, on_progress)
 
     def _table_matches(self, pkg: _Package, hashes: list[bytes]) -> bool:
@@ -683,6 +747,8 @@ class Swarm:
             self._ban(act.peer, act.reason)
         elif isinstance(act, AnnounceHave):
             pkg.pending_have.extend(act.indices)
+        elif isinstance(act, RefreshSources):
+            self._refresh_sources(pkg)
         elif isinstance(act, (VerifyPackage, Completed, DownloadFailed)):
             pkg.poke()
         elif isinstance(act, WriteChunk):
