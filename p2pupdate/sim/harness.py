@@ -582,6 +582,7 @@ class Harness:
             record, child = running[-1]
             self.sup.kill9(child)
             record.killed = True
+            self._publish_done(record, child)  # reaped by kill9: noted now, not at the end
             rec.fired, rec.fired_at, rec.progress_at_kill = True, time.time(), furthest
             rec.detail = f"publish {fault.version} killed at {100 * furthest:.0f}% (furthest node)"
             index = next(
