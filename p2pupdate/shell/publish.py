@@ -6,6 +6,12 @@ gossips the announcement, and serves chunks super-seeding style (distinct
 chunks to distinct peers, so it uploads little more than one copy) until
 ``--replicas`` peers report verified complete copies. It then prints what it
 uploaded and exits 0; on timeout it exits 1 with one line.
+
+Run again after an earlier publish of the same file died mid-rollout, it resumes:
+the nodes' running downloads send their bitfields as soon as it connects, its
+super-seeder starts from them and hands out only chunks no peer holds (until
+none is missing), and the summary says how many chunks the swarm held already
+and how many were missing.
 """
 
 from __future__ import annotations
