@@ -235,3 +235,55 @@ async def test_a_stalled_download_tells_a_seeder_that_missed_it_what_it_lacks() 
         dl = me.swarm.packages[pid].downloader
         assert dl is not None and dl.reexaminations >= 1
         nursery.cancel_scope.cancel()
+
+
+async def test_an_unchanged_bitfield_is_answered_at_most_once_per_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from bitarray.util import zeros
+
+    from p2pupdate.config import DEFAULT_LIMITS
+    from p2pupdate.core.messages import Bitfield, Message
+    from p2pupdate.shell.node import PeerConn
+    from p2pupdate.shell.transport import MemoryNetwork
+
+    data, info, ann = package(20 * 65536, seed=10)
+    pid = info.package_id
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        seed = await start_peer(
+            nursery, 0, [], transport=net.transport("10.0.0.1"), listen=("10.0.0.1", 4000)
+        )
+        await seed_with(seed, ann, info, data)
+        me = await start_peer(
+            nursery,
+            1,
+            [seed.node.listen_addr],
+            transport=net.transport("10.0.0.2"),
+            listen=("10.0.0.2", 4000),
+        )
+        got: list[bytes] = []  # the BITFIELDs the seed sent us, as they arrive
+        handle = me.swarm.handle
+
+        async def spy(peer: PeerConn, msg: Message) -> bool:
+            if isinstance(msg, Bitfield) and msg.package_id == pid:
+                got.append(msg.bits)
+            return await handle(peer, msg)
+
+        me.swarm.handle = spy  # type: ignore[method-assign]
+        await wait_connected([me], 1)
+        await _wait("the seed's bitfield on connecting", lambda: len(got) == 1)
+        got.clear()
+        to_seed = me.node.peers[seed.node.node_id]
+        question = Bitfield(pid, info.nchunks, zeros(info.nchunks).tobytes())
+        to_seed.post(question)  # the first one: news, not a question
+        await trio.sleep(1)
+        assert got == []
+        await trio.sleep(DEFAULT_LIMITS.bitfield_refresh_interval)
+        to_seed.post(question)  # the same again: "what do you hold?"
+        await _wait("the answer", lambda: len(got) == 1)
+        assert got[0] == b"\xff\xff\xf0"  # all 20 chunks
+        to_seed.post(question)  # asked again at once: not answered (no ping-pong)
+        await trio.sleep(DEFAULT_LIMITS.bitfield_refresh_interval / 2)
+        assert len(got) == 1
+        nursery.cancel_scope.cancel()
