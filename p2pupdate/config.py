@@ -43,6 +43,14 @@ class Limits:
     # until it expires; 90 days is three times the publish default of 30 days. A node may
     # set its own (``max_announcement_validity``).
     max_validity: int = 90 * 86400
+    # Seconds without a new chunk after which an incomplete download re-examines its
+    # sources (asks peers for their bitfields again, forgives timeouts). Long enough that
+    # a merely slow swarm (a 64 KiB chunk takes 0.5 s at 128 KiB/s) never triggers it,
+    # short enough that a download whose sources changed under it does not wait long.
+    download_stall_timeout: float = 30.0
+    # A BITFIELD identical to the last one from that peer asks for ours again; answered at
+    # most this often per peer and package, so two stalled nodes cannot ping-pong.
+    bitfield_refresh_interval: float = 5.0
 
 
 DEFAULT_LIMITS = Limits()

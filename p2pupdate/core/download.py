@@ -65,6 +65,7 @@ __all__ = [
     "DownloadState",
     "Downloader",
     "PeerT",
+    "RefreshSources",
     "Request",
     "VerifyPackage",
     "WriteChunk",
@@ -155,6 +156,15 @@ class Completed:
 
 
 @dataclass(frozen=True)
+class RefreshSources:
+    """No chunk arrived for ``stall_timeout`` while the download is incomplete: find out
+    again who has what. Tell the downloader again what every connected peer advertised
+    (``on_peer_bitfield``: claims forgotten on REJECT come back) and ask every connected
+    peer for its current bitfield. The downloader has already forgiven earlier timeouts,
+    so what timed out is asked of anyone who has it, the slow peer included."""
+
+
+@dataclass(frozen=True)
 class DownloadFailed:
     """The download failed for ``reason``; it will do nothing more."""
 
@@ -167,6 +177,7 @@ DownloadAction: TypeAlias = (
     | Ban[PeerT]
     | WriteChunk
     | AnnounceHave
+    | RefreshSources
     | VerifyPackage
     | Completed
     | DownloadFailed
@@ -212,13 +223,16 @@ class Downloader(Generic[PeerT]):
         request_timeout: float = 10.0,
         endgame_copies: int = 2,
         chunk_size: int = DEFAULT_LIMITS.chunk_size,
+        stall_timeout: float = DEFAULT_LIMITS.download_stall_timeout,
     ) -> None:
         """Start (or resume, with ``have``) the download of one package.
 
         ``chunk_hashes`` is the verified chunk table (one 32-byte BLAKE3 per chunk, the last
         chunk shorter; an empty package has none). ``have`` is the bitmap of chunks already
         verified in the partial file. ``endgame_copies`` caps how many peers are asked for
-        one chunk at a time in endgame. Bad arguments raise ValueError.
+        one chunk at a time in endgame. ``stall_timeout``: after that long without a new
+        chunk, ``on_timer`` re-examines the sources (:class:`RefreshSources`), and again
+        every ``stall_timeout`` while nothing arrives. Bad arguments raise ValueError.
         """
         if len(package_id) != HASH_LEN:
             raise ValueError("package_id must be 32 bytes")
@@ -241,6 +255,8 @@ class Downloader(Generic[PeerT]):
             raise ValueError("request_timeout must be positive")
         if endgame_copies < 1:
             raise ValueError("endgame_copies must be at least 1")
+        if not stall_timeout > 0:
+            raise ValueError("stall_timeout must be positive")
 
         self._package_id = bytes(package_id)
         self._size = size
@@ -251,6 +267,11 @@ class Downloader(Generic[PeerT]):
         self._depth = pipeline_depth
         self._timeout = float(request_timeout)
         self._endgame_copies = endgame_copies
+        self._stall_timeout = float(stall_timeout)
+        # When the last new chunk arrived, or the last re-examination (None until the
+        # first on_timer or chunk: the downloader has no clock of its own).
+        self._last_progress: float | None = None
+        self._reexaminations = 0
 
         self._state = DownloadState.PENDING
         self._failure: str | None = None
@@ -390,6 +411,18 @@ class Downloader(Generic[PeerT]):
         p = self._peers.get(peer)
         return [] if p is None else list(p.requests)
 
+    @property
+    def reexaminations(self) -> int:
+        """How many times a stall made the download re-examine its sources."""
+        return self._reexaminations
+
+    def stall_deadline(self) -> float | None:
+        """When ``on_timer`` re-examines the sources if no chunk arrives before (None
+        before the first ``on_timer``, and once the download is not active)."""
+        if self._last_progress is None or not self._active() or self._missing == 0:
+            return None
+        return self._last_progress + self._stall_timeout
+
     def next_deadline(self) -> float | None:
         """When ``on_timer`` must next be called (earliest request deadline), or None."""
         heap = self._heap
@@ -494,6 +527,7 @@ class Downloader(Generic[PeerT]):
         self._writing[index] = 1
         self._timed_out.pop(index, None)
         self._received[peer] = self._received.get(peer, 0) + 1
+        self._last_progress = now
         if self._state is DownloadState.PENDING:
             self._transition(DownloadState.DOWNLOADING)
         return actions
@@ -582,8 +616,18 @@ class Downloader(Generic[PeerT]):
         Each expired request returns ``Cancel(peer, index)``, adds a strike to the peer and
         halves its pipeline limit; the chunk is asked of another peer at the next ``poll``
         when another has it. A copy that arrives late is still accepted.
+
+        Stall: when the download is active and incomplete and no new chunk has arrived for
+        ``stall_timeout`` (counted from the first call, the last chunk, or the last
+        re-examination), the download re-examines its sources: every peer's pipeline is
+        reset to full depth, earlier timeouts are forgiven (so a timed-out chunk may be
+        asked of any peer that has it, the one that timed out included), every peer is
+        looked at again at the next ``poll``, and :class:`RefreshSources` asks the shell
+        to refresh what peers advertise. It comes after the Cancels of this call.
         """
         actions: list[DownloadAction[PeerT]] = []
+        if self._last_progress is None:
+            self._last_progress = now
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, rid = heapq.heappop(heap)
@@ -598,7 +642,23 @@ class Downloader(Generic[PeerT]):
             self._forget_request(peer, p, index, rid, freed=True)
             self._release_if_unowned(index)
             actions.append(Cancel(peer, index))
+        deadline = self.stall_deadline()
+        if deadline is not None and now >= deadline:
+            actions.append(self._reexamine(now))
         return actions
+
+    def _reexamine(self, now: float) -> RefreshSources:
+        self._last_progress = now
+        self._reexaminations += 1
+        self._timed_out.clear()
+        for peer, p in self._peers.items():
+            p.limit = self._depth
+            p.starved = None
+            p.eg_starved = None
+            self._update_hungry(peer, p)
+        self._wanted_gen += 1
+        self._flight_gen += 1
+        return RefreshSources()
 
     def poll(self, now: float) -> list[DownloadAction[PeerT]]:
         """Fill every peer's pipeline: return the new :class:`Request` actions.

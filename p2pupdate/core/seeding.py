@@ -90,6 +90,9 @@ class SuperSeeder(Generic[PeerT]):
         self._assigned_cnt = [0] * nchunks
         self._sends = [0] * nchunks
         self._total_sent = 0
+        # Chunks we sent while no connected peer held them: what the swarm lacked and got
+        # from us (the rest it already had, or got from a peer).
+        self._supplied: bitarray = zeros(nchunks)
 
     # -----------------------------------------------------------------------------------
     # Read-only views
@@ -104,6 +107,21 @@ class SuperSeeder(Generic[PeerT]):
     def total_sent(self) -> int:
         """Chunks sent so far (reported with ``on_sent``), duplicates included."""
         return self._total_sent
+
+    @property
+    def supplied(self) -> int:
+        """Distinct chunks sent while no connected peer held them (the swarm lacked them)."""
+        return self._supplied.count()
+
+    @property
+    def swarm_held(self) -> int:
+        """Chunks the swarm had without us: those never supplied by us (see ``supplied``).
+
+        Once every peer holds the package this is what the peers already held between
+        them when we came (a publisher resuming a rollout), give or take chunks whose
+        only holder left before we sent them again.
+        """
+        return self._n - self._supplied.count()
 
     def sent_count(self, index: int) -> int:
         """How many times chunk ``index`` was sent."""
@@ -192,6 +210,8 @@ class SuperSeeder(Generic[PeerT]):
             raise LocalProtocolError(f"chunk index {index} out of range")
         self._sends[index] += 1
         self._total_sent += 1
+        if self._avail.levels[0][index]:
+            self._supplied[index] = 1
         p = self._peers.get(peer)
         if p is None or p.bits[index] or index in p.transit:
             return

@@ -8,6 +8,12 @@ chunks to distinct peers, so it uploads little more than one copy) until
 answered a challenge for randomly chosen chunks with data that matches the chunk
 table (``core/replicas.py``), never on its COMPLETE alone. It then prints what it
 uploaded and exits 0; on timeout it exits 1 with one line.
+
+Run again after an earlier publish of the same file died mid-rollout, it resumes:
+the nodes' running downloads send their bitfields as soon as it connects, its
+super-seeder starts from them and hands out only chunks no peer holds (until
+none is missing), and the summary says how many chunks the swarm held already
+and how many were missing.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from p2pupdate.core.announcement import (
     validate_channel,
     validate_version,
 )
+from p2pupdate.core.chunks import chunk_count
 from p2pupdate.core.messages import Announce, Chunk, Message, Reject
 from p2pupdate.core.messages import Request as RequestMsg
 from p2pupdate.core.policy import TrustConfig
@@ -328,9 +335,18 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
             store.close()
     elapsed = time.monotonic() - started
     ratio = swarm.bytes_uploaded / info.size if info.size else 0.0
+    # Resuming a rollout (this publish run again after the first one died): the super-
+    # seeder handed out only what no peer held, so say how much the swarm had already.
+    seeder = swarm.packages[info.package_id].seeder
+    nchunks = chunk_count(info.size)
+    held = seeder.swarm_held if seeder is not None else 0
+    missing = nchunks - held
+    missing_bytes = min(info.size, missing * DEFAULT_LIMITS.chunk_size)
     print(
         f"published {args.channel} {args.pkg_version} ({info.package_id.hex()}): "
-        f"{len(replicas)} replicas; uploaded {swarm.bytes_uploaded} bytes "
+        f"{len(replicas)} replicas; the swarm held {held} of {nchunks} chunks already, "
+        f"{missing} ({format_size(missing_bytes)}) were missing and came from here; "
+        f"uploaded {swarm.bytes_uploaded} bytes "
         f"({ratio:.2f}x the package) in {elapsed:.1f} s"
     )
     return 0

@@ -25,6 +25,7 @@ import trio
 from bitarray import bitarray
 from bitarray.util import ones, zeros
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.chunks import (
     chunk_count,
@@ -41,6 +42,7 @@ from p2pupdate.core.download import (
     Downloader,
     DownloadFailed,
     DownloadState,
+    RefreshSources,
     Request,
     VerifyPackage,
     WriteChunk,
@@ -88,6 +90,8 @@ class SwarmOptions:
     max_upload_speed: int = 0  # bytes/s, 0 = unlimited
     max_download_speed: int = 0
     super_seed: bool = False  # reveal chunks of complete packages gradually (publisher)
+    # no new chunk for this long: the download re-examines its sources (core decides)
+    stall_timeout: float = DEFAULT_LIMITS.download_stall_timeout
 
 
 @dataclass
@@ -169,6 +173,9 @@ class Swarm:
         self.on_source: Callable[[bytes], None] | None = None
         self._table_fetches: dict[bytes, TableFetch[bytes]] = {}
         self._labels: dict[bytes, str] = {}
+        # peer -> package -> when we last sent it our BITFIELD (a refresh is answered at
+        # most once per bitfield_refresh_interval); dropped with the peer.
+        self._bitfield_sent: dict[bytes, dict[bytes, float]] = {}
         node.package_service = self
 
     # -- what we hold ---------------------------------------------------------------
@@ -204,10 +211,20 @@ class Swarm:
         if table is not None:
             self._set_table(pkg, [table[i : i + 32] for i in range(0, len(table), 32)])
         pkg.complete = True
-        if self.options.super_seed:
-            pkg.seeder = SuperSeeder(pkg.nchunks, rng=self.rng, window=self.options.pipeline_depth)
+        if self.options.super_seed and pkg.seeder is None:
+            seeder: SuperSeeder[bytes] = SuperSeeder(
+                pkg.nchunks, rng=self.rng, window=self.options.pipeline_depth
+            )
+            # Peers that told us what they hold before we had the package (a download
+            # that outlived its publisher says so as soon as we connect): the seeder
+            # starts from the swarm's view, so it hands out what the swarm lacks first.
+            for nid, bits in pkg.bitfields.items():
+                if nid in self.node.peers:
+                    seeder.on_peer_joined(nid, bits)
+            pkg.seeder = seeder
         for peer in list(self.node.peers.values()):
             self._advertise(peer, pkg)
+        self._reveal_all(pkg)
 
     def set_table(self, ann: Announcement, hashes: list[bytes]) -> None:
         """Install a table computed locally (publisher) and persist it."""
@@ -227,6 +244,7 @@ class Swarm:
             self._advertise(peer, pkg)
 
     def on_peer_down(self, peer: PeerConn) -> None:
+        self._bitfield_sent.pop(peer.node_id, None)
         uploads = self._uploads.pop(peer.node_id, None)
         if uploads is not None:
             uploads.send.close()
@@ -255,9 +273,61 @@ class Swarm:
             if have is None:
                 return
             bits = have
-        peer.post(Bitfield(pkg.package_id, pkg.nchunks, bits.tobytes()))
+        self._post_bitfield(
+            peer, pkg.package_id, Bitfield(pkg.package_id, pkg.nchunks, bits.tobytes())
+        )
         if pkg.complete:
             peer.post(Complete(pkg.package_id))
+
+    def _post_bitfield(self, peer: PeerConn, package_id: bytes, msg: Bitfield) -> None:
+        peer.post(msg)
+        if peer.node_id in self._uploads:  # a connected peer (not one that just left)
+            sent = self._bitfield_sent.setdefault(peer.node_id, {})
+            sent[package_id] = trio.current_time()
+
+    def _answer_refresh(self, peer: PeerConn, pkg: _Package, bits: bitarray) -> None:
+        """``peer`` sent the very BITFIELD it sent before: it asks for ours again (a stalled
+        download re-examining its sources). Answered at most once per interval per peer
+        and package, so two nodes asking each other cannot ping-pong."""
+        last = self._bitfield_sent.get(peer.node_id, {}).get(pkg.package_id)
+        now = trio.current_time()
+        if last is not None and now - last < DEFAULT_LIMITS.bitfield_refresh_interval:
+            return
+        if self._serving_bits(pkg) is None:
+            return
+        if pkg.seeder is not None:
+            # Start this peer over: what we showed it before is shown again from scratch
+            # (our empty BITFIELD makes its downloader forget it), from its bitfield now.
+            pkg.seeder.on_peer_gone(peer.node_id)
+            pkg.seeder.on_peer_joined(peer.node_id, bits)
+        self._advertise(peer, pkg)
+        if pkg.seeder is not None:
+            self._reveal(pkg, peer)
+
+    def _refresh_sources(self, pkg: _Package) -> None:
+        """A stalled download re-examines its sources (the core's RefreshSources)."""
+        dl = pkg.downloader
+        if dl is None:
+            return
+        now = trio.current_time()
+        # Claims the downloader dropped (a REJECT) come back from what peers advertised ...
+        for nid, bits in pkg.bitfields.items():
+            if nid in self.node.peers:
+                self._run_actions(pkg, dl.on_peer_bitfield(nid, bits, now))
+        # ... and every peer is asked for its bitfield again: our own, unchanged since we
+        # last sent it, is the question (answered with the peer's current one).
+        msg = Bitfield(pkg.package_id, pkg.nchunks, dl.have.tobytes())
+        peers = list(self.node.peers.values())
+        for peer in peers:
+            self._post_bitfield(peer, pkg.package_id, msg)
+        log.info(
+            "download of %s %s stalled at %.1f%%: asking %d peers again",
+            pkg.channel,
+            pkg.version,
+            100 * dl.progress,
+            len(peers),
+        )
+        pkg.poke()
 
     def _reveal_all(self, pkg: _Package) -> None:
         if pkg.seeder is None:
@@ -364,6 +434,7 @@ class Swarm:
             return
         if msg.nchunks != pkg.nchunks:
             raise RemoteProtocolError("bitfield length does not match the package")
+        refresh = pkg.bitfields.get(peer.node_id) == bits
         pkg.bitfields[peer.node_id] = bits
         pkg.table_wake.set()
         if self.on_source is not None and bits.any():
@@ -376,6 +447,8 @@ class Swarm:
                 pkg, pkg.downloader.on_peer_bitfield(peer.node_id, bits, trio.current_time())
             )
             pkg.poke()
+        if refresh:
+            self._answer_refresh(peer, pkg, bits)
         if pkg.seeder is not None:
             if peer.node_id in pkg.seeder.peers():
                 pkg.seeder.on_peer_have(peer.node_id, bits.search(1))
@@ -559,6 +632,7 @@ class Swarm:
             rng=self.rng,
             pipeline_depth=self.options.pipeline_depth,
             request_timeout=self.options.request_timeout,
+            stall_timeout=self.options.stall_timeout,
         )
         pkg.downloader = dl
         if on_started is not None:
@@ -569,7 +643,7 @@ class Swarm:
                 self._run_actions(pkg, dl.on_peer_bitfield(nid, bits, now))
         # Tell everyone what we can serve of it already (possibly nothing).
         for peer in list(self.node.peers.values()):
-            peer.post(Bitfield(pid, pkg.nchunks, dl.have.tobytes()))
+            self._post_bitfield(peer, pid, Bitfield(pid, pkg.nchunks, dl.have.tobytes()))
         return await self._drive(pkg, dl, on_progress)
 
     def _table_matches(self, pkg: _Package, hashes: list[bytes]) -> bool:
@@ -684,6 +758,8 @@ class Swarm:
             self._ban(act.peer, act.reason)
         elif isinstance(act, AnnounceHave):
             pkg.pending_have.extend(act.indices)
+        elif isinstance(act, RefreshSources):
+            self._refresh_sources(pkg)
         elif isinstance(act, (VerifyPackage, Completed, DownloadFailed)):
             pkg.poke()
         elif isinstance(act, WriteChunk):

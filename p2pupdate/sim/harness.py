@@ -61,6 +61,7 @@ from p2pupdate.sim.scenario import (
     BadReleaseFault,
     Kill9Fault,
     LateJoinFault,
+    PublisherKillFault,
     Scenario,
 )
 from p2pupdate.sim.selfupdate import SelfUpdateRun
@@ -171,7 +172,8 @@ class Harness:
         self.authority_host = "127.0.0.1"
         self.authority_port = 0
         self.publishes: list[PublishRecord] = []
-        self.pub_children: dict[str, Child] = {}
+        self.pub_children: list[tuple[PublishRecord, Child]] = []
+        self.republish_due: dict[int, float] = {}  # publication index -> when to run again
         self.faults: list[tuple[Any, FaultRecord]] = []
         self.restart_due: dict[int, float] = {}
         self.adversary: Adversary | None = None
@@ -418,6 +420,8 @@ class Harness:
     def _publish(self, index: int) -> None:
         sc = self.sc
         pub = sc.publications[index]
+        runs = sum(r.version == pub.version for r in self.publishes)
+        name = f"publish-{pub.version}" + (f"-{runs + 1}" if runs else "")
         assert self.key_path is not None
         targets = authority_targets(sc.topology, sc.nodes, sc.authority_peers, sc.late_nodes)
         star = sc.topology == "star"
@@ -442,15 +446,16 @@ class Harness:
             address=f"{self.authority_host}:{self.authority_port}",
         )  # fmt: skip
         child = self.sup.spawn(
-            f"publish-{pub.version}",
+            name,
             argv,
-            log_path=self.out / "logs" / f"publish-{pub.version}.log",
-            stdout_path=self.out / "logs" / f"publish-{pub.version}.out",
+            log_path=self.out / "logs" / f"{name}.log",
+            stdout_path=self.out / "logs" / f"{name}.out",
             env=self._env,
             cwd=self.work,
         )
+        record.log_name = name
         self.publishes.append(record)
-        self.pub_children[pub.version] = child
+        self.pub_children.append((record, child))
         for fault, rec in self.faults:
             if isinstance(fault, BadReleaseFault) and fault.version == pub.version:
                 rec.fired, rec.fired_at = True, record.started
@@ -459,8 +464,9 @@ class Harness:
                     rec.detail = f"{pub.version} is a bad release ({self.su.spec.defect})"
         self.rec.publishes = self.publishes
         peers = ", ".join(self.nodes[j].name for j in targets)
+        again = " again (the same command)" if runs else ""
         self.view.note(
-            f"publishing {pub.version}{'' if pub.healthy else ' (bad release)'} to {peers}"
+            f"publishing {pub.version}{again}{'' if pub.healthy else ' (bad release)'} to {peers}"
         )
 
     def _publish_done(self, record: PublishRecord, child: Child) -> None:
@@ -473,8 +479,10 @@ class Harness:
                 record.bytes_uploaded = int(m.group(1))
         if record.exit_code == 0:
             self.view.note(f"publish {record.version} done: {record.stdout}")
+        elif record.killed:
+            self.view.note(f"publish {record.version} was killed (kill -9)")
         else:
-            log = self.out / "logs" / f"publish-{record.version}.log"
+            log = self.out / "logs" / f"{record.log_name}.log"
             self.view.note(
                 f"publish {record.version} exited with {record.exit_code}: {_last_line(log)}"
             )
@@ -498,6 +506,11 @@ class Harness:
                 self._publish(published)
                 published += 1
             self._late_joins(now, published)
+            for i, due in list(self.republish_due.items()):
+                if now >= due:
+                    del self.republish_due[i]
+                    self._publish(i)
+                    self._publisher_restarted(i)
             for i, due in list(self.restart_due.items()):
                 if now >= due:
                     del self.restart_due[i]
@@ -531,18 +544,17 @@ class Harness:
 
     def _publishers_running(self) -> bool:
         """Whether a publish process has not exited yet (its exit code is not known)."""
-        return any(
-            record.ended is None and self.pub_children[record.version].alive()
-            for record in self.publishes
-        )
+        return any(record.ended is None and child.alive() for record, child in self.pub_children)
 
     def _failed_publication(self, now: float) -> str:
         """Why the run cannot go on: a publish that failed before anyone heard of it."""
         for record in self.publishes:
             if record.exit_code in (None, 0) or record.ended is None or now < record.ended + 3.0:
                 continue
+            if record.killed:
+                continue
             if not any(t.first("announcement_received", record.version) for t in self.tracks):
-                log = self.out / "logs" / f"publish-{record.version}.log"
+                log = self.out / "logs" / f"{record.log_name}.log"
                 return (
                     f"publish {record.version} failed (exit {record.exit_code}) and no node "
                     f"received its announcement: {_last_line(log)}"
@@ -566,6 +578,42 @@ class Harness:
                 self.view.event(track, ev)
                 if ev.get("event") == "download_progress":
                     self._maybe_kill(spec, track)
+                    self._maybe_kill_publisher()
+
+    def _maybe_kill_publisher(self) -> None:
+        """kill_publisher: SIGKILL a running publish once the furthest node is far enough."""
+        furthest = max((t.progress for t in self.tracks), default=0.0)
+        for fault, rec in self.faults:
+            if not isinstance(fault, PublisherKillFault) or rec.fired:
+                continue
+            if not furthest >= fault.at_progress or furthest >= 1.0:
+                continue
+            running = [
+                (r, c) for r, c in self.pub_children if r.version == fault.version and c.alive()
+            ]
+            if not running:
+                continue
+            record, child = running[-1]
+            self.sup.kill9(child)
+            record.killed = True
+            self._publish_done(record, child)  # reaped by kill9: noted now, not at the end
+            rec.fired, rec.fired_at, rec.progress_at_kill = True, time.time(), furthest
+            rec.detail = f"publish {fault.version} killed at {100 * furthest:.0f}% (furthest node)"
+            index = next(
+                i for i, p in enumerate(self.sc.publications) if p.version == fault.version
+            )
+            self.republish_due[index] = time.time() + fault.restart_after
+            self.view.note(
+                f"kill -9 publish {fault.version} with the furthest node at "
+                f"{100 * furthest:.0f}%; the same publish again in {fault.restart_after:g}s"
+            )
+
+    def _publisher_restarted(self, index: int) -> None:
+        version = self.sc.publications[index].version
+        for fault, rec in self.faults:
+            if isinstance(fault, PublisherKillFault) and fault.version == version:
+                rec.restarted_at = time.time()
+                rec.detail += "; published again"
 
     def _maybe_kill(self, spec: _NodeSpec, track: NodeTrack) -> None:
         for fault, rec in self.faults:
@@ -630,9 +678,8 @@ class Harness:
 
     def _reap(self) -> None:
         for child in self.sup.reap():
-            for version, pchild in self.pub_children.items():
+            for record, pchild in self.pub_children:
                 if pchild is child:
-                    record = next(r for r in self.publishes if r.version == version)
                     self._publish_done(record, child)
             for index, nchild in self.children.items():
                 if nchild is child and index not in self.killed:
@@ -662,8 +709,12 @@ class Harness:
                     track = self.tracks[fault.node]
                     if track.settled(self.sc.final_publication.version):
                         continue
+                if isinstance(fault, PublisherKillFault):
+                    final = self.sc.final_publication.version
+                    if all(t.settled(final) for t in self.tracks):
+                        continue
                 return False
-        if self.restart_due:
+        if self.restart_due or self.republish_due:
             return False
         final = self.sc.final_publication.version
         for spec, track in zip(self.nodes, self.tracks, strict=True):
@@ -740,9 +791,9 @@ class Harness:
                     self.net.teardown()
             finally:
                 try:
-                    for record in self.publishes:
+                    for record, child in self.pub_children:
                         if record.ended is None:
-                            self._publish_done(record, self.pub_children[record.version])
+                            self._publish_done(record, child)
                     self._poll_events()
                     for spec, track in zip(self.nodes, self.tracks, strict=True):
                         if self.su is None:

@@ -54,6 +54,8 @@ class PublishRecord:
     stdout: str = ""
     bytes_uploaded: int | None = None
     address: str = ""
+    log_name: str = ""  # logs/NAME.log and .out (a re-run of one version gets "-2", ...)
+    killed: bool = False  # SIGKILLed by a kill_publisher fault
 
 
 @dataclass

@@ -21,7 +21,7 @@ import importlib.resources
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ __all__ = [
     "Kill9Fault",
     "LateJoinFault",
     "Publication",
+    "PublisherKillFault",
     "Scenario",
     "SelfUpdate",
     "load_scenario",
@@ -54,7 +55,7 @@ __all__ = [
 
 TOPOLOGIES = ("ring", "random-k", "star")
 NETWORKS = ("loopback", "netns")
-FAULT_KINDS = ("kill9", "late_join", "adversary", "bad_release")
+FAULT_KINDS = ("kill9", "late_join", "adversary", "bad_release", "kill_publisher")
 SELF_UPDATE_DEFECTS = ("crash", "noimport")
 ADVERSARY_MODES = ("bad-chunks", "bad-tables")
 # One /24 per run in netns mode: .1 is the bridge, .2 the authority, then nodes.
@@ -110,7 +111,19 @@ class BadReleaseFault:
     kind: str = "bad_release"
 
 
-Fault = Kill9Fault | LateJoinFault | AdversaryFault | BadReleaseFault
+@dataclass(frozen=True)
+class PublisherKillFault:
+    """SIGKILL the ``publish`` of ``version`` once the furthest node's download passes
+    ``at_progress``; run the very same ``publish`` command again ``restart_after`` s later
+    (an operator whose terminal died). None: the first publication."""
+
+    at_progress: float
+    restart_after: float
+    version: str | None = None
+    kind: str = "kill_publisher"
+
+
+Fault = Kill9Fault | LateJoinFault | AdversaryFault | BadReleaseFault | PublisherKillFault
 
 
 @dataclass(frozen=True)
@@ -414,6 +427,13 @@ def _parse_fault(table: object, where: str, nodes: int) -> Fault:
             fault = LateJoinFault(node, r.float_("at", 0.0, 0.0, 86400.0))
     elif kind == "adversary":
         fault = AdversaryFault(r.str_("mode", "bad-chunks", ADVERSARY_MODES))
+    elif kind == "kill_publisher":
+        at_progress = r.float_("at_progress", 0.4, 0.0, 1.0)
+        if at_progress is None or not 0.0 < at_progress < 1.0:
+            raise r.fail("at_progress", "must be strictly between 0 and 1")
+        restart_after = r.float_("restart_after", 1.0, 0.0, 3600.0) or 0.0
+        version = _version(r, "version", "") if r.has("version") else None
+        fault = PublisherKillFault(at_progress, restart_after, version)
     else:
         fault = BadReleaseFault(_version(r, "version", ""))
     r.done()
@@ -508,6 +528,14 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
             raise pr.fail("at", "publications must be in time order")
         previous, last_at = semver.Version.parse(version), at
         pubs.append(Publication(version, at, healthy=version not in bad_versions))
+    for f in faults:
+        if isinstance(f, PublisherKillFault) and f.version is None:
+            faults = tuple(replace(x, version=pubs[0].version) if x is f else x for x in faults)
+    killed_pubs = [f.version for f in faults if isinstance(f, PublisherKillFault)]
+    if len(set(killed_pubs)) != len(killed_pubs):
+        raise r.fail("faults", "one kill_publisher per publication at most")
+    if set(killed_pubs) - {p.version for p in pubs}:
+        raise r.fail("faults", "kill_publisher names no publication")
     unknown_bad = bad_versions - {p.version for p in pubs}
     if unknown_bad:
         raise r.fail(

@@ -20,6 +20,7 @@ from p2pupdate.sim.scenario import (
     BadReleaseFault,
     Kill9Fault,
     LateJoinFault,
+    PublisherKillFault,
     load_scenario,
     parse_scenario,
     shipped_scenarios,
@@ -40,6 +41,7 @@ SHIPPED = {
     "centralized-baseline",
     "self-update",
     "bad-self-update",
+    "publisher-restart",
 }
 
 
@@ -77,6 +79,8 @@ def test_shipped_scenarios_say_what_they_show() -> None:
     assert load_scenario("bandwidth-limited").upload_limit == 8 * 1024 * 1024
     netns = load_scenario("bandwidth-limited-netns")
     assert netns.network == "netns" and netns.upload_limit == 8 * 1024 * 1024
+    restart = load_scenario("publisher-restart").faults_of(PublisherKillFault)
+    assert restart and restart[0].version == "2.0.0" and 0 < restart[0].at_progress < 1
     star = load_scenario("centralized-baseline")
     assert star.topology == "star" and star.replicas == star.nodes
 
@@ -134,6 +138,13 @@ def test_defaults_and_units() -> None:
         (_raw(faults=[{"kind": "kill9", "node": 1, "at_progress": 1.0}]), "strictly between"),
         (_raw(faults=[{"kind": "adversary", "mode": "nice"}]), "mode: expected one of"),
         (_raw(faults=[{"kind": "bad_release", "version": "9.0.0"}]), "names no publication"),
+        (_raw(faults=[{"kind": "kill_publisher", "at_progress": 0}]), "strictly between"),
+        (_raw(faults=[{"kind": "kill_publisher", "version": "9.0.0"}]), "names no publication"),
+        (
+            _raw(faults=[{"kind": "kill_publisher"}, {"kind": "kill_publisher"}]),
+            "one kill_publisher per publication",
+        ),
+        (_raw(faults=[{"kind": "kill_publisher", "node": 1}]), "unknown key(s): node"),
         (
             _raw(faults=[{"kind": "late_join", "node": i} for i in range(4)]),
             "at least one node must start",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -130,6 +131,31 @@ def test_sim_interrupted_download_small(tmp_path: Path) -> None:
     assert killed["restarts"] == 1
     assert killed["final_version"] == "2.0.0"
     assert expectation(report, "resumed")["ok"]
+
+
+def test_sim_publisher_restart_small(tmp_path: Path) -> None:
+    proc, report = run_sim(
+        tmp_path,
+        "publisher-restart",
+        nodes=4,
+        package_size="4MiB",
+        upload_limit="1MiB/s",
+        timeout=90,
+        faults=[{"kind": "kill_publisher", "at_progress": 0.3, "restart_after": 1.0}],
+    )
+    assert_passed(proc, report)
+    fault = report["faults"][0]
+    assert fault["fired"] and fault["restarted_at"] is not None
+    assert 0.3 <= fault["progress_at_kill"] < 1.0
+    first, second = report["publish_runs"]
+    assert first["killed"] and first["exit_code"] != 0
+    assert second["exit_code"] == 0 and not second["killed"]
+    # The second publish counted what the swarm held and uploaded about the rest.
+    held, total = map(int, re.findall(r"swarm held (\d+) of (\d+) chunks", second["stdout"])[0])
+    assert total == 64 and 0 < held < total
+    assert second["bytes_uploaded"] >= (total - held - 1) * 65536
+    assert second["bytes_uploaded"] < 4 * 1024 * 1024
+    assert all(n["final_version"] == "2.0.0" for n in report["nodes"])
 
 
 def test_sim_corrupt_peer_small(tmp_path: Path) -> None:

@@ -112,7 +112,7 @@ async def test_an_honest_replica_counts_and_a_liar_beside_it_does_not(
         rc, _ = await run_publish(tmp_path, [liar, good], replicas=1, timeout=60)
         assert rc == 0
         out = capsys.readouterr().out
-        assert "1 replicas; uploaded" in out
+        assert "1 replicas;" in out and "; uploaded " in out
         uploaded = int(out.split("uploaded ")[1].split()[0])
         assert uploaded >= SIZE  # the honest peer's copy came from the publisher
         # Two replicas cannot be reached: the liar never proves possession.

@@ -91,6 +91,7 @@ async def running(
     )
     store = DiskStore(tmp / "data" / "store")
     swarm = Swarm(node, store)
+
     def emit(name: str, fields: dict[str, Any]) -> None:
         events.emit(name, **fields)
 
