@@ -20,8 +20,8 @@ import trio.lowlevel
 
 from p2pupdate.core.announcement import AnnouncementBody, sign_announcement
 from p2pupdate.core.policy import TrustConfig
-from p2pupdate.shell.node import Node, NodeOptions
-from p2pupdate.shell.transport import TcpTransport
+from p2pupdate.shell.net.node import Node, NodeOptions
+from p2pupdate.shell.net.transport import TcpTransport
 
 AUTHORITY = nacl.signing.SigningKey(b"\x05" * 32)
 

@@ -27,7 +27,7 @@ import blake3
 
 from p2pupdate.core.codec import FrameDecoder, encode
 from p2pupdate.core.messages import Chunk
-from p2pupdate.shell.content import DEFAULT_BUFFER_SIZE, hash_file
+from p2pupdate.shell.transfer.content import DEFAULT_BUFFER_SIZE, hash_file
 
 MiB = 1024 * 1024
 

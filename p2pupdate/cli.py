@@ -317,23 +317,23 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "pubkey":
         return _cmd_pubkey(args)
     if cmd == "node":
-        from p2pupdate.shell.nodecmd import run_node_command
+        from p2pupdate.commands.nodecmd import run_node_command
 
         return run_node_command(args)
     if cmd == "publish":
-        from p2pupdate.shell.publish import run_publish_command
+        from p2pupdate.commands.publish import run_publish_command
 
         return run_publish_command(args)
     if cmd in ("status", "apply", "rollback", "quarantine", "versions"):
-        from p2pupdate.shell.controlcmd import run_control_command
+        from p2pupdate.commands.controlcmd import run_control_command
 
         return run_control_command(args)
     if cmd == "release":
-        from p2pupdate.selfupdate.commands import run_release_command
+        from p2pupdate.commands.selfupdatecmd import run_release_command
 
         return run_release_command(args)
     if cmd == "self":
-        from p2pupdate.selfupdate.commands import run_self_command
+        from p2pupdate.commands.selfupdatecmd import run_self_command
 
         return run_self_command(args)
     if cmd == "sim":

@@ -97,3 +97,98 @@ def test_checker_catches(source: str) -> None:
 )
 def test_checker_allows(source: str) -> None:
     assert violations(source) == []
+
+
+# ---------------------------------------------------------------- the layers
+#
+# Each module belongs to a layer; it may import from its own package (a folder) and
+# from layers below its own, never from its own layer's other packages or from above.
+# So the tree shows the architecture and no arrow runs back up:
+#   base (config, errors) < core < shell base < shell.net < shell.transfer, shell.install
+#   < shell wiring (agent, nodeconfig) < selfupdate < commands, sim < cli
+
+PACKAGE_DIR = CORE_DIR.parent
+LAYERS: dict[str, int] = {
+    "p2pupdate": 0,  # __init__: the version only
+    "p2pupdate.config": 0,
+    "p2pupdate.errors": 0,
+    "p2pupdate.core": 1,
+    "p2pupdate.shell": 2,  # the shell's base modules (files, events, control socket, ...)
+    "p2pupdate.shell.net": 3,
+    "p2pupdate.shell.transfer": 4,
+    "p2pupdate.shell.install": 4,
+    "p2pupdate.shell.agent": 5,
+    "p2pupdate.shell.nodeconfig": 5,
+    "p2pupdate.selfupdate": 6,
+    "p2pupdate.commands": 7,
+    "p2pupdate.sim": 7,
+    "p2pupdate.cli": 8,
+    "p2pupdate.__main__": 9,
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer_of(module: str) -> tuple[str, int]:
+    """The most specific entry of LAYERS that ``module`` falls under: (its key, rank)."""
+    best = max((k for k in LAYERS if module == k or module.startswith(k + ".")), key=len)
+    return best, LAYERS[best]
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] == "p2pupdate":
+                # `from p2pupdate.shell import events` imports p2pupdate.shell.events.
+                found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "p2pupdate"}
+    return found
+
+
+def _target_module(name: str) -> str:
+    """``p2pupdate.shell.net.node.Node`` -> the module ``p2pupdate.shell.net.node``."""
+    parts = name.split(".")
+    while parts:
+        candidate = PACKAGE_DIR.parent.joinpath(*parts)
+        if candidate.with_suffix(".py").is_file() or (candidate / "__init__.py").is_file():
+            return ".".join(parts)
+        parts.pop()
+    return name
+
+
+ALL_MODULES = sorted(PACKAGE_DIR.rglob("*.py"))
+
+
+def layer_violations(me: str, imports: set[str]) -> list[str]:
+    """Every import of module ``me`` that goes sideways or up the layers."""
+    my_key, my_rank = _layer_of(me)
+    bad = []
+    for name in sorted(imports):
+        target = _target_module(name)
+        key, rank = _layer_of(target)
+        if key != my_key and rank >= my_rank:
+            bad.append(f"{me} ({my_key}) imports {target} ({key})")
+    return bad
+
+
+@pytest.mark.parametrize("path", ALL_MODULES, ids=lambda p: str(p.relative_to(PACKAGE_DIR)))
+def test_imports_only_go_down_the_layers(path: Path) -> None:
+    assert layer_violations(_module_name(path), _imports(path)) == []
+
+
+def test_layer_check_catches_arrows_up_and_sideways() -> None:
+    assert _target_module("p2pupdate.shell.net.node.Node") == "p2pupdate.shell.net.node"
+    # shell importing selfupdate (the old cycle), and core importing the shell: up.
+    assert layer_violations("p2pupdate.shell.agent", {"p2pupdate.selfupdate.manager"})
+    assert layer_violations("p2pupdate.core.policy", {"p2pupdate.shell.fsutil"})
+    # Two packages of one layer must not lean on each other: sideways.
+    assert layer_violations("p2pupdate.shell.install.targets", {"p2pupdate.shell.transfer.store"})
+    assert layer_violations("p2pupdate.sim.harness", {"p2pupdate.commands.nodecmd"})
+    # Down, or inside one's own package: fine.
+    assert not layer_violations("p2pupdate.commands.nodecmd", {"p2pupdate.selfupdate.manager"})
+    assert not layer_violations("p2pupdate.shell.net.node", {"p2pupdate.shell.net.peer.Connection"})

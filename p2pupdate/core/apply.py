@@ -1,7 +1,7 @@
 """Pure decisions of the applicator: what to install, when to retry, when to give up.
 
 Nothing here touches a file, a process or a clock. The shell
-(:mod:`p2pupdate.shell.applicator`, :mod:`p2pupdate.shell.sentinel`) asks these
+(:mod:`p2pupdate.shell.install.applicator`, :mod:`p2pupdate.shell.install.sentinel`) asks these
 functions and state machines what to do, carries it out, and feeds the
 results back in, with ``now`` passed as a number.
 

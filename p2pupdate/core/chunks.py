@@ -121,7 +121,7 @@ class ChunkHasher:
 
     Only the chunk hashes are computed here; the whole-package BLAKE3 (the
     package id) is a second pass the caller may run in another thread over
-    the same pieces (see ``p2pupdate.shell.content``), or let
+    the same pieces (see ``p2pupdate.shell.transfer.content``), or let
     :meth:`feed_whole` do it inline.
     """
 

@@ -51,13 +51,14 @@ from p2pupdate.core.announcement import validate_version
 from p2pupdate.core.selfupdate import retention
 from p2pupdate.errors import ApplyError, StateFileError
 from p2pupdate.selfupdate.release import ReleaseManifest, open_release
+from p2pupdate.shell.faults import fault
 from p2pupdate.shell.fsutil import (
     atomic_write_bytes,
     fsync_dir,
     pid_alive,
     read_json_file,
 )
-from p2pupdate.shell.targets import fault, make_symlink_live
+from p2pupdate.shell.install.targets import make_symlink_live
 
 __all__ = [
     "DEFAULT_BOOT_ATTEMPTS",

@@ -62,7 +62,7 @@ from p2pupdate.core.selfupdate import (
 from p2pupdate.errors import ApplyError, StateFileError
 from p2pupdate.selfupdate import install as inst
 from p2pupdate.selfupdate.release import platform_channel
-from p2pupdate.shell.targets import fault
+from p2pupdate.shell.faults import fault
 from p2pupdate.shell.tmpdirs import node_tmp_dir
 
 __all__ = [
@@ -154,10 +154,18 @@ class SelfUpdater:
         # nothing behind in the system's temp dir.
         self._tmp = Path(tempfile.mkdtemp(prefix="self-", dir=node_tmp_dir(data_dir)))
 
-    def attach(self, swarm: Any, node_id: bytes) -> None:
-        """Give the updater the swarm (to export a downloaded release) and the node id."""
+    def attach(
+        self,
+        swarm: Any,
+        node_id: bytes,
+        emit: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        """Give the updater the swarm (to export a downloaded release), the node id and,
+        once the node's events file is open, where its events go from now on."""
         self._swarm = swarm
         self.node_id = node_id
+        if emit is not None:
+            self._emit = emit
 
     # -- deciding -------------------------------------------------------------------
     def handles(self, channel: str) -> bool:

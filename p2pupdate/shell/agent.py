@@ -1,6 +1,6 @@
 """The agent: what a node does with an accepted announcement.
 
-It joins the gossip layer (``shell.node``), the swarm (``shell.swarm``) and
+It joins the gossip layer (``shell.net.node``), the swarm (``shell.transfer.swarm``) and
 the applicator (``shell.applicator``): for an announcement that concerns one
 of its targets it runs the act decision (``core.policy.act_decision`` plus the
 applicator's own refusals), downloads, and applies (or waits for
@@ -39,11 +39,11 @@ from p2pupdate.core.policy import act_decision, valid_now
 from p2pupdate.core.retry import FREE_SPACE, NEW_SOURCE, Backoff, Retry, decide, reason_kind
 from p2pupdate.core.store import PIN_IN_PROGRESS, PIN_INSTALLED, PIN_NEWEST, CacheIndex
 from p2pupdate.errors import DiskFullError, P2PUpdateError
-from p2pupdate.shell.applicator import Applicator, TargetSpec
 from p2pupdate.shell.events import EventLog
-from p2pupdate.shell.node import Node, PeerConn
-from p2pupdate.shell.swarm import Swarm
+from p2pupdate.shell.install.applicator import Applicator, TargetSpec
+from p2pupdate.shell.net.node import Node, PeerConn
 from p2pupdate.shell.tmpdirs import node_tmp_dir
+from p2pupdate.shell.transfer.swarm import Swarm
 
 __all__ = ["Agent", "AgentOptions", "SelfUpdateHook"]
 

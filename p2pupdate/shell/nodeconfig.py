@@ -72,10 +72,10 @@ from p2pupdate.core.announcement import validate_channel, validate_version
 from p2pupdate.core.keys import parse_pubkey
 from p2pupdate.core.units import parse_duration, parse_rate, parse_size
 from p2pupdate.errors import UsageError
-from p2pupdate.shell.applicator import TargetSpec
 from p2pupdate.shell.datadir import resolve_data_dir
 from p2pupdate.shell.events import LOG_LEVELS
 from p2pupdate.shell.fsutil import read_bytes_limited
+from p2pupdate.shell.install.applicator import TargetSpec
 
 __all__ = [
     "CONFIG_KEYS",

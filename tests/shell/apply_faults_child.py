@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from p2pupdate.shell.applicator import Applicator, TargetSpec
+from p2pupdate.shell.install.applicator import Applicator, TargetSpec
 
 __all__ = ["main"]
 

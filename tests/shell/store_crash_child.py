@@ -20,7 +20,7 @@ import trio
 from bitarray.util import zeros
 
 from p2pupdate.core.chunks import hash_chunk
-from p2pupdate.shell.store import CHUNK_SIZE, DiskStore
+from p2pupdate.shell.transfer.store import CHUNK_SIZE, DiskStore
 
 __all__ = ["make_chunks", "package_of"]
 

@@ -13,12 +13,12 @@ import trio
 from p2pupdate.core.announcement import Announcement, AnnouncementBody, sign_announcement
 from p2pupdate.core.chunks import ContentInfo
 from p2pupdate.core.policy import TrustConfig
-from p2pupdate.shell.memstore import MemoryStore
-from p2pupdate.shell.node import Node, NodeOptions
-from p2pupdate.shell.peer import Timeouts
-from p2pupdate.shell.store import ChunkStore
-from p2pupdate.shell.swarm import Swarm, SwarmOptions
-from p2pupdate.shell.transport import TcpTransport, Transport
+from p2pupdate.shell.net.node import Node, NodeOptions
+from p2pupdate.shell.net.peer import Timeouts
+from p2pupdate.shell.net.transport import TcpTransport, Transport
+from p2pupdate.shell.transfer.memstore import MemoryStore
+from p2pupdate.shell.transfer.store import ChunkStore
+from p2pupdate.shell.transfer.swarm import Swarm, SwarmOptions
 from tests.helpers import content_of
 
 AUTHORITY = nacl.signing.SigningKey(b"\x07" * 32)

@@ -8,12 +8,12 @@ import nacl.signing
 import trio
 
 from p2pupdate.shell.agent import Agent, AgentOptions
-from p2pupdate.shell.applicator import Applicator
 from p2pupdate.shell.events import EventLog
-from p2pupdate.shell.memstore import MemoryStore
-from p2pupdate.shell.node import Node, NodeOptions
-from p2pupdate.shell.swarm import Swarm
-from p2pupdate.shell.transport import MemoryNetwork
+from p2pupdate.shell.install.applicator import Applicator
+from p2pupdate.shell.net.node import Node, NodeOptions
+from p2pupdate.shell.net.transport import MemoryNetwork
+from p2pupdate.shell.transfer.memstore import MemoryStore
+from p2pupdate.shell.transfer.swarm import Swarm
 from tests.helpers import content_of, make_announcement
 from tests.shell.test_gossip import AUTHORITY, TRUST
 
@@ -59,7 +59,7 @@ async def test_lru_unpinned_packages_are_evicted_and_the_newest_is_kept(tmp_path
 async def test_corrupt_cached_package_is_dropped_at_start_and_fetched_again(
     tmp_path: Path,
 ) -> None:
-    from p2pupdate.shell.store import DiskStore
+    from p2pupdate.shell.transfer.store import DiskStore
     from tests.shell.swarm_helpers import package, seed_with, start_peer, wait_connected
 
     data, info, ann = package(20 * 65536 + 9, seed=8)

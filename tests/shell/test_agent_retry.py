@@ -20,14 +20,14 @@ import trio
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.chunks import ContentInfo
 from p2pupdate.errors import DiskFullError
-from p2pupdate.shell import targets
 from p2pupdate.shell.agent import Agent, AgentOptions
-from p2pupdate.shell.applicator import Applicator, TargetSpec
 from p2pupdate.shell.events import EventLog
-from p2pupdate.shell.memstore import MemoryStore
-from p2pupdate.shell.store import ChunkStore, DiskOps, DiskStore
-from p2pupdate.shell.swarm import SwarmOptions
-from p2pupdate.shell.transport import MemoryNetwork
+from p2pupdate.shell.install import targets
+from p2pupdate.shell.install.applicator import Applicator, TargetSpec
+from p2pupdate.shell.net.transport import MemoryNetwork
+from p2pupdate.shell.transfer.memstore import MemoryStore
+from p2pupdate.shell.transfer.store import ChunkStore, DiskOps, DiskStore
+from p2pupdate.shell.transfer.swarm import SwarmOptions
 from tests.helpers import content_of, make_announcement
 from tests.shell.swarm_helpers import AUTHORITY, Peer, package, seed_with, start_peer
 

@@ -13,10 +13,10 @@ import trio
 
 from p2pupdate.core import apply as core
 from p2pupdate.errors import DiskFullError
-from p2pupdate.shell import targets
-from p2pupdate.shell.applicator import Applicator, TargetSpec
-from p2pupdate.shell.applystate import StateStore
-from p2pupdate.shell.healthcheck import OUTPUT_LIMIT, run_command
+from p2pupdate.shell.install import targets
+from p2pupdate.shell.install.applicator import Applicator, TargetSpec
+from p2pupdate.shell.install.applystate import StateStore
+from p2pupdate.shell.install.healthcheck import OUTPUT_LIMIT, run_command
 from tests.shell.apply_helpers import Events, alive, app_script, dead_soon, make_package, read_pid
 
 CHANNEL = "app/stable"

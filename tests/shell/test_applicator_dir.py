@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from p2pupdate.core import apply as core
-from p2pupdate.shell.applicator import Applicator, TargetSpec
+from p2pupdate.shell.install.applicator import Applicator, TargetSpec
 from tests.shell.apply_helpers import Events, make_package, make_tar
 
 CHANNEL = "svc/stable"
@@ -148,7 +148,7 @@ async def test_hostile_archive_is_refused_and_writes_nothing_outside(
 @pytest.mark.parametrize("name", ["link_chain", "link_chain_reversed"])
 def test_a_symlink_chain_is_refused_before_anything_is_unpacked(tmp_path: Path, name: str) -> None:
     from p2pupdate.errors import ApplyError
-    from p2pupdate.shell.targets import extract_release
+    from p2pupdate.shell.install.targets import extract_release
 
     archive = tmp_path / "chain.tar"
     archive.write_bytes(HOSTILE[name])

@@ -21,8 +21,8 @@ import pytest
 import trio
 
 from p2pupdate.core import apply as core
-from p2pupdate.shell.applicator import Applicator, TargetSpec
-from p2pupdate.shell.targets import FAULT_ENV, FAULT_POINTS
+from p2pupdate.shell.faults import FAULT_ENV, FAULT_POINTS
+from p2pupdate.shell.install.applicator import Applicator, TargetSpec
 from tests.shell.apply_helpers import (
     BIG_PADDING,
     Events,

@@ -13,7 +13,7 @@ import pytest
 
 from p2pupdate.core import apply as core
 from p2pupdate.errors import ApplyError
-from p2pupdate.shell.sentinel import EXIT_ROLLED_BACK, BootSentinel
+from p2pupdate.shell.install.sentinel import EXIT_ROLLED_BACK, BootSentinel
 from tests.shell.apply_helpers import Events, app_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -176,7 +176,7 @@ def test_corrupt_sentinel_is_cleared_never_fatal(node: Node, content: bytes | No
 _BOOT = """
 import sys
 from pathlib import Path
-from p2pupdate.shell.sentinel import BootSentinel
+from p2pupdate.shell.install.sentinel import BootSentinel
 outcome = BootSentinel(Path(sys.argv[1]), Path(sys.argv[2]), boot_attempts=3).on_boot("2.0.0")
 print(outcome.action, outcome.attempt)
 sys.exit(outcome.exit_code or 70)  # 70: this boot 'crashes' after counting

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from p2pupdate.config import Limits
 from p2pupdate.core.chunks import ChunkHasher, ContentInfo
 from p2pupdate.errors import UsageError
-from p2pupdate.shell.content import DEFAULT_BUFFER_SIZE, hash_file, hash_file_async
+from p2pupdate.shell.transfer.content import DEFAULT_BUFFER_SIZE, hash_file, hash_file_async
 
 CS = 65536
 

@@ -14,10 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pupdate.cli import main
+from p2pupdate.commands.controlcmd import format_status
+from p2pupdate.commands.versionscmd import quarantine_rows, version_states
 from p2pupdate.shell.control import serve_control, write_status_snapshot
-from p2pupdate.shell.controlcmd import format_status
 from p2pupdate.shell.datadir import default_data_dir, resolve_data_dir
-from p2pupdate.shell.versionscmd import quarantine_rows, version_states
 
 STATUS: dict[str, Any] = {
     "node_id": "ed25519:ab12",

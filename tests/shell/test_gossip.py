@@ -12,9 +12,9 @@ import pytest
 import trio
 
 from p2pupdate.core.policy import TrustConfig
-from p2pupdate.shell.node import Node, NodeOptions
-from p2pupdate.shell.peer import Timeouts
-from p2pupdate.shell.transport import MemoryNetwork, TcpTransport, Transport
+from p2pupdate.shell.net.node import Node, NodeOptions
+from p2pupdate.shell.net.peer import Timeouts
+from p2pupdate.shell.net.transport import MemoryNetwork, TcpTransport, Transport
 from tests.helpers import make_announcement
 
 AUTHORITY = nacl.signing.SigningKey(b"\x01" * 32)

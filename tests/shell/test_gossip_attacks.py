@@ -18,11 +18,11 @@ from p2pupdate.core.codec import encode
 from p2pupdate.core.messages import PROTOCOL_VERSION, Announce, Hello
 from p2pupdate.core.policy import TrustConfig
 from p2pupdate.shell.agent import Agent, AgentOptions
-from p2pupdate.shell.applicator import Applicator, TargetSpec
 from p2pupdate.shell.events import EventLog
-from p2pupdate.shell.memstore import MemoryStore
-from p2pupdate.shell.node import Node
-from p2pupdate.shell.swarm import Swarm
+from p2pupdate.shell.install.applicator import Applicator, TargetSpec
+from p2pupdate.shell.net.node import Node
+from p2pupdate.shell.transfer.memstore import MemoryStore
+from p2pupdate.shell.transfer.swarm import Swarm
 from tests.helpers import make_announcement
 from tests.shell.test_gossip import AUTHORITY, line, running_nodes, tcp_factory, wait_all
 

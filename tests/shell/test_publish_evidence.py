@@ -14,11 +14,11 @@ import pytest
 import trio
 
 from p2pupdate.cli import build_parser
+from p2pupdate.commands.publish import PublishTimeout, _check_args, _publish
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.messages import Bitfield, Chunk, Complete, Message, Request
 from p2pupdate.shell.keyfile import write_secret_key
-from p2pupdate.shell.node import PeerConn
-from p2pupdate.shell.publish import PublishTimeout, _check_args, _publish
+from p2pupdate.shell.net.node import PeerConn
 from tests.shell.swarm_helpers import AUTHORITY, Peer, start_peer
 
 SIZE = 9 * 65536 + 17

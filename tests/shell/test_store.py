@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from p2pupdate.core.chunks import chunk_count, hash_chunk
 from p2pupdate.errors import DiskFullError, StateFileError
 from p2pupdate.shell.fsutil import atomic_write_bytes
-from p2pupdate.shell.memstore import ContentMemo, MemoryStore
-from p2pupdate.shell.store import CHUNK_SIZE, ChunkStore, DiskOps, DiskStore
+from p2pupdate.shell.transfer.memstore import ContentMemo, MemoryStore
+from p2pupdate.shell.transfer.store import CHUNK_SIZE, ChunkStore, DiskOps, DiskStore
 
 # Sizes chosen so that the last chunk is short: the edge cases live there.
 SIZE = 5 * CHUNK_SIZE + 1234

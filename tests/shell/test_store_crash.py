@@ -19,7 +19,7 @@ from pathlib import Path
 
 from p2pupdate.core.bitmapfile import decode_bitmap
 from p2pupdate.core.chunks import hash_chunk
-from p2pupdate.shell.store import CHUNK_SIZE
+from p2pupdate.shell.transfer.store import CHUNK_SIZE
 from tests.shell.store_crash_child import make_chunks, package_of
 
 CHILD = Path(__file__).with_name("store_crash_child.py")

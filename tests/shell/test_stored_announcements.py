@@ -24,12 +24,12 @@ import trio
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.policy import TrustConfig
 from p2pupdate.shell.agent import Agent, AgentOptions
-from p2pupdate.shell.applicator import Applicator, TargetSpec
 from p2pupdate.shell.events import EventLog
-from p2pupdate.shell.node import Node, NodeOptions
-from p2pupdate.shell.store import DiskStore
-from p2pupdate.shell.swarm import Swarm
-from p2pupdate.shell.transport import MemoryNetwork
+from p2pupdate.shell.install.applicator import Applicator, TargetSpec
+from p2pupdate.shell.net.node import Node, NodeOptions
+from p2pupdate.shell.net.transport import MemoryNetwork
+from p2pupdate.shell.transfer.store import DiskStore
+from p2pupdate.shell.transfer.swarm import Swarm
 from tests.helpers import content_of, make_announcement
 from tests.shell.apply_helpers import app_script
 

@@ -8,9 +8,9 @@ import trio
 
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.chunks import ContentInfo, chunk_length
-from p2pupdate.shell.memstore import MemoryStore
-from p2pupdate.shell.store import DiskStore
-from p2pupdate.shell.swarm import SwarmOptions
+from p2pupdate.shell.transfer.memstore import MemoryStore
+from p2pupdate.shell.transfer.store import DiskStore
+from p2pupdate.shell.transfer.swarm import SwarmOptions
 from tests.shell.swarm_helpers import (
     Peer,
     package,

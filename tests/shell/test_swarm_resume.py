@@ -10,8 +10,8 @@ from __future__ import annotations
 import trio
 
 from p2pupdate.core.announcement import Announcement
-from p2pupdate.shell.memstore import MemoryStore
-from p2pupdate.shell.swarm import SwarmOptions
+from p2pupdate.shell.transfer.memstore import MemoryStore
+from p2pupdate.shell.transfer.swarm import SwarmOptions
 from tests.shell.swarm_helpers import (
     Peer,
     package,
@@ -245,8 +245,8 @@ async def test_an_unchanged_bitfield_is_answered_at_most_once_per_interval(
 
     from p2pupdate.config import DEFAULT_LIMITS
     from p2pupdate.core.messages import Bitfield, Message
-    from p2pupdate.shell.node import PeerConn
-    from p2pupdate.shell.transport import MemoryNetwork
+    from p2pupdate.shell.net.node import PeerConn
+    from p2pupdate.shell.net.transport import MemoryNetwork
 
     data, info, ann = package(20 * 65536, seed=10)
     pid = info.package_id

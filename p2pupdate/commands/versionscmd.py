@@ -1,7 +1,7 @@
 """``p2pupdate quarantine list`` and ``p2pupdate versions``: what a node knows of versions.
 
 Both read the node's status (over its control socket, or the snapshot it saved
-when it stopped; see :mod:`p2pupdate.shell.controlcmd`) and never change
+when it stopped; see :mod:`p2pupdate.commands.controlcmd`) and never change
 anything. Output, for people and with ``--json`` for programs:
 
 ``quarantine list [--channel C]``: one row per quarantined version, with the

@@ -5,7 +5,7 @@ This is the trio shell around the pure :class:`~p2pupdate.core.download.Download
 chunks the only full copy reveals to whom) and
 :class:`~p2pupdate.core.ratelimit.TokenBucket` (pacing). It owns no protocol
 decisions: it feeds peer messages to those cores and carries out what they
-return, reading and writing through a :class:`~p2pupdate.shell.store.ChunkStore`.
+return, reading and writing through a :class:`~p2pupdate.shell.transfer.store.ChunkStore`.
 
 Order of a chunk's life: CHUNK arrives -> the core verifies its BLAKE3
 against the signed table -> written at its offset -> servable and announced
@@ -64,8 +64,8 @@ from p2pupdate.core.ratelimit import TokenBucket
 from p2pupdate.core.seeding import SuperSeeder
 from p2pupdate.core.tablefetch import TableFetch
 from p2pupdate.errors import DiskFullError, RemoteProtocolError
-from p2pupdate.shell.node import Node, PeerConn
-from p2pupdate.shell.store import ChunkStore
+from p2pupdate.shell.net.node import Node, PeerConn
+from p2pupdate.shell.transfer.store import ChunkStore
 
 __all__ = ["DownloadResult", "Swarm", "SwarmOptions"]
 

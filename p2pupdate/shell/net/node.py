@@ -5,7 +5,7 @@ and ``p2pupdate node`` wraps one. It receives a Transport (TCP or in-memory)
 and never opens sockets itself. Protocol decisions live in the pure core
 (``core.gossip``, ``core.membership``, ``core.policy``); this module runs the
 connections and carries the decisions out. Package transfer is delegated to a
-:class:`PackageService` (``shell.swarm``); what to do with an accepted
+:class:`PackageService` (``shell.transfer.swarm``); what to do with an accepted
 announcement is delegated to an ``on_announcement`` callback (the agent).
 
 Every connection runs the same loops: a reader that feeds one message at a
@@ -46,8 +46,8 @@ from p2pupdate.core.messages import (
 from p2pupdate.core.policy import Decision, TrustConfig
 from p2pupdate.errors import RemoteProtocolError, TransferError
 from p2pupdate.shell.fsutil import atomic_write_bytes
-from p2pupdate.shell.peer import Connection, Timeouts
-from p2pupdate.shell.transport import Listener, Transport
+from p2pupdate.shell.net.peer import Connection, Timeouts
+from p2pupdate.shell.net.transport import Listener, Transport
 
 __all__ = ["EmitFn", "Node", "NodeOptions", "PackageService", "PeerConn", "peer_error"]
 

@@ -20,7 +20,7 @@ package id, by one atomic rename.
 This module does not decide anything: what to fetch, what to evict (core.store)
 and when to persist (the download shell) are the caller's business. Paths are
 only ever built from ``package_id.hex()`` of a 32-byte id. The in-memory store
-for tests and the simulation is in :mod:`p2pupdate.shell.memstore`.
+for tests and the simulation is in :mod:`p2pupdate.shell.transfer.memstore`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The data dir comes from ``--data-dir``, else ``--config``'s ``data_dir``, else
 ``P2PUPDATE_DATA_DIR``, else the platform default (:mod:`p2pupdate.shell.datadir`).
 ``quarantine list`` and ``versions`` only read the status (see
-:mod:`p2pupdate.shell.versionscmd`).
+:mod:`p2pupdate.commands.versionscmd`).
 
 Each talks to the running node of ``--data-dir`` over its control socket
 (:mod:`p2pupdate.shell.control`), sending one of::
@@ -68,6 +68,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from p2pupdate.commands.versionscmd import run_quarantine_list, run_versions
 from p2pupdate.core.announcement import validate_channel, validate_version
 from p2pupdate.core.units import format_size
 from p2pupdate.errors import P2PUpdateError, UsageError
@@ -78,7 +79,6 @@ from p2pupdate.shell.control import (
     write_status_snapshot,
 )
 from p2pupdate.shell.nodeconfig import config_data_dir
-from p2pupdate.shell.versionscmd import run_quarantine_list, run_versions
 
 __all__ = [
     "EXIT_NOT_RUNNING",

@@ -43,13 +43,13 @@ from p2pupdate.core.policy import TrustConfig
 from p2pupdate.core.replicas import ReplicaProof
 from p2pupdate.core.units import format_size, parse_duration, parse_rate
 from p2pupdate.errors import P2PUpdateError, TransferError, UsageError
-from p2pupdate.shell.content import hash_file_async
 from p2pupdate.shell.keyfile import load_secret_key
-from p2pupdate.shell.node import Node, NodeOptions, PeerConn
+from p2pupdate.shell.net.node import Node, NodeOptions, PeerConn
+from p2pupdate.shell.net.transport import TcpTransport
 from p2pupdate.shell.nodeconfig import parse_hostport
-from p2pupdate.shell.store import DiskStore
-from p2pupdate.shell.swarm import Swarm, SwarmOptions
-from p2pupdate.shell.transport import TcpTransport
+from p2pupdate.shell.transfer.content import hash_file_async
+from p2pupdate.shell.transfer.store import DiskStore
+from p2pupdate.shell.transfer.swarm import Swarm, SwarmOptions
 
 __all__ = ["PublishTimeout", "run_publish_command"]
 

@@ -11,9 +11,9 @@ attempt.
 
 What to do is decided by :mod:`p2pupdate.core.apply` (the upgrade gate, the
 attempt/confirmation state machine, the recovery decision); the file
-operations are in :mod:`p2pupdate.shell.targets`, the processes in
-:mod:`p2pupdate.shell.healthcheck`, the persisted state in
-:mod:`p2pupdate.shell.applystate`. docs/applying.md describes the sequence for
+operations are in :mod:`p2pupdate.shell.install.targets`, the processes in
+:mod:`p2pupdate.shell.install.healthcheck`, the persisted state in
+:mod:`p2pupdate.shell.install.applystate`. docs/applying.md describes the sequence for
 operators. This module does not parse command lines or talk to peers.
 """
 
@@ -31,8 +31,9 @@ import trio
 
 from p2pupdate.core import apply as core
 from p2pupdate.errors import ApplyError, DiskFullError, StateFileError
-from p2pupdate.shell import targets as ops
-from p2pupdate.shell.applystate import (
+from p2pupdate.shell.faults import fault
+from p2pupdate.shell.install import targets as ops
+from p2pupdate.shell.install.applystate import (
     BackupEntry,
     ChannelState,
     LastResult,
@@ -41,13 +42,13 @@ from p2pupdate.shell.applystate import (
     StateStore,
     channel_file_name,
 )
-from p2pupdate.shell.healthcheck import (
+from p2pupdate.shell.install.healthcheck import (
     CommandResult,
     Health,
     health_check,
     run_target_command,
 )
-from p2pupdate.shell.targets import TargetSpec
+from p2pupdate.shell.install.targets import TargetSpec
 
 __all__ = ["KEEP_BACKUPS", "Applicator", "Emit", "TargetSpec"]
 
@@ -340,7 +341,7 @@ class Applicator:
                     action = machine.on_installed(trio.current_time())
                 case core.RunRestart(timeout=timeout):
                     res = await self._run(target, target.restart_cmd or [], version, timeout)
-                    ops.fault("after_restart")
+                    fault("after_restart")
                     restart_detail = res.describe()
                     action = machine.on_restart_result(
                         res.ok, trio.current_time(), started=not res.error
@@ -354,9 +355,9 @@ class Applicator:
                     await trio.sleep_until(deadline)
                     action = machine.on_timer(trio.current_time())
                 case core.Confirmed():
-                    ops.fault("after_health")
+                    fault("after_health")
                     self._commit(target, st, version, package_id)
-                    ops.fault("after_commit")
+                    fault("after_commit")
                     self._prune_backups(target, st)
                     self._emit(
                         "update_complete",
@@ -426,7 +427,7 @@ class Applicator:
             explicit=explicit,
         )
         self._store.save(st)
-        ops.fault("after_pending")
+        fault("after_pending")
         try:
             if target.is_dir:
                 await self._swap_dir(target, st.pending, package, package_id)
@@ -470,7 +471,7 @@ class Applicator:
             await trio.to_thread.run_sync(
                 ops.backup_file, path, Path(p.backup), trio.from_thread.check_cancelled
             )
-            ops.fault("after_backup")
+            fault("after_backup")
         staging, digest = await trio.to_thread.run_sync(
             lambda: ops.copy_to_staging(
                 package,
@@ -484,9 +485,9 @@ class Applicator:
         if digest != package_id:
             staging.unlink(missing_ok=True)
             raise ApplyError(core.HASH_MISMATCH, "package changed while it was copied")
-        ops.fault("after_stage")
+        fault("after_stage")
         ops.install_staged(staging, path)
-        ops.fault("after_swap")
+        fault("after_swap")
 
     async def _swap_dir(
         self, target: TargetSpec, p: Pending, package: Path, package_id: bytes
@@ -505,9 +506,9 @@ class Applicator:
                 package_id=package_id,  # what is unpacked is hashed as it is read
             )
         )
-        ops.fault("after_extract")
+        fault("after_extract")
         ops.make_symlink_live(path, release)
-        ops.fault("after_switch")
+        fault("after_switch")
 
     # ------------------------------------------------------------------
     # Health checks and restarts
@@ -580,7 +581,7 @@ class Applicator:
         p.reason = reason
         p.detail = detail
         self._store.save(st)
-        ops.fault("before_restore")
+        fault("before_restore")
         try:
             await self._restore(target, p)
         except (OSError, ApplyError) as exc:
@@ -664,7 +665,7 @@ class Applicator:
             digest, _ = await trio.to_thread.run_sync(ops.hash_file, path, check)
             if digest.hex() == p.package_id:
                 raise ApplyError(core.ROLLBACK_FAILED, f"backup {p.backup} is missing")
-        ops.fault("after_restore")
+        fault("after_restore")
 
     # ------------------------------------------------------------------
     # Recovery

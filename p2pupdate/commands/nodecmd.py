@@ -37,17 +37,17 @@ from p2pupdate.selfupdate.manager import (
 )
 from p2pupdate.shell import sdnotify
 from p2pupdate.shell.agent import Agent, AgentOptions
-from p2pupdate.shell.applicator import Applicator
 from p2pupdate.shell.control import serve_control, write_status_snapshot
 from p2pupdate.shell.events import EventLog, setup_logging
+from p2pupdate.shell.install.applicator import Applicator
+from p2pupdate.shell.install.sentinel import BootSentinel
 from p2pupdate.shell.keyfile import load_or_create_node_key
-from p2pupdate.shell.node import Node, NodeOptions
+from p2pupdate.shell.net.node import Node, NodeOptions
+from p2pupdate.shell.net.transport import TcpTransport
 from p2pupdate.shell.nodeconfig import NodeSettings, format_hostport, load_settings
-from p2pupdate.shell.sentinel import BootSentinel
-from p2pupdate.shell.store import DiskStore
-from p2pupdate.shell.swarm import Swarm, SwarmOptions
 from p2pupdate.shell.tmpdirs import clean_node_tmp
-from p2pupdate.shell.transport import TcpTransport
+from p2pupdate.shell.transfer.store import DiskStore
+from p2pupdate.shell.transfer.swarm import Swarm, SwarmOptions
 
 __all__ = ["LISTEN_FD_ENV", "run_node", "run_node_command"]
 
@@ -188,8 +188,7 @@ async def run_node(
         events.emit(name, **fields)
 
     if updater is not None:
-        updater.attach(swarm, node.node_id)
-        updater._emit = emit
+        updater.attach(swarm, node.node_id, emit)
 
     applicator = Applicator(settings.data_dir, settings.backup_dir, emit, settings.max_package_size)
     agent = Agent(

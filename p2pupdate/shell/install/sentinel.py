@@ -36,12 +36,12 @@ from typing import Any
 
 from p2pupdate.core import apply as core
 from p2pupdate.errors import ApplyError, StateFileError
-from p2pupdate.shell import targets
 from p2pupdate.shell.fsutil import (
     atomic_write_bytes,
     fsync_dir,
     read_json_file,
 )
+from p2pupdate.shell.install import targets
 
 __all__ = ["EXIT_ROLLED_BACK", "BootOutcome", "BootSentinel"]
 

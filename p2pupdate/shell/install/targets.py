@@ -1,5 +1,5 @@
 """Targets and the durable file operations behind an install: stage, swap, back
-up, restore, unpack a release, switch a symlink; plus the fault-injection points.
+up, restore, unpack a release, switch a symlink.
 
 :class:`TargetSpec` describes one target (a file, or a directory made live by a
 symlink to a release directory beside it); :func:`plan_install` names the
@@ -16,9 +16,7 @@ the *destination's own directory*, are fsynced, and only then renamed over
 the destination, after which the directory is fsynced. A kill -9 at any
 point leaves the old complete file or the new complete file.
 
-Fault injection: when the environment variable ``P2PUPDATE_FAULT`` names one of
-:data:`FAULT_POINTS`, the process SIGKILLs itself on reaching that point. It
-exists for the crash tests only (docs/applying.md lists the points).
+Crash points (``fault(...)``) come from :mod:`p2pupdate.shell.faults`.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import stat
 import tarfile
 from collections.abc import Callable
@@ -49,13 +46,12 @@ from p2pupdate.core.apply import (
     check_archive,
 )
 from p2pupdate.errors import ApplyError
-from p2pupdate.shell.applystate import Pending, validate_channel
+from p2pupdate.shell.faults import fault
 from p2pupdate.shell.fsutil import check_free_space, fsync_dir
+from p2pupdate.shell.install.applystate import Pending, validate_channel
 
 __all__ = [
     "BLOCK",
-    "FAULT_ENV",
-    "FAULT_POINTS",
     "MAX_ARCHIVE_MEMBERS",
     "InstallPlan",
     "TargetSpec",
@@ -66,7 +62,6 @@ __all__ = [
     "command_env",
     "copy_to_staging",
     "extract_release",
-    "fault",
     "hash_file",
     "inside",
     "install_staged",
@@ -87,30 +82,6 @@ __all__ = [
     "version_label",
 ]
 
-FAULT_ENV = "P2PUPDATE_FAULT"
-# Where a crash test may kill the applicator; docs/applying.md says what each means.
-FAULT_POINTS = (
-    "after_pending",  # pending record persisted, nothing else touched
-    "mid_backup",  # backup's staging file (in backup_dir) half written
-    "after_backup",  # backup of the current target durable
-    "mid_stage",  # staging file half written
-    "after_stage",  # staging file complete and fsynced, not yet renamed
-    "after_swap",  # new file renamed over the target, directory fsynced
-    "after_restart",  # restart command ran
-    "after_health",  # health check passed, install not yet committed
-    "after_commit",  # installed version persisted, pending record gone
-    "before_restore",  # health failed; rollback record persisted
-    "mid_restore",  # restore staging file written, not yet renamed
-    "after_restore",  # old file back in place, state not yet updated
-    "after_extract",  # directory target: release unpacked, not yet live
-    "after_switch",  # directory target: symlink switched to the new release
-    # Self-update (p2pupdate.selfupdate; docs/self-update.md):
-    "self_after_download",  # a release of p2pupdate downloaded and verified
-    "self_mid_install",  # release venv created, its packages not yet installed
-    "self_after_install",  # release complete (marker written), `current` untouched
-    "self_after_arm",  # `previous` points at the running release
-    "self_after_switch",  # `current` switched to the new release, not yet re-exec'd
-)
 # Copy and hash in blocks of 1 MiB: big enough to be fast, small enough that a
 # cancelled install notices within milliseconds.
 BLOCK = 1024 * 1024
@@ -163,12 +134,6 @@ def resolved_target(target: TargetSpec) -> TargetSpec:
 
 def no_check() -> None:
     """A ``check`` for callers outside trio: never cancelled."""
-
-
-def fault(point: str) -> None:
-    """SIGKILL this process if ``P2PUPDATE_FAULT`` names ``point`` (crash tests only)."""
-    if os.environ.get(FAULT_ENV) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def staging_path(target: Path, kind: str = "staging") -> Path:

@@ -1,7 +1,7 @@
 """An in-memory ChunkStore for tests and for simulating many nodes in one process.
 
 :class:`MemoryStore` honours the durability contract of
-:class:`p2pupdate.shell.store.ChunkStore` in its own terms: what
+:class:`p2pupdate.shell.transfer.store.ChunkStore` in its own terms: what
 ``persist()`` recorded is "durable", everything written after it is not, and
 :meth:`MemoryStore.crash` drops what is not durable (optionally keeping a
 random part of it, as a real page cache might), so crash-recovery logic can
@@ -34,7 +34,7 @@ from bitarray import bitarray
 from p2pupdate.core.bitmapfile import decode_bitmap, encode_bitmap
 from p2pupdate.core.chunks import HASH_LEN, chunk_count, chunk_length, hash_chunk
 from p2pupdate.errors import DiskFullError, StateFileError
-from p2pupdate.shell.store import (
+from p2pupdate.shell.transfer.store import (
     CHUNK_SIZE,
     MAX_TABLE_BYTES,
     check_chunk_length,

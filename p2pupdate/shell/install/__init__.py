@@ -1,0 +1,1 @@
+"""Installing: the applicator, its state, target file operations, health checks, boot sentinel."""

@@ -1,0 +1,1 @@
+"""Networking: transports (TCP, in memory), one connection (peer), the node (gossip, PEX)."""

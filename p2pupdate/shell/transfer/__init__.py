@@ -1,0 +1,1 @@
+"""Swarm and storage: the fetch and serve loops, the chunk stores, hashing files."""
