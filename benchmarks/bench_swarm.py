@@ -174,6 +174,9 @@ class Result:
     rss: int = 0
     note: str = ""
     extra: dict[str, float] = field(default_factory=dict)
+    per_node: list[float] = field(default_factory=list)  # completion time of each node
+    from_seed: list[int] = field(default_factory=list)  # chunks each node got from the seed
+    slow_nodes: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -185,12 +188,40 @@ class Setup:
     key: Path
     pubkey: str
     timeout: float
+    slow: int = 0  # the last ``slow`` nodes upload at ``slow_rate`` (limited runs only)
+    slow_rate: int = 0
+    bootstrap: int = 0  # each node is given this many others with --peer (0 = all)
+
+    def limits(self, limit: int) -> list[int]:
+        if not limit:
+            return [0] * self.nodes
+        return node_limits(self.nodes, limit, self.slow, self.slow_rate)
 
 
 def kumar_ross(size: int, nodes: int, rate: int) -> float | None:
     if not rate:
         return None
     return max(size / rate, nodes * size / (rate + nodes * rate))
+
+
+def kumar_ross_unequal(size: int, seed_rate: int, rates: list[int]) -> float | None:
+    """max(F/u_s, N*F/(u_s + sum u_i)) for per-node uploads ``rates`` (None if unlimited)."""
+    if not seed_rate or not all(rates):
+        return None
+    return max(size / seed_rate, len(rates) * size / (seed_rate + sum(rates)))
+
+
+def node_limits(nodes: int, limit: int, slow: int, slow_rate: int) -> list[int]:
+    """Upload limit of each node: ``limit``, except the last ``slow`` at ``slow_rate``."""
+    return [slow_rate if i >= nodes - slow else limit for i in range(nodes)]
+
+
+def bootstrap_peers(addrs: list[str], i: int, count: int) -> list[str]:
+    """The addresses node ``i`` is given with --peer: all others, or the next ``count``."""
+    others = [a for j, a in enumerate(addrs) if j != i]
+    if not count or count >= len(others):
+        return others
+    return [addrs[(i + k) % len(addrs)] for k in range(1, count + 1)]
 
 
 # -- p2pupdate ---------------------------------------------------------------------------
@@ -206,6 +237,7 @@ def run_p2pupdate(
     procs: list[subprocess.Popen[bytes]] = []
     argvs: list[list[str]] = []
     events: list[Path] = []
+    limits = st.limits(limit)
     for i, addr in enumerate(addrs):
         d = run / f"n{i:02d}"
         d.mkdir()
@@ -225,11 +257,10 @@ def run_p2pupdate(
             cfg.write_text("max_connections = 1\ntarget_connections = 1\n")
             argv += ["--config", str(cfg)]
         else:
-            for other in addrs:
-                if other != addr:
-                    argv += ["--peer", other]
-        if limit:
-            argv += ["--upload-limit", str(limit)]
+            for other in bootstrap_peers(addrs, i, st.bootstrap):
+                argv += ["--peer", other]
+        if limits[i]:
+            argv += ["--upload-limit", str(limits[i])]
         if i == 0 and os.environ.get("BENCH_PROFILE"):  # developer aid: cProfile node 0
             prof = str(d / "node.prof")
             argv[:1] = [sys.executable, "-m", "cProfile", "-o", prof, "-m", "p2pupdate"]
@@ -238,7 +269,7 @@ def run_p2pupdate(
         argvs.append(argv)
         events.append(ev)
         procs.append(spawn(argv, stdout=d / "node.log"))
-    res = Result(name, bound=kumar_ross(st.size, st.nodes, limit))
+    res = Result(name, bound=kumar_ross_unequal(st.size, limit, limits))
     try:
         wait_listening(ports[1:], 30)
         if not central:
@@ -316,7 +347,16 @@ def run_p2pupdate(
         for ev in evs
     ]
     if starts and all(dones):
-        res.seconds = max(float(d[-1]["t"]) for d in dones) - min(starts)  # type: ignore[arg-type]
+        t0 = min(starts)
+        ends = [float(d[-1]["t"]) - t0 for d in dones]  # type: ignore[arg-type]
+        res.seconds = max(ends)
+        res.per_node = ends
+        pub_label = f"127.0.0.1:{ports[0]}"
+        for d in dones:
+            sources = d[-1].get("sources")
+            got = sources.get(pub_label, 0) if isinstance(sources, dict) else 0
+            res.from_seed.append(int(got))
+        res.slow_nodes = list(range(st.nodes - st.slow, st.nodes)) if limit else []
     elif not res.note:
         res.note = f"{sum(1 for d in dones if d)}/{st.nodes} nodes completed"
     if kill_at is not None and dones[victim] and "missing" in res.extra:
@@ -345,7 +385,8 @@ def missing_chunks(data_dir: Path, st: Setup) -> int:
 
 
 def run_libtorrent(st: Setup, name: str, limit: int) -> Result:
-    res = Result(name, bound=kumar_ross(st.size, st.nodes, limit))
+    limits = st.limits(limit)
+    res = Result(name, bound=kumar_ross_unequal(st.size, limit, limits))
     try:
         import libtorrent as lt
     except ImportError as exc:
@@ -371,7 +412,7 @@ def run_libtorrent(st: Setup, name: str, limit: int) -> Result:
             "--torrent", str(torrent),
             "--save", str(save),
             "--port", str(port),
-            "--upload-limit", str(limit),
+            "--upload-limit", str(limit if i == 0 else limits[i - 1]),
         ]  # fmt: skip
         if i == 0:
             argv.append("--seed")
@@ -388,7 +429,10 @@ def run_libtorrent(st: Setup, name: str, limit: int) -> Result:
         everyone = [f"127.0.0.1:{p}" for p in ports]
         for i, p in enumerate(procs):
             assert p.stdin is not None
-            peers = [] if i == 0 else [a for j, a in enumerate(everyone) if j != i]
+            # Leecher i (node i - 1) is given the seed and the same others as p2pupdate's.
+            peers = (
+                [] if i == 0 else [everyone[0], *bootstrap_peers(everyone[1:], i - 1, st.bootstrap)]
+            )
             p.stdin.write(("go " + " ".join(peers) + "\n").encode())
             p.stdin.flush()
         deadline = time.monotonic() + st.timeout
@@ -403,6 +447,8 @@ def run_libtorrent(st: Setup, name: str, limit: int) -> Result:
         res.rss = max(vm_hwm(p.pid) for p in procs[1:])
         if len(dones) == st.nodes:
             res.seconds = max(dones.values()) - t0
+            res.per_node = [dones[i] - t0 for i in range(1, len(procs))]
+            res.slow_nodes = list(range(st.nodes - st.slow, st.nodes)) if limit else []
         else:
             res.note = f"{len(dones)}/{st.nodes} done before the timeout"
         seed = procs[0]
@@ -458,9 +504,22 @@ def main() -> int:
         help="comma list of: swarm, central, libtorrent, kill (default all)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, events)")
+    ap.add_argument(
+        "--slow",
+        type=int,
+        default=0,
+        help="this many nodes upload at --slow-rate (only the limited runs are made)",
+    )
+    ap.add_argument("--slow-rate", default="0", help="upload limit of the slow nodes")
+    ap.add_argument(
+        "--bootstrap", type=int, default=0, help="give each node this many others (0 = all)"
+    )
     a = ap.parse_args()
     size = parse_size(a.size)
     limit = parse_rate(a.limit)
+    slow_rate = parse_rate(a.slow_rate)
+    if a.slow and not (0 < a.slow <= a.nodes and slow_rate > 0):
+        ap.error("--slow needs 1..--nodes nodes and a positive --slow-rate")
     only = set(a.only.split(","))
     if not 1 <= a.nodes <= 100 or size < CHUNK or limit <= 0:
         ap.error("need 1..100 nodes, a size of at least 64 KiB and a positive limit")
@@ -481,16 +540,19 @@ def main() -> int:
             )
             pubkey = out.stdout.strip().splitlines()[-1]
             central_limited = a.nodes * size / limit
-            st = Setup(work, package, size, a.nodes, key, pubkey, 60 + 3 * central_limited)
+            st = Setup(
+                work, package, size, a.nodes, key, pubkey, 60 + 3 * central_limited,
+                slow=a.slow, slow_rate=slow_rate, bootstrap=a.bootstrap,
+            )  # fmt: skip
             plan: list[tuple[str, Callable[[], Result]]] = []
             lim = f"{format_size(limit)}/s"
-            if "swarm" in only:
+            if "swarm" in only and not a.slow:
                 plan.append(("p2pupdate unlimited", lambda: run_p2pupdate(st, "p2p-unl", 0)))
-            if "central" in only:
+            if "central" in only and not a.slow:
                 plan.append(
                     ("centralized unlimited", lambda: run_p2pupdate(st, "cen-unl", 0, central=True))
                 )
-            if "libtorrent" in only:
+            if "libtorrent" in only and not a.slow:
                 plan.append(("libtorrent unlimited", lambda: run_libtorrent(st, "lt-unl", 0)))
             if "swarm" in only:
                 plan.append((f"p2pupdate {lim}", lambda: run_p2pupdate(st, "p2p-lim", limit)))
@@ -510,9 +572,12 @@ def main() -> int:
                         lambda: run_p2pupdate(st, "p2p-kill", limit, kill_at=0.5),
                     )
                 )
+            slow = f" ({a.slow} nodes at {format_size(slow_rate)}/s)" if a.slow else ""
+            boot = f", each node given {a.bootstrap} others" if a.bootstrap else ""
             print(
                 f"{a.nodes} nodes + 1 seed, {format_size(size)} package on "
-                f"{'tmpfs' if str(work).startswith('/dev/shm') else 'disk'}, limit {lim}",
+                f"{'tmpfs' if str(work).startswith('/dev/shm') else 'disk'}, limit {lim}"
+                f"{slow}{boot}; load average {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
             for label, fn in plan:
@@ -520,7 +585,11 @@ def main() -> int:
                 r = fn()
                 r.name = label
                 results.append(r)
-                print(f"  {label}: done in {time.monotonic() - t:.1f} s wall", flush=True)
+                print(
+                    f"  {label}: done in {time.monotonic() - t:.1f} s wall, "
+                    f"load average {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
     finally:
         kill_all()
     print_table(results, size, a.nodes, ["unlimited", lim])
@@ -551,6 +620,22 @@ def print_table(results: list[Result], size: int, nodes: int, suffixes: list[str
     for suffix in suffixes:
         ratio(f"centralized {suffix}", f"p2pupdate {suffix}", f"centralized / p2pupdate, {suffix}")
         ratio(f"p2pupdate {suffix}", f"libtorrent {suffix}", f"p2pupdate / libtorrent, {suffix}")
+    for r in results:
+        if r.per_node:
+            slow = set(r.slow_nodes)
+            ends = ", ".join(
+                f"n{i:02d}{'*' if i in slow else ''} {t:.1f}" for i, t in enumerate(r.per_node)
+            )
+            print(
+                f"{r.name}: per-node completion s (* = slow) {ends}; "
+                f"spread {max(r.per_node) - min(r.per_node):.2f} s"
+            )
+        if r.from_seed:
+            got = ", ".join(
+                f"n{i:02d}{'*' if i in set(r.slow_nodes) else ''} {c}"
+                for i, c in enumerate(r.from_seed)
+            )
+            print(f"{r.name}: chunks from the seed per node {got}")
     for r in results:
         if "refetched" in r.extra:
             n = -(-size // CHUNK)

@@ -38,6 +38,7 @@ generic in that key type: ``dl: Downloader[str] = Downloader(...)``.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -187,12 +188,25 @@ DownloadAction: TypeAlias = (
 class _Peer:
     """What we know about one connected peer (internal)."""
 
-    __slots__ = ("adv_gen", "bits", "eg_starved", "limit", "requests", "starved")
+    __slots__ = (
+        "adv_gen",
+        "bits",
+        "eg_starved",
+        "last_arrival",
+        "limit",
+        "requests",
+        "starved",
+        "svc",
+    )
 
     def __init__(self, nchunks: int, limit: int) -> None:
         self.bits: bitarray = zeros(nchunks)  # what it advertises
         self.requests: dict[int, int] = {}  # chunk index -> request id, in flight to it
         self.limit = limit  # current pipeline depth (halved on timeout, +1 per delivery)
+        # Measured time between two chunks it sends us while we wait for one (moving
+        # average; None until the first chunk): how fast it serves us, its queue included.
+        self.svc: float | None = None
+        self.last_arrival: float | None = None
         self.adv_gen = 0  # bumped when it advertises something new
         # (generation marks) of the last poll that found nothing more to ask it for:
         # skipped until something that could give it candidates changes.
@@ -299,6 +313,7 @@ class Downloader(Generic[PeerT]):
         self._heap: list[tuple[float, int]] = []  # (deadline, request id), lazily cleaned
         self._next_rid = 0
 
+        self._best_svc: float | None = None  # the fastest peer's svc (see _Peer.svc)
         self._wanted_gen = 0  # bumped when a chunk becomes wanted again / a peer leaves
         self._flight_gen = 0  # bumped when endgame candidates may have grown
         self._duplicates = 0
@@ -402,9 +417,17 @@ class Downloader(Generic[PeerT]):
         return list(self._peers)
 
     def pipeline_limit(self, peer: PeerT) -> int:
-        """Current in-flight limit for ``peer`` (0 if unknown)."""
+        """Current in-flight limit for ``peer`` (0 if unknown): its depth (halved on a
+        timeout), cut down for a peer slower than the fastest (see ``service_time``) so
+        that what we ask of it arrives about as soon as a full pipeline from the fastest."""
         p = self._peers.get(peer)
-        return 0 if p is None else p.limit
+        return 0 if p is None else self._cap(p)
+
+    def service_time(self, peer: PeerT) -> float | None:
+        """Measured time between two chunks from ``peer`` while we wait for one (None
+        until it has sent one)."""
+        p = self._peers.get(peer)
+        return None if p is None else p.svc
 
     def requests_to(self, peer: PeerT) -> list[int]:
         """Chunks in flight to ``peer``, oldest first."""
@@ -513,6 +536,7 @@ class Downloader(Generic[PeerT]):
         if p is not None:
             rid = p.requests.get(index)
             if rid is not None:
+                self._measure(p, rid, now)
                 self._forget_request(peer, p, index, rid)
                 p.limit = min(self._depth, p.limit + 1)
                 self._update_hungry(peer, p)
@@ -678,16 +702,17 @@ class Downloader(Generic[PeerT]):
             p = self._peers[peer]
             mark = (self._wanted_gen, p.adv_gen)
             if p.starved != mark:
-                free = p.limit - len(p.requests)
+                free = self._cap(p) - len(p.requests)
                 if self._pick_rarest(peer, p, free, now, actions) < free:
                     p.starved = mark
         if self._inflight and self._no_fresh_chunks():
             for peer in list(self._hungry):
                 p = self._peers[peer]
                 if p.eg_starved != (self._flight_gen, self._wanted_gen, p.adv_gen):
-                    free = p.limit - len(p.requests)
+                    free = self._cap(p) - len(p.requests)
                     if self._pick_endgame(peer, p, free, now, actions) < free:
                         p.eg_starved = (self._flight_gen, self._wanted_gen, p.adv_gen)
+        self._unpin(now, actions)
         if actions and self._state is DownloadState.PENDING:
             self._transition(DownloadState.DOWNLOADING)
         return actions
@@ -744,6 +769,8 @@ class Downloader(Generic[PeerT]):
             self._forget_request(peer, p, index, rid, freed=True)
             self._release_if_unowned(index)
         self._hungry.pop(peer, None)
+        if p.svc is not None and p.svc == self._best_svc:
+            self._update_best_svc()
         # Exclusions that this peer made possible may lapse: re-examine everyone.
         self._wanted_gen += 1
 
@@ -796,7 +823,7 @@ class Downloader(Generic[PeerT]):
         self._update_hungry(peer, p)
 
     def _update_hungry(self, peer: PeerT, p: _Peer) -> None:
-        if len(p.requests) < p.limit:
+        if len(p.requests) < self._cap(p):
             self._hungry[peer] = None
         else:
             self._hungry.pop(peer, None)
@@ -839,14 +866,89 @@ class Downloader(Generic[PeerT]):
         self, peer: PeerT, p: _Peer, free: int, now: float, out: list[DownloadAction[PeerT]]
     ) -> int:
         bits = p.bits
-        cands: list[tuple[int, float, int]] = []
+        cands: list[tuple[float, int, float, int]] = []
         for index, holders in self._inflight.items():
             if len(holders) >= self._endgame_copies or peer in holders or not bits[index]:
                 continue
             if self._excluded(peer, index):
                 continue
-            cands.append((len(holders), self._rng.random(), index))
+            # The chunk expected last is duplicated first (a slow holder's), fewest
+            # copies first among equals; none whose copy we expect before this peer's.
+            eta = min(self._eta(self._peers[q], index) for q in holders)
+            if eta <= self._eta(p, -1):
+                continue  # measured, and sooner than this peer could deliver
+            cands.append((-eta, len(holders), self._rng.random(), index))
         cands.sort()
-        for _, _, index in cands[:free]:
+        for *_, index in cands[:free]:
             out.append(self._issue(peer, p, index, now))
         return min(free, len(cands))
+
+    # -- speed: measured service times, pipelines cut to match, chunks moved off slow peers
+
+    def _measure(self, p: _Peer, rid: int, now: float) -> None:
+        """A chunk asked with request ``rid`` arrived from ``p``: update its svc."""
+        _, _, deadline = self._requests[rid]
+        issued = deadline - self._timeout
+        start = issued if p.last_arrival is None else max(issued, p.last_arrival)
+        sample = max(0.0, now - start)
+        p.last_arrival = now
+        p.svc = sample if p.svc is None else 0.7 * p.svc + 0.3 * sample
+        if self._best_svc is None or p.svc < self._best_svc:
+            self._best_svc = p.svc
+        else:
+            self._update_best_svc()
+
+    def _update_best_svc(self) -> None:
+        known = [q.svc for q in self._peers.values() if q.svc is not None]
+        self._best_svc = min(known) if known else None
+
+    def _cap(self, p: _Peer) -> int:
+        """How many requests ``p`` may have in flight: its limit, cut in proportion to how
+        much slower than the fastest peer it serves us (at least one)."""
+        best, svc = self._best_svc, p.svc
+        if not best or svc is None or svc <= best:
+            return p.limit
+        return max(1, min(p.limit, int(self._depth * best / svc)))
+
+    def _eta(self, p: _Peer, index: int) -> float:
+        """When (from now, roughly) chunk ``index`` asked of ``p`` should arrive; for an
+        index not asked of it, when one more request would. Unmeasured: infinity for a
+        chunk asked of it (it may be stalled), the fastest peer's pace for a new one."""
+        if p.svc is None and index in p.requests:
+            return math.inf
+        svc = p.svc if p.svc is not None else (self._best_svc or 0.0)
+        pos = len(p.requests)
+        for k, i in enumerate(p.requests):
+            if i == index:
+                pos = k
+                break
+        return (pos + 1) * svc
+
+    def _unpin(self, now: float, out: list[DownloadAction[PeerT]]) -> None:
+        """Move requests waiting on a slow peer to a faster peer that has the chunk and a
+        free slot, when the faster one should deliver it in less than half the time."""
+        best = self._best_svc
+        if not best:
+            return
+        for peer, p in list(self._peers.items()):
+            if p.svc is None or p.svc <= 2 * best or not p.requests:
+                continue
+            for pos, index in enumerate(list(p.requests)):
+                eta = (pos + 1) * p.svc
+                target: tuple[float, PeerT, _Peer] | None = None
+                for q_peer, q in self._peers.items():
+                    if q is p or not q.bits[index] or q.svc is None:
+                        continue
+                    if len(q.requests) >= self._cap(q) or index in q.requests:
+                        continue
+                    if self._excluded(q_peer, index):
+                        continue
+                    q_eta = (len(q.requests) + 1) * q.svc
+                    if 2 * q_eta < eta and (target is None or q_eta < target[0]):
+                        target = (q_eta, q_peer, q)
+                if target is None:
+                    continue
+                _, q_peer, q = target
+                self._forget_request(peer, p, index, p.requests[index])
+                out.append(Cancel(peer, index))
+                out.append(self._issue(q_peer, q, index, now))

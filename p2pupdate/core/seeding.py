@@ -57,13 +57,23 @@ __all__ = ["SuperSeeder"]
 class _SeedPeer:
     """What the seeder knows about one connected peer (internal)."""
 
-    __slots__ = ("bits", "pending", "revealed", "transit")
+    __slots__ = ("bits", "passed", "pending", "rescue", "reserved", "revealed", "sole", "transit")
 
     def __init__(self, bits: bitarray) -> None:
         self.bits = bits  # what it holds (its BITFIELD and HAVEs)
         self.revealed: bitarray = zeros(len(bits))  # what we showed it with HAVE
         self.pending: set[int] = set()  # shown, not held, not being sent to it
         self.transit: set[int] = set()  # sent to it, not yet confirmed by its HAVE
+        # Chunks it got from us that no other connected peer holds yet: it has not passed
+        # them on. They count against its window, so a peer is shown new chunks about as
+        # fast as it passes the ones it has on (BitTorrent super-seeding's rule).
+        self.sole: set[int] = set()
+        self.passed = 0  # chunks of ``sole`` that then showed up at another peer
+        # Chunks of its ``sole`` we had to send to someone else (it did not pass them on
+        # while the rest of the swarm was idle): each one keeps a window slot taken until
+        # it passes one more chunk on.
+        self.reserved = 0
+        self.rescue: set[int] = set()  # shown to it although out: held only by a slow peer
 
 
 class SuperSeeder(Generic[PeerT]):
@@ -73,14 +83,19 @@ class SuperSeeder(Generic[PeerT]):
     pipeline to the seed); it should be at least the peers' pipeline depth.
     """
 
-    def __init__(self, nchunks: int, *, rng: Random, window: int = 8) -> None:
+    def __init__(
+        self, nchunks: int, *, rng: Random, window: int = 8, spread: int | None = None
+    ) -> None:
         if nchunks < 0:
             raise ValueError("nchunks must not be negative")
         if window < 1:
             raise ValueError("window must be at least 1")
+        if spread is not None and spread < 1:
+            raise ValueError("spread must be at least 1")
         self._n = nchunks
         self._rng = rng
         self._window = window
+        self._spread = 2 * window if spread is None else spread
         self._peers: dict[PeerT, _SeedPeer] = {}
         # Chunks partitioned by how many connected peers hold them; levels[0]: nobody.
         self._avail = Availability(ones(nchunks))
@@ -93,6 +108,8 @@ class SuperSeeder(Generic[PeerT]):
         # Chunks we sent while no connected peer held them: what the swarm lacked and got
         # from us (the rest it already had, or got from a peer).
         self._supplied: bitarray = zeros(nchunks)
+        # chunk -> the one peer that holds it, got it from us and has not passed it on
+        self._sole: dict[int, PeerT] = {}
 
     # -----------------------------------------------------------------------------------
     # Read-only views
@@ -151,6 +168,16 @@ class SuperSeeder(Generic[PeerT]):
         """Connected peers."""
         return list(self._peers)
 
+    def unpassed(self, peer: PeerT) -> int:
+        """Chunks ``peer`` got from us that no other connected peer holds yet."""
+        p = self._peers.get(peer)
+        return 0 if p is None else len(p.sole)
+
+    def passed_on(self, peer: PeerT) -> int:
+        """Chunks ``peer`` got from us and that then showed up at another peer."""
+        p = self._peers.get(peer)
+        return 0 if p is None else p.passed
+
     # -----------------------------------------------------------------------------------
     # Inputs
     # -----------------------------------------------------------------------------------
@@ -187,11 +214,28 @@ class SuperSeeder(Generic[PeerT]):
             if i in p.pending:
                 p.pending.discard(i)
                 self._assign(i, -1)
-            if i in p.transit:
+            from_us = i in p.transit
+            if from_us:
                 p.transit.discard(i)
                 self._in_transit(i, -1)
+            p.rescue.discard(i)
             p.bits[i] = 1
             self._avail.move(i, +1)
+            holder = self._sole.get(i)
+            if holder is not None:
+                # The chunk showed up elsewhere: its holder passed it on (or, if it came
+                # from us, we had to pass it on for it).
+                del self._sole[i]
+                h = self._peers[holder]
+                h.sole.discard(i)
+                if from_us:
+                    h.reserved += 1
+                else:
+                    h.passed += 1
+                    h.reserved = max(0, h.reserved - 1)
+            elif from_us and self._avail.level_of(i) == 1:
+                self._sole[i] = peer
+                p.sole.add(i)
 
     def on_peer_gone(self, peer: PeerT) -> None:
         """``peer``'s connection closed: what only it held has not gone out any more."""
@@ -203,6 +247,8 @@ class SuperSeeder(Generic[PeerT]):
             self._assign(i, -1)
         for i in p.transit:
             self._in_transit(i, -1)
+        for i in p.sole:
+            del self._sole[i]
 
     def on_sent(self, peer: PeerT, index: int) -> None:
         """The shell sent chunk ``index`` to ``peer`` (after ``should_serve`` said yes)."""
@@ -235,8 +281,11 @@ class SuperSeeder(Generic[PeerT]):
         if not_out or self.all_out:
             return True
         p = self._peers.get(peer)
+        if p is not None and index in p.rescue and not self._transit[index]:
+            return True  # held only by a peer that did not pass it on: we do it
         if p is not None and p.revealed[index]:
             p.revealed[index] = 0
+            p.rescue.discard(index)
             if index in p.pending:
                 p.pending.discard(index)
                 self._assign(index, -1)
@@ -245,35 +294,69 @@ class SuperSeeder(Generic[PeerT]):
     def reveal(self, peer: PeerT) -> list[int]:
         """Chunks to announce to ``peer`` now (send them as HAVE), topping its window up.
 
-        In order of preference: chunks not out and shown to nobody (random); if there are
-        none and the peer's window is empty, chunks not out but shown to another peer that
-        has not fetched them; and, only once every chunk is out, the rarest chunks the peer
-        lacks. Never a chunk the peer holds or was shown. Returns [] for an unknown peer.
+        In order of preference: chunks not out and shown to nobody (random), as many as
+        its window holds besides the chunks it got from us and has not passed on; if
+        there are none left to show anybody and the peer has nothing left to fetch from
+        us, chunks not out but shown to another peer that has not fetched them, then
+        chunks held only by a peer that has not passed them on (``should_serve`` then
+        sends them again, to this peer); and, only once every chunk is out, the rarest
+        chunks the peer lacks. Never a chunk the peer holds or was shown. Returns [] for
+        an unknown peer.
         """
         p = self._peers.get(peer)
         if p is None:
             return []
-        need = self._window - len(p.pending) - len(p.transit)
-        if need <= 0:
+        slots = self._window - len(p.pending) - len(p.transit)
+        if slots <= 0:
             return []
         lacks = ~(p.bits | p.revealed)
         not_out = self._avail.levels[0] & ~self._transit
         fresh = lacks & not_out
         stolen = fresh & self._assigned
         fresh &= ~self._assigned
-        picked = pick_random(fresh, need, self._rng)
-        if not picked and need == self._window:
+        fresh_left = fresh.any()
+        # A peer is shown new chunks only as fast as it passes on the ones it got, while
+        # we have others to send to (alone, or with the others idle, it gets them all).
+        allowed = slots
+        if len(p.sole) + p.reserved + self._window - slots >= self._spread and any(
+            q.pending or q.transit for q in self._peers.values() if q is not p
+        ):
+            allowed = min(slots, self._spread - len(p.sole) - p.reserved)
+        picked = pick_random(fresh, allowed, self._rng) if allowed > 0 else []
+        if not picked and not fresh_left and slots == self._window:
             # Only a peer with nothing left to fetch from us is shown chunks that another
             # peer was shown and has not fetched: enough to get around a stalled peer,
             # rare enough that few chunks end up asked for twice.
-            picked = pick_random(stolen, need, self._rng)
-        if len(picked) < need and not not_out.any():
-            picked += self._avail.pick_rarest(lacks, need - len(picked), self._rng, min_level=0)
+            picked = pick_random(stolen, slots, self._rng)
+            if not picked and self._sole:
+                picked = self._pick_rescue(peer, p, lacks, slots)
+        if len(picked) < slots and not not_out.any():
+            picked += self._avail.pick_rarest(lacks, slots - len(picked), self._rng, min_level=0)
         for i in picked:
             p.revealed[i] = 1
             p.pending.add(i)
             self._assign(i, +1)
         return picked
+
+    def _pick_rescue(self, peer: PeerT, p: _SeedPeer, lacks: bitarray, k: int) -> list[int]:
+        """Up to ``k`` chunks held only by a peer that has not passed them on, from the
+        peer with the most of them first, none in transit or shown to someone else."""
+        out: list[int] = []
+        holders = sorted(
+            (q for q in self._peers.items() if q[0] != peer and q[1].sole),
+            key=lambda q: -len(q[1].sole),
+        )
+        for _, h in holders:
+            cands = [
+                i for i in h.sole if lacks[i] and not self._transit[i] and not self._assigned[i]
+            ]
+            self._rng.shuffle(cands)
+            for i in cands[: k - len(out)]:
+                out.append(i)
+                p.rescue.add(i)
+            if len(out) >= k:
+                break
+        return out
 
     # -----------------------------------------------------------------------------------
     # Internals
