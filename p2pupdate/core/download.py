@@ -698,6 +698,7 @@ class Downloader(Generic[PeerT]):
         if self._missing == 0:
             return self._start_verifying()
         actions: list[DownloadAction[PeerT]] = []
+        self._unpin(now, actions)  # first: a faster peer's free slot goes to those
         for peer in list(self._hungry):
             p = self._peers[peer]
             mark = (self._wanted_gen, p.adv_gen)
@@ -712,7 +713,6 @@ class Downloader(Generic[PeerT]):
                     free = self._cap(p) - len(p.requests)
                     if self._pick_endgame(peer, p, free, now, actions) < free:
                         p.eg_starved = (self._flight_gen, self._wanted_gen, p.adv_gen)
-        self._unpin(now, actions)
         if actions and self._state is DownloadState.PENDING:
             self._transition(DownloadState.DOWNLOADING)
         return actions
@@ -904,11 +904,12 @@ class Downloader(Generic[PeerT]):
 
     def _cap(self, p: _Peer) -> int:
         """How many requests ``p`` may have in flight: its limit, cut in proportion to how
-        much slower than the fastest peer it serves us (at least one)."""
+        much slower than the fastest peer it serves us when that is more than twice as
+        slow (at least one)."""
         best, svc = self._best_svc, p.svc
-        if not best or svc is None or svc <= best:
-            return p.limit
-        return max(1, min(p.limit, int(self._depth * best / svc)))
+        if not best or svc is None or svc <= 2 * best:
+            return p.limit  # (measures jitter: less than twice as slow counts as equal)
+        return max(1, min(p.limit, round(self._depth * best / svc)))
 
     def _eta(self, p: _Peer, index: int) -> float:
         """When (from now, roughly) chunk ``index`` asked of ``p`` should arrive; for an

@@ -57,7 +57,7 @@ __all__ = ["SuperSeeder"]
 class _SeedPeer:
     """What the seeder knows about one connected peer (internal)."""
 
-    __slots__ = ("bits", "passed", "pending", "rescue", "reserved", "revealed", "sole", "transit")
+    __slots__ = ("bits", "passed", "pending", "reserved", "revealed", "sole", "transit")
 
     def __init__(self, bits: bitarray) -> None:
         self.bits = bits  # what it holds (its BITFIELD and HAVEs)
@@ -69,11 +69,9 @@ class _SeedPeer:
         # fast as it passes the ones it has on (BitTorrent super-seeding's rule).
         self.sole: set[int] = set()
         self.passed = 0  # chunks of ``sole`` that then showed up at another peer
-        # Chunks of its ``sole`` we had to send to someone else (it did not pass them on
-        # while the rest of the swarm was idle): each one keeps a window slot taken until
-        # it passes one more chunk on.
+        # Chunks of its ``sole`` we sent to someone else once every chunk was out (it had
+        # not passed them on): each keeps a window slot taken until it passes one more on.
         self.reserved = 0
-        self.rescue: set[int] = set()  # shown to it although out: held only by a slow peer
 
 
 class SuperSeeder(Generic[PeerT]):
@@ -95,7 +93,7 @@ class SuperSeeder(Generic[PeerT]):
         self._n = nchunks
         self._rng = rng
         self._window = window
-        self._spread = 2 * window if spread is None else spread
+        self._spread = window if spread is None else spread
         self._peers: dict[PeerT, _SeedPeer] = {}
         # Chunks partitioned by how many connected peers hold them; levels[0]: nobody.
         self._avail = Availability(ones(nchunks))
@@ -218,7 +216,6 @@ class SuperSeeder(Generic[PeerT]):
             if from_us:
                 p.transit.discard(i)
                 self._in_transit(i, -1)
-            p.rescue.discard(i)
             p.bits[i] = 1
             self._avail.move(i, +1)
             holder = self._sole.get(i)
@@ -281,11 +278,8 @@ class SuperSeeder(Generic[PeerT]):
         if not_out or self.all_out:
             return True
         p = self._peers.get(peer)
-        if p is not None and index in p.rescue and not self._transit[index]:
-            return True  # held only by a peer that did not pass it on: we do it
         if p is not None and p.revealed[index]:
             p.revealed[index] = 0
-            p.rescue.discard(index)
             if index in p.pending:
                 p.pending.discard(index)
                 self._assign(index, -1)
@@ -294,14 +288,14 @@ class SuperSeeder(Generic[PeerT]):
     def reveal(self, peer: PeerT) -> list[int]:
         """Chunks to announce to ``peer`` now (send them as HAVE), topping its window up.
 
-        In order of preference: chunks not out and shown to nobody (random), as many as
-        its window holds besides the chunks it got from us and has not passed on; if
-        there are none left to show anybody and the peer has nothing left to fetch from
-        us, chunks not out but shown to another peer that has not fetched them, then
-        chunks held only by a peer that has not passed them on (``should_serve`` then
-        sends them again, to this peer); and, only once every chunk is out, the rarest
-        chunks the peer lacks. Never a chunk the peer holds or was shown. Returns [] for
-        an unknown peer.
+        In order of preference: chunks not out and shown to nobody (random), as long as
+        what it is fetching from us plus what it got from us and has not passed on stays
+        within ``spread`` (unless no other peer is fetching from us); if there are none
+        left to show anybody and the peer has nothing left to fetch from us, chunks not
+        out but shown to another peer that has not fetched them; and, only once every
+        chunk is out, first the chunks held only by a peer that got them from us and has
+        not passed them on (a slow peer's), then the rarest chunks the peer lacks. Never a
+        chunk the peer holds or was shown. Returns [] for an unknown peer.
         """
         p = self._peers.get(peer)
         if p is None:
@@ -318,19 +312,22 @@ class SuperSeeder(Generic[PeerT]):
         # A peer is shown new chunks only as fast as it passes on the ones it got, while
         # we have others to send to (alone, or with the others idle, it gets them all).
         allowed = slots
-        if len(p.sole) + p.reserved + self._window - slots >= self._spread and any(
+        budget = self._spread - len(p.sole) - p.reserved - (self._window - slots)
+        if budget < slots and any(
             q.pending or q.transit for q in self._peers.values() if q is not p
         ):
-            allowed = min(slots, self._spread - len(p.sole) - p.reserved)
+            allowed = budget
         picked = pick_random(fresh, allowed, self._rng) if allowed > 0 else []
         if not picked and not fresh_left and slots == self._window:
             # Only a peer with nothing left to fetch from us is shown chunks that another
             # peer was shown and has not fetched: enough to get around a stalled peer,
             # rare enough that few chunks end up asked for twice.
             picked = pick_random(stolen, slots, self._rng)
-            if not picked and self._sole:
-                picked = self._pick_rescue(peer, p, lacks, slots)
         if len(picked) < slots and not not_out.any():
+            # Every chunk is out: we are one more source. First what a peer got from us
+            # and has not passed on (a slow peer's), then the rarest.
+            picked += self._pick_unpassed(peer, lacks, slots - len(picked))
+            lacks &= ~self._marks(picked)
             picked += self._avail.pick_rarest(lacks, slots - len(picked), self._rng, min_level=0)
         for i in picked:
             p.revealed[i] = 1
@@ -338,25 +335,27 @@ class SuperSeeder(Generic[PeerT]):
             self._assign(i, +1)
         return picked
 
-    def _pick_rescue(self, peer: PeerT, p: _SeedPeer, lacks: bitarray, k: int) -> list[int]:
-        """Up to ``k`` chunks held only by a peer that has not passed them on, from the
-        peer with the most of them first, none in transit or shown to someone else."""
+    def _pick_unpassed(self, peer: PeerT, lacks: bitarray, k: int) -> list[int]:
+        """Up to ``k`` chunks ``lacks`` holds that only one other peer holds, got from us
+        and has not passed on; from the peer with the most of them first."""
         out: list[int] = []
         holders = sorted(
-            (q for q in self._peers.items() if q[0] != peer and q[1].sole),
-            key=lambda q: -len(q[1].sole),
+            (h for q, h in self._peers.items() if q != peer and h.sole),
+            key=lambda h: -len(h.sole),
         )
-        for _, h in holders:
-            cands = [
-                i for i in h.sole if lacks[i] and not self._transit[i] and not self._assigned[i]
-            ]
+        for h in holders:
+            cands = sorted(i for i in h.sole if lacks[i] and not self._assigned[i])
             self._rng.shuffle(cands)
-            for i in cands[: k - len(out)]:
-                out.append(i)
-                p.rescue.add(i)
+            out += cands[: k - len(out)]
             if len(out) >= k:
                 break
         return out
+
+    def _marks(self, indices: list[int]) -> bitarray:
+        bits = zeros(self._n)
+        for i in indices:
+            bits[i] = 1
+        return bits
 
     # -----------------------------------------------------------------------------------
     # Internals

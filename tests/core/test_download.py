@@ -722,3 +722,92 @@ def test_random_schedule_ends_complete_with_exact_bytes(data: st.DataObject) -> 
         assert a is b or b in TRANSITIONS[a]
     assert w.banned <= {"evil"}
     assert dl.bytes_done == len(content) and dl.progress == 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Slow peers: measured service time, shorter pipelines, requests moved to faster holders
+# ---------------------------------------------------------------------------------------
+
+
+def _feed(
+    dl: Downloader[str], chunks: list[bytes], peer: str, index: int, now: float
+) -> list[DownloadAction[str]]:
+    out: list[DownloadAction[str]] = []
+    for a in dl.on_chunk(peer, index, chunks[index], now):
+        if isinstance(a, WriteChunk):
+            out += dl.on_chunk_written(a.index)
+        else:
+            out.append(a)
+    return out
+
+
+def test_a_slow_peer_holding_a_rare_chunk_is_asked_little_and_loses_it_to_a_faster_holder() -> None:
+    content = make_content(40)
+    chunks = split(content)
+    dl = make_dl(content, depth=4)
+    fast = bits_of(40, set(range(30)))
+    dl.on_peer_bitfield("F", fast, 0.0)
+    dl.on_peer_bitfield("S", ones(40), 0.0)  # 30..39 only at S: rarest, asked of S first
+    first = only_requests(dl.poll(0.0))
+    on_s = [r.index for r in first if r.peer == "S"]
+    assert len(on_s) == 4 and all(i >= 30 for i in on_s)
+    # F delivers every 0.1 s, S one chunk in 1 s: S serves us ten times slower.
+    now = 0.0
+    for _ in range(6):
+        now += 0.1
+        (r,) = [r for r in dl.requests_to("F")][:1]
+        _feed(dl, chunks, "F", r, now)
+        dl.poll(now)
+    _feed(dl, chunks, "S", on_s[0], 1.0)
+    dl.poll(1.0)
+    svc_f, svc_s = dl.service_time("F"), dl.service_time("S")
+    assert svc_f is not None and svc_s is not None and svc_s > 5 * svc_f
+    assert dl.pipeline_limit("S") == 1  # what S is asked arrives about when F's would
+    assert dl.pipeline_limit("F") == 4
+    # F now holds the rare chunks S is still sending us: they move to F.
+    waiting = dl.requests_to("S")
+    assert len(waiting) == 3
+    dl.on_peer_have("F", waiting, 1.0)
+    for r in list(dl.requests_to("F")):  # F delivers what it had in flight: free slots
+        _feed(dl, chunks, "F", r, 1.05)
+    acts = dl.poll(1.05)
+    moved = {a.index for a in acts if isinstance(a, Cancel) and a.peer == "S"}
+    assert moved and moved <= set(waiting)
+    assert {a.index for a in acts if isinstance(a, Request) and a.peer == "F"} >= moved
+    assert not set(dl.requests_to("S")) & moved
+
+
+def test_equal_peers_keep_full_pipelines() -> None:
+    content = make_content(64)
+    chunks = split(content)
+    dl = make_dl(content, depth=4)
+    for p in "AB":
+        dl.on_peer_bitfield(p, ones(64), 0.0)
+    dl.poll(0.0)
+    now = 0.0
+    for _ in range(20):
+        now += 0.05
+        for p in "AB":
+            _feed(dl, chunks, p, dl.requests_to(p)[0], now)
+        dl.poll(now)
+        assert dl.pipeline_limit("A") == dl.pipeline_limit("B") == 4
+        assert len(dl.requests_to("A")) == len(dl.requests_to("B")) == 4
+
+
+def test_endgame_duplicates_the_chunk_expected_last() -> None:
+    for seed in range(8):  # whatever the random tie-break would pick
+        content = make_content(7)
+        chunks = split(content)
+        dl = make_dl(content, depth=1, seed=seed)
+        for p in ("F", "S", "T"):
+            dl.on_peer_bitfield(p, ones(7), 0.0)
+        reqs = {r.peer: r.index for r in only_requests(dl.poll(0.0))}
+        # F serves us in 0.1 s, T in 0.13 s, S in 0.16 s (none twice as slow as F: no
+        # request is moved, only endgame duplicates).
+        for now, peer in ((0.1, "F"), (0.13, "T"), (0.16, "S"), (0.2, "F")):
+            _feed(dl, chunks, peer, reqs[peer], now)
+            reqs.update({r.peer: r.index for r in only_requests(dl.poll(now))})
+        assert dl.in_endgame
+        # F is free: it duplicates S's chunk (expected in 0.16 s), not T's (0.13 s).
+        _feed(dl, chunks, "F", reqs["F"], 0.25)
+        assert only_requests(dl.poll(0.25)) == [Request("F", reqs["S"])]

@@ -159,6 +159,69 @@ def test_refusal_forgets_the_reveal_so_it_can_be_shown_again() -> None:
     assert ss.reveal("B") == [0]
 
 
+def test_a_peer_that_never_passes_chunks_on_is_shown_no_more_while_others_fetch() -> None:
+    ss: SuperSeeder[str] = SuperSeeder(12, rng=random.Random(0), window=2, spread=2)
+    ss.on_peer_joined("hoarder", zeros(12))
+    ss.on_peer_joined("B", zeros(12))
+    kept = ss.reveal("hoarder")
+    for i in kept:
+        assert ss.should_serve("hoarder", i)
+        ss.on_sent("hoarder", i)
+    ss.on_peer_have("hoarder", kept)
+    assert ss.unpassed("hoarder") == 2
+    assert len(ss.reveal("B")) == 2  # B is fetching from us ...
+    assert ss.reveal("hoarder") == []  # ... so the hoarder gets nothing new meanwhile
+    # B fetches its two and passes them on to the hoarder, which passes nothing on.
+    b = sorted(ss.revealed_to("B").search(1))
+    for i in b:
+        ss.on_sent("B", i)
+    ss.on_peer_have("B", b)
+    ss.on_peer_have("hoarder", b)
+    assert ss.passed_on("B") == 2 and ss.passed_on("hoarder") == 0
+    assert len(ss.reveal("B")) == 2 and ss.reveal("hoarder") == []
+
+
+def test_a_peer_alone_or_beside_idle_peers_is_not_held_back() -> None:
+    ss: SuperSeeder[str] = SuperSeeder(12, rng=random.Random(0), window=2, spread=2)
+    ss.on_peer_joined("A", zeros(12))
+    for _ in range(6):  # nobody to pass them on to: it gets the whole package from us
+        got = ss.reveal("A")
+        assert len(got) == 2
+        for i in got:
+            ss.on_sent("A", i)
+        ss.on_peer_have("A", got)
+    assert ss.all_out
+
+
+def test_a_rare_chunk_held_only_by_a_slow_peer_is_sent_again_before_other_rare_ones() -> None:
+    for seed in range(6):  # whatever the random tie-break among the rarest would pick
+        ss: SuperSeeder[str] = SuperSeeder(6, rng=random.Random(seed), window=2, spread=2)
+        ss.on_peer_joined("other", bits_of(6, {4, 5}))  # had 4 and 5 before we came
+        ss.on_peer_joined("slow", zeros(6))
+        ss.on_peer_joined("fast", zeros(6))
+        rare = ss.reveal("slow")
+        for i in rare:
+            ss.on_sent("slow", i)
+        ss.on_peer_have("slow", rare)
+        rest = ss.reveal("fast")
+        assert set(rare) | set(rest) == {0, 1, 2, 3}
+        for i in rest:
+            ss.on_sent("fast", i)
+        ss.on_peer_have("fast", rest)
+        ss.on_peer_have("slow", rest)  # the fast peer passed its chunks on at once
+        ss.on_peer_have("other", rest)
+        assert ss.all_out and ss.unpassed("slow") == 2 and ss.unpassed("fast") == 0
+        # 0, 1, 4 and 5 are each held by one peer; the two the slow one got from us
+        # and has not passed on are shown (and served) first.
+        again = ss.reveal("fast")
+        assert sorted(again) == sorted(rare)
+        assert all(ss.should_serve("fast", i) for i in again)
+        for i in again:
+            ss.on_sent("fast", i)
+        ss.on_peer_have("fast", again)
+        assert ss.unpassed("slow") == 0 and ss.passed_on("slow") == 0
+
+
 def test_misuse_and_malformed_input() -> None:
     ss = seeder(4)
     with pytest.raises(RemoteProtocolError):
@@ -449,3 +512,22 @@ def test_swarm_survives_a_peer_leaving_with_chunks_only_it_had() -> None:
     swarm.run(limit=6 * n)
     assert swarm.alive == set(swarm.names) - {"d4", "d7"}
     assert swarm.uploaded["seed"] / n <= 1.3  # re-sends only what only the leavers had
+
+
+def test_swarm_with_slow_uploaders_finishes_near_the_bound_for_unequal_uploads() -> None:
+    """Seed and 8 peers upload 4 chunks a tick, two peers 0.4: the slow two must neither
+    hold chunks the others wait for nor finish late."""
+    n = 320
+    rates = {"seed": 4.0, **{f"d{k}": 4.0 for k in range(8)}, "d8": 0.4, "d9": 0.4}
+    swarm = Swarm(n, 10, rates=rates)
+    swarm.run(limit=20 * n)
+    bound = max(n / rates["seed"], 10 * n / sum(rates.values()))
+    finish = max(swarm.done_at.values())
+    to_slow = sum(1 for _, p in swarm.seed_sends if p in ("d8", "d9"))
+    print(
+        f"slow uploaders: done in {finish / bound:.3f}x the bound, seed sent "
+        f"{swarm.uploaded['seed'] / n:.2f}x, {to_slow} chunks to the slow two"
+    )
+    assert finish <= 1.25 * bound  # (1.55x before slow peers were measured)
+    assert max(swarm.done_at[p] for p in ("d8", "d9")) <= finish
+    assert finish - min(swarm.done_at.values()) <= 0.1 * bound
