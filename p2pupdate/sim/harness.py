@@ -260,7 +260,8 @@ class Harness:
         # Network: addresses for the authority and each node.
         if sc.network == "netns":
             rate = sc.upload_limit
-            self.net = NetnsNetwork(slots=sc.nodes + 1, rates=[rate] * (sc.nodes + 1))
+            rates = [rate] + [sc.node_upload_limit(i) for i in range(sc.nodes)]
+            self.net = NetnsNetwork(slots=sc.nodes + 1, rates=rates)
             self.net.setup(self.rng)
             self.rec.network = {
                 "kind": "netns",
@@ -335,8 +336,8 @@ class Harness:
             )  # fmt: skip
             for peer in spec.peers:
                 argv += ["--peer", peer]
-            if sc.upload_limit and sc.network == "loopback":
-                argv += ["--upload-limit", str(sc.upload_limit)]
+            if sc.node_upload_limit(spec.index) and sc.network == "loopback":
+                argv += ["--upload-limit", str(sc.node_upload_limit(spec.index))]
             spec.argv = self.net.wrap(spec.index + 1, argv) if self.net else argv
             if self.su is not None:
                 self.su.add_node(spec.index, spec.data_dir)

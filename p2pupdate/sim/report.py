@@ -12,8 +12,11 @@ report.json and the plot.
 Times are seconds from the start of the publication they belong to (the
 moment the harness started ``p2pupdate publish``). The Kumar-Ross bound for a
 swarm of N nodes, each uploading at u, fed by an authority uploading at u_s,
-is max(F/u_s, N*F/(u_s + N*u)); the run's distribution time (first
-announcement received to last download complete) is reported over it.
+is max(F/u_s, N*F/(u_s + N*u)); with unequal uploads (a scenario's ``slow_nodes``
+at ``slow_upload_limit``) max(F/u_s, N*F/(u_s + sum u_i)). The run's distribution
+time (first announcement received to last download complete) is reported over
+it, with each node's download-complete time, their spread, and how many chunks
+each node got from the authority.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = [
     "build_report",
     "check_expectations",
     "kumar_ross_bound",
+    "kumar_ross_unequal",
     "summary_lines",
 ]
 
@@ -98,6 +102,14 @@ def kumar_ross_bound(size: int, nodes: int, node_upload: float, source_upload: f
     return max(size / source_upload, nodes * size / (source_upload + nodes * node_upload))
 
 
+def kumar_ross_unequal(size: int, source_upload: float, uploads: list[float]) -> float:
+    """The bound for unequal uploads: max(F/u_s, N*F/(u_s + sum u_i)) (seconds)."""
+    if source_upload <= 0 or not uploads or min(uploads) <= 0:
+        raise ValueError("rates and node count must be positive")
+    n = len(uploads)
+    return max(size / source_upload, n * size / (source_upload + sum(uploads)))
+
+
 def _r(x: float | None, nd: int = 3) -> float | None:
     return None if x is None or not math.isfinite(x) else round(x, nd)
 
@@ -124,9 +136,12 @@ def _pub_figures(rec: RunRecord, pub: PublishRecord) -> dict[str, Any]:
         for tr in rec.tracks
         if tr.outcomes.get(v) in ("applied", "rolled_back")
     }
-    complete = [
-        ev["t"] for tr in rec.tracks if (ev := tr.first("download_complete", v)) is not None
-    ]
+    complete_at = {
+        tr.name: float(ev["t"])
+        for tr in rec.tracks
+        if (ev := tr.first("download_complete", v)) is not None
+    }
+    complete = list(complete_at.values())
     applied = {
         tr.name: tr.outcome_at[v] - pub.started
         for tr in rec.tracks
@@ -151,6 +166,12 @@ def _pub_figures(rec: RunRecord, pub: PublishRecord) -> dict[str, Any]:
         "distribution_time": (
             _r(max(complete) - first_ann) if complete and first_ann is not None else None
         ),
+        # per node: download complete, seconds after the first announcement; the spread
+        # is the last minus the first
+        "download_complete": {k: _r(x - first_ann) for k, x in sorted(complete_at.items())}
+        if first_ann is not None
+        else {},
+        "completion_spread": _r(max(complete) - min(complete)) if complete else None,
         "outcomes": {tr.name: tr.outcomes.get(v) for tr in rec.tracks},
     }
     return out
@@ -194,11 +215,17 @@ def _authority(rec: RunRecord, main: PublishRecord | None) -> dict[str, Any]:
     size = rec.scenario.package_size
     if main is None:
         return {"bytes_uploaded": None, "upload_ratio": None, "measured_by": None}
+    # Who the authority's chunks went to (each node's download_complete sources).
+    to = {
+        tr.name: sum(n for peer, n in tr.sources.items() if rec.addresses.get(peer) == "authority")
+        for tr in rec.tracks
+    }
     if main.bytes_uploaded is not None:
         return {
             "bytes_uploaded": main.bytes_uploaded,
             "upload_ratio": _r(main.bytes_uploaded / size),
             "measured_by": "publish output",
+            "chunks_to": to,
         }
     chunks = sum(
         n
@@ -212,6 +239,7 @@ def _authority(rec: RunRecord, main: PublishRecord | None) -> dict[str, Any]:
         "bytes_uploaded": chunks * CHUNK,
         "upload_ratio": _r(chunks * CHUNK / size),
         "measured_by": "chunk sources reported by the nodes",
+        "chunks_to": to,
     }
 
 
@@ -240,15 +268,20 @@ def build_report(rec: RunRecord) -> dict[str, Any]:
     main = _main_publication(rec)
     pubs = [_pub_figures(rec, p) for p in rec.publishes]
     main_fig = next((f for f in pubs if main is not None and f["version"] == main.version), None)
-    n = len(rec.tracks)
     kr: dict[str, Any] | None = None
     if sc.upload_limit > 0 and main_fig is not None:
-        bound = kumar_ross_bound(sc.package_size, n, sc.upload_limit, sc.upload_limit)
+        uploads = [float(sc.node_upload_limit(tr.index)) for tr in rec.tracks]
+        bound = kumar_ross_unequal(sc.package_size, sc.upload_limit, uploads)
         dist = main_fig["distribution_time"]
         last = main_fig["last_applied"]
         kr = {
             "bound": _r(bound),
+            "formula": "max(F/u_s, N*F/(u_s + sum u_i))",
             "upload_limit": sc.upload_limit,
+            "slow_nodes": [
+                tr.name for tr in rec.tracks if sc.node_upload_limit(tr.index) != sc.upload_limit
+            ],
+            "slow_upload_limit": sc.slow_upload_limit or None,
             "distribution_time": dist,
             "ratio": _r(dist / bound) if dist is not None else None,
             "last_applied_ratio": _r(last / bound) if last is not None else None,
@@ -269,6 +302,8 @@ def build_report(rec: RunRecord) -> dict[str, Any]:
             "topology": sc.topology,
             "degree": sc.degree,
             "upload_limit": sc.upload_limit,
+            "slow_nodes": sc.slow_nodes,
+            "slow_upload_limit": sc.slow_upload_limit,
             "network": sc.network,
             "channel": sc.channel,
             "initial_version": sc.initial_version,
@@ -477,6 +512,8 @@ def summary_lines(report: dict[str, Any], out_dir: str, plot: str | None) -> lis
     """The end-of-run summary, one string per line."""
     sc = report["scenario"]
     limit = format_size(sc["upload_limit"]) + "/s" if sc["upload_limit"] else "unlimited"
+    if sc.get("slow_nodes"):
+        limit += f" ({sc['slow_nodes']} at {format_size(sc['slow_upload_limit'])}/s)"
     lines = [
         f"scenario {sc['name']}: {sc['nodes']} nodes, {format_size(sc['package_size'])}, "
         f"{sc['topology']} topology, {sc['network']} network, upload {limit}",
@@ -499,6 +536,17 @@ def summary_lines(report: dict[str, Any], out_dir: str, plot: str | None) -> lis
             f"  authority uploaded {format_size(auth['bytes_uploaded'])} = "
             f"{auth['upload_ratio']:.2f}x the package ({auth['measured_by']})"
         )
+    if any(auth.get("chunks_to", {}).values()):
+        lines.append(
+            "  chunks from the authority: "
+            + ", ".join(f"{k} {v}" for k, v in auth["chunks_to"].items())
+        )
+    if main and main.get("completion_spread") is not None:
+        lines.append(
+            "  download complete (s after the announcement): "
+            + "  ".join(f"{k} {v:.2f}" for k, v in main["download_complete"].items())
+            + f"; spread {main['completion_spread']:.2f}s"
+        )
     got = [
         f"{n['name']} {format_size(n['bytes_received'])}"
         for n in report["nodes"]
@@ -519,7 +567,7 @@ def summary_lines(report: dict[str, Any], out_dir: str, plot: str | None) -> lis
     if kr:
         ratio = "-" if kr["ratio"] is None else f"{kr['ratio']:.2f}x"
         lines.append(
-            f"  Kumar-Ross bound {kr['bound']:.2f}s; distribution took "
+            f"  Kumar-Ross bound {kr['bound']:.2f}s ({kr.get('formula', '')}); distribution took "
             f"{_fmt_t(kr['distribution_time'])} = {ratio} the bound"
         )
     for f in report["faults"]:

@@ -172,6 +172,10 @@ class Scenario:
     degree: int = 2
     seed: int = 1
     upload_limit: int = 0  # bytes/s per node and for the authority; 0 = unlimited
+    # The last ``slow_nodes`` nodes upload at ``slow_upload_limit`` instead (a branch
+    # office, a busy host): a heterogeneous fleet.
+    slow_nodes: int = 0
+    slow_upload_limit: int = 0
     network: str = "loopback"
     authority_peers: int = 2
     replicas: int = 1
@@ -184,6 +188,12 @@ class Scenario:
     expect: Expect = field(default_factory=lambda: Expect(all_applied=True))
     source: str = ""
     self_update: SelfUpdate | None = None
+
+    def node_upload_limit(self, index: int) -> int:
+        """Upload limit of node ``index`` (bytes/s, 0 = unlimited)."""
+        if index >= self.nodes - self.slow_nodes:
+            return self.slow_upload_limit
+        return self.upload_limit
 
     def faults_of(self, kind: type[Any]) -> list[Any]:
         return [f for f in self.faults if isinstance(f, kind)]
@@ -480,6 +490,12 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
     degree = r.int_("degree", 2, 1, MAX_NODES)
     seed = r.int_("seed", 1, 0, 2**63 - 1)
     upload_limit = r.size("upload_limit", 0, rate=True)
+    slow_nodes = r.int_("slow_nodes", 0, 0, nodes)
+    slow_upload_limit = r.size("slow_upload_limit", 0, rate=True)
+    if slow_nodes and not (slow_upload_limit and upload_limit):
+        raise r.fail("slow_nodes", "needs upload_limit and slow_upload_limit")
+    if slow_upload_limit and not slow_nodes:
+        raise r.fail("slow_upload_limit", "needs slow_nodes")
     network = r.str_("network", "loopback", NETWORKS)
     authority_peers = r.int_("authority_peers", 2, 1, MAX_NODES)
     default_replicas = nodes if topology == "star" else 1
@@ -572,6 +588,8 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
         degree=degree,
         seed=seed,
         upload_limit=upload_limit,
+        slow_nodes=slow_nodes,
+        slow_upload_limit=slow_upload_limit,
         network=network,
         authority_peers=authority_peers,
         replicas=replicas,

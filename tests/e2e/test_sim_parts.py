@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
+from p2pupdate.errors import UsageError
 from p2pupdate.sim.app import app_bytes, app_header
 from p2pupdate.sim.plot import plot_timeline
 from p2pupdate.sim.report import (
@@ -27,6 +28,7 @@ from p2pupdate.sim.report import (
     RunRecord,
     build_report,
     kumar_ross_bound,
+    kumar_ross_unequal,
     summary_lines,
 )
 from p2pupdate.sim.scenario import parse_scenario
@@ -192,7 +194,8 @@ def test_report_figures() -> None:
     assert report["time_to_last_applied"] == pytest.approx(3.0)
     assert report["publications"][0]["per_node"] == {"n00": 2.0, "n01": 3.0}
     assert report["authority"] == {
-        "bytes_uploaded": 2 * MiB, "upload_ratio": 2.0, "measured_by": "publish output"
+        "bytes_uploaded": 2 * MiB, "upload_ratio": 2.0, "measured_by": "publish output",
+        "chunks_to": {"n00": 8, "n01": 8},
     }  # fmt: skip
     assert report["nodes"][0]["sources"] == {"authority": 8, "n01": 8}
     assert report["nodes"][0]["bytes_received"] == MiB
@@ -212,6 +215,43 @@ def test_authority_ratio_falls_back_to_chunk_sources() -> None:
     rec.publishes[0].bytes_uploaded = None
     auth = build_report(rec)["authority"]
     assert auth["bytes_uploaded"] == 16 * 65536 and auth["upload_ratio"] == 1.0
+
+
+def test_heterogeneous_report_has_the_unequal_bound_the_spread_and_the_authority_shares() -> None:
+    rec = _record(upload_limit="1MiB/s", slow_nodes=1, slow_upload_limit="256KiB/s")
+    report = build_report(rec)
+    kr = report["kumar_ross"]
+    # max(F/u_s, N*F/(u_s + u_0 + u_1)) = max(1, 2/(1 + 1 + 0.25))
+    assert kr["bound"] == pytest.approx(1.0)
+    assert kr["slow_nodes"] == ["n01"]
+    rec2 = _record(upload_limit="1MiB/s", slow_nodes=2, slow_upload_limit="128KiB/s")
+    assert build_report(rec2)["kumar_ross"]["bound"] == pytest.approx(2 / 1.25)
+    pub = report["publications"][0]
+    assert pub["download_complete"] == {"n00": 1.0, "n01": 2.0}
+    assert pub["completion_spread"] == pytest.approx(1.0)
+    assert report["authority"]["chunks_to"] == {"n00": 8, "n01": 8}
+    text = "\n".join(summary_lines(report, "/out", None))
+    for needle in ("(1 at 256.0 KiB/s)", "chunks from the authority: n00 8, n01 8", "spread 1.00s",
+                   "sum u_i"):  # fmt: skip
+        assert needle in text, needle
+
+
+def test_slow_nodes_need_their_limits() -> None:
+    sc = parse_scenario(
+        {"nodes": 10, "upload_limit": "4MiB/s", "slow_nodes": 1, "slow_upload_limit": "400KiB/s"},
+        name="t",
+    )
+    assert [sc.node_upload_limit(i) for i in (0, 8, 9)] == [4 << 20, 4 << 20, 400 << 10]
+    for bad in ({"slow_nodes": 1}, {"slow_upload_limit": "1MiB/s"}, {"slow_nodes": 11}):
+        with pytest.raises(UsageError):
+            parse_scenario({"nodes": 10, "upload_limit": "4MiB/s", **bad}, name="t")
+
+
+def test_kumar_ross_unequal() -> None:
+    assert kumar_ross_unequal(100, 10, [10.0] * 10) == pytest.approx(10.0)
+    assert kumar_ross_unequal(40, 4, [4.0] * 8 + [0.4] * 2) == pytest.approx(400 / 36.8)
+    with pytest.raises(ValueError):
+        kumar_ross_unequal(100, 10, [10.0, 0.0])
 
 
 def test_kumar_ross_bound() -> None:

@@ -222,6 +222,28 @@ def test_sim_bandwidth_limited_small(tmp_path: Path) -> None:
     assert kr["ratio"] >= 0.9  # no run beats the bound by much: the limiter works
 
 
+def test_sim_heterogeneous_small(tmp_path: Path) -> None:
+    proc, report = run_sim(
+        tmp_path,
+        "heterogeneous",
+        upload_limit="2MiB/s",
+        slow_upload_limit="200KiB/s",
+        expect={"all_applied": True, "max_bound_ratio": 10.0, "max_authority_ratio": 4.0},
+        **{**SMALL, "degree": 2, "authority_peers": 4},
+    )
+    assert_passed(proc, report)
+    kr = report["kumar_ross"]
+    # 4 nodes, one at 0.1x: max(F/u_s, N*F/(u_s + sum u_i)) = max(1, 8/(2 + 6.195)) = 1 s
+    assert kr["bound"] == pytest.approx(1.0)
+    assert kr["slow_nodes"] == ["n03"]
+    pub = report["publications"][0]
+    assert set(pub["download_complete"]) == {"n00", "n01", "n02", "n03"}
+    assert pub["completion_spread"] is not None
+    to = report["authority"]["chunks_to"]
+    assert set(to) == {"n00", "n01", "n02", "n03"} and sum(to.values()) >= 32
+    assert "chunks from the authority" in proc.stdout
+
+
 def _netns_skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "network namespaces need root; this suite does not run as root"
