@@ -69,12 +69,8 @@ __all__ = ["DownloadResult", "Swarm", "SwarmOptions"]
 
 log = logging.getLogger("p2pupdate.swarm")
 
-# Requests a peer may queue with us; more are REJECTed (no peer monopolises a node).
-UPLOAD_QUEUE_PER_PEER = 32
 # HAVE lists are flushed this often (about one loopback round trip or less).
 HAVE_FLUSH = 0.01
-# Bitfields of packages we do not know yet, kept for when their announcement arrives.
-MAX_PENDING_BITFIELDS = 256
 
 
 @dataclass
@@ -128,11 +124,29 @@ class _Package:
 
 
 class _Uploads:
-    """Per-peer queue of chunk requests to serve."""
+    """Per-peer queue of chunk requests to serve.
 
-    def __init__(self) -> None:
-        self.send, self.recv = trio.open_memory_channel[tuple[bytes, int]](UPLOAD_QUEUE_PER_PEER)
+    ``queued`` mirrors what is in the channel, so a CANCEL is recorded only for a
+    request that is really waiting: ``cancelled`` is a subset of ``queued`` and
+    both are bounded by the queue size (Limits.max_upload_queue).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.send, self.recv = trio.open_memory_channel[tuple[bytes, int]](size)
+        self.queued: set[tuple[bytes, int]] = set()
         self.cancelled: set[tuple[bytes, int]] = set()
+
+    def cancel(self, item: tuple[bytes, int]) -> None:
+        if item in self.queued:
+            self.cancelled.add(item)
+
+    def take(self, item: tuple[bytes, int]) -> bool:
+        """The request ``item`` left the queue; False if it was cancelled meanwhile."""
+        self.queued.discard(item)
+        if item in self.cancelled:
+            self.cancelled.discard(item)
+            return False
+        return True
 
 
 class Swarm:
@@ -166,6 +180,7 @@ class Swarm:
         self.on_complete_from_peer: Callable[[bytes, PeerConn], None] | None = None
         self._table_fetches: dict[bytes, TableFetch[bytes]] = {}
         self._labels: dict[bytes, str] = {}
+        self.limits = node.options.limits
         node.package_service = self
 
     # -- what we hold ---------------------------------------------------------------
@@ -218,8 +233,7 @@ class Swarm:
 
     # -- peers ----------------------------------------------------------------------
     def on_peer_up(self, peer: PeerConn) -> None:
-        self._uploads[peer.node_id] = _Uploads()
-        self._labels[peer.node_id] = peer.label
+        self._uploads[peer.node_id] = _Uploads(self.limits.max_upload_queue)
         for pkg in self.packages.values():
             self._advertise(peer, pkg)
 
@@ -228,8 +242,26 @@ class Swarm:
         if uploads is not None:
             uploads.send.close()
         now = trio.current_time()
+        nid = peer.node_id
+        for package_id in list(self._pending_bitfields):
+            pending = self._pending_bitfields[package_id]
+            pending.pop(nid, None)
+            if not pending:
+                del self._pending_bitfields[package_id]
+        # Its label outlives it only if a download counts it as a source (for the
+        # download_complete ``sources``); the oldest go first past the limit.
+        if any(
+            nid in pkg.downloader.sources()
+            for pkg in self.packages.values()
+            if pkg.downloader is not None
+        ):
+            self._labels[nid] = peer.label
+            while len(self._labels) > self.limits.max_peer_labels:
+                del self._labels[next(iter(self._labels))]
         for pkg in self.packages.values():
-            pkg.bitfields.pop(peer.node_id, None)
+            pkg.bitfields.pop(nid, None)
+            pkg.completes.discard(nid)
+            pkg.bad_table_peers.discard(nid)
             if pkg.downloader is not None and pkg.downloader.state in (
                 DownloadState.PENDING,
                 DownloadState.DOWNLOADING,
@@ -274,8 +306,7 @@ class Swarm:
         if uploads is None:
             return
         async for package_id, index in uploads.recv:
-            if (package_id, index) in uploads.cancelled:
-                uploads.cancelled.discard((package_id, index))
+            if not uploads.take((package_id, index)):
                 continue
             pkg = self.packages.get(package_id)
             if pkg is None or not self.can_serve(pkg, index):
@@ -309,7 +340,7 @@ class Swarm:
         elif isinstance(msg, CancelMsg):
             uploads = self._uploads.get(peer.node_id)
             if uploads is not None:
-                uploads.cancelled.add((msg.package_id, msg.index))
+                uploads.cancel((msg.package_id, msg.index))
         elif isinstance(msg, Chunk):
             await self._on_chunk(peer, msg)
         elif isinstance(msg, Have):
@@ -343,11 +374,18 @@ class Swarm:
         if pkg is None or uploads is None or not self.can_serve(pkg, msg.index):
             peer.post(Reject(msg.package_id, msg.index))
             return
-        uploads.cancelled.discard((msg.package_id, msg.index))
+        item = (msg.package_id, msg.index)
+        if item in uploads.queued:
+            # Already waiting: one CHUNK answers both (a re-request after a CANCEL
+            # revives it).
+            uploads.cancelled.discard(item)
+            return
         try:
-            uploads.send.send_nowait((msg.package_id, msg.index))
+            uploads.send.send_nowait(item)
         except (trio.WouldBlock, trio.ClosedResourceError):
             peer.post(Reject(msg.package_id, msg.index))
+            return
+        uploads.queued.add(item)
 
     def _on_bitfield(self, peer: PeerConn, msg: Bitfield) -> None:
         bits = bitarray(endian="big")
@@ -355,9 +393,7 @@ class Swarm:
         del bits[msg.nchunks :]
         pkg = self.packages.get(msg.package_id)
         if pkg is None:
-            pending = self._pending_bitfields
-            if msg.package_id in pending or len(pending) < MAX_PENDING_BITFIELDS:
-                pending.setdefault(msg.package_id, {})[peer.node_id] = bits
+            self._keep_pending(peer.node_id, msg.package_id, bits)
             return
         if msg.nchunks != pkg.nchunks:
             raise RemoteProtocolError("bitfield length does not match the package")
@@ -377,6 +413,24 @@ class Swarm:
             else:
                 pkg.seeder.on_peer_joined(peer.node_id, bits)
             self._reveal(pkg, peer)
+
+    def _keep_pending(self, nid: bytes, package_id: bytes, bits: bitarray) -> None:
+        """Keep a BITFIELD of a package we do not know yet, within the limits."""
+        pending = self._pending_bitfields
+        by_peer = pending.get(package_id)
+        if by_peer is not None and nid in by_peer:
+            by_peer[nid] = bits  # a newer one replaces it
+            return
+        if by_peer is None and len(pending) >= self.limits.max_pending_bitfield_packages:
+            return
+        mine = sum(1 for p in pending.values() if nid in p)
+        if mine >= self.limits.max_pending_bitfields_per_peer:
+            return
+        pending.setdefault(package_id, {})[nid] = bits
+
+    def pending_bitfield_count(self) -> int:
+        """Bitfields held for unknown packages (all peers): tests check the cap."""
+        return sum(len(p) for p in self._pending_bitfields.values())
 
     def _on_have(self, peer: PeerConn, msg: Have) -> None:
         pkg = self.packages.get(msg.package_id)
@@ -419,6 +473,8 @@ class Swarm:
             if delay > 0:
                 await trio.sleep(delay)
         actions = dl.on_chunk(peer.node_id, msg.index, msg.data, trio.current_time())
+        if any(isinstance(act, WriteChunk) for act in actions):
+            peer.mark_useful(trio.current_time())  # a verified chunk: eviction keeps it
         await self._run_actions_async(pkg, actions)
         pkg.poke()
 
