@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--download-limit", metavar="RATE")
     n.add_argument("--cache-size", metavar="SIZE")
     n.add_argument("--events", type=Path, metavar="FILE")
+    n.add_argument("--events-max-size", metavar="SIZE")
     n.add_argument("--config", type=Path, metavar="FILE")
     n.add_argument("--check-interval", metavar="DURATION")
     n.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
