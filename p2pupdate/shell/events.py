@@ -172,9 +172,9 @@ class EventLog:
         data = line + "\n"
         size = len(data.encode())
         with self._lock:
-            if self._file is not None:
-                if self.max_size and self._size and self._size + size > self.max_size:
-                    self._rotate()
+            full = self.max_size and self._size and self._size + size > self.max_size
+            if self._file is not None and full:
+                self._rotate()
             if self._file is not None:
                 self._file.write(data)
                 self._file.flush()
