@@ -23,6 +23,7 @@ addresses. Every map here is capped by a named limit.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -88,6 +89,7 @@ class PeerBook:
         self._strikes_ip: dict[str, _Strikes] = {}
         self._strikes_node: dict[bytes, _Strikes] = {}
         self._banned_ip: dict[str, float] = {}
+        self._per_source: Counter[str] = Counter()  # entries per source, for the quota
         self._forget_after = forget_after
         self._base = base_backoff
         self._max_backoff = max_backoff
@@ -96,7 +98,9 @@ class PeerBook:
         self._banned_addr: dict[Addr, float] = {}
         self._banned_node: dict[bytes, float] = {}
         for addr in bootstrap:
-            self._known[addr] = _Entry(bootstrap=True)
+            if addr not in self._known:
+                self._known[addr] = _Entry(bootstrap=True)
+                self._per_source[FIRST_HAND] += 1
 
     # -- knowledge -------------------------------------------------------
     def add(self, addr: Addr, source: str = FIRST_HAND) -> bool:
@@ -104,13 +108,12 @@ class PeerBook:
         hand from an inbound HELLO). True if it was new and kept."""
         if addr in self._known or addr in self._self or addr[1] == 0:
             return False
-        if source != FIRST_HAND:
-            mine = sum(1 for e in self._known.values() if e.source == source)
-            if mine >= self.limits.max_addrs_per_source:
-                return False
+        if source != FIRST_HAND and self._per_source[source] >= self.limits.max_addrs_per_source:
+            return False
         if len(self._known) >= self._max_known and not self._evict_one():
             return False
         self._known[addr] = _Entry(source=source)
+        self._per_source[source] += 1
         return True
 
     def _evict_one(self) -> bool:
@@ -122,18 +125,24 @@ class PeerBook:
         if not by_source:
             return False
         biggest = max(by_source.values(), key=len)
-        del self._known[self._rng.choice(biggest)]
+        self._forget(self._rng.choice(biggest))
         return True
 
+    def _forget(self, addr: Addr) -> None:
+        entry = self._known.pop(addr)
+        self._per_source[entry.source] -= 1
+        if self._per_source[entry.source] <= 0:
+            del self._per_source[entry.source]
+
     def source_count(self, source: str) -> int:
-        return sum(1 for e in self._known.values() if e.source == source)
+        return self._per_source[source]
 
     def mark_self(self, addr: Addr) -> None:
         if len(self._self) < self.limits.max_self_addrs:
             self._self.add(addr)
         entry = self._known.get(addr)
         if entry is not None and not entry.bootstrap:
-            del self._known[addr]
+            self._forget(addr)
         elif entry is not None:
             entry.next_dial = float("inf")
 
@@ -181,6 +190,7 @@ class PeerBook:
             if len(self._known) >= self._max_known and not self._evict_one():
                 return
             entry = self._known[addr] = _Entry()
+            self._per_source[FIRST_HAND] += 1
         entry.connected = True
         entry.worked = True
         entry.failures = 0
@@ -201,7 +211,7 @@ class PeerBook:
         # An address that worked once is given longer before it is forgotten.
         limit = self._forget_after * (4 if entry.worked else 1)
         if entry.failures >= limit and not entry.bootstrap:
-            del self._known[addr]
+            self._forget(addr)
             return
         backoff = min(self._max_backoff, self._base * 2 ** (entry.failures - 1))
         entry.next_dial = now + backoff * (0.5 + self._rng.random())

@@ -217,4 +217,8 @@ def test_addresses_that_worked_are_never_evicted(ops: list[tuple[int, int]]) -> 
         else:
             book.add(addr, f"s{src}")
         assert len(book.known()) <= 20
+        for src in range(6):  # the per-source counts match the table
+            assert book.source_count(f"s{src}") == sum(
+                1 for e in book._known.values() if e.source == f"s{src}"
+            )
     assert worked <= set(book.known())
