@@ -102,7 +102,7 @@ class Limits:
     log_window: float = 60.0
     # Distinct (event, peer) keys tracked by the throttle; past this, all further keys
     # share one bucket per event name.
-    max_log_keys: int = 1024
+    max_log_keys: int = 256
 
 
 DEFAULT_LIMITS = Limits()

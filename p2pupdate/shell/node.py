@@ -404,7 +404,7 @@ class Node:
             self._log_throttled(
                 logging.INFO,
                 "protocol_error",
-                host,
+                self._who(host, conn.hello.node_id if conn.hello else None),
                 "%s: protocol error, closing: %s",
                 conn.label,
                 exc,
@@ -481,12 +481,17 @@ class Node:
         self._log_throttled(
             logging.INFO,
             "connected",
-            peer.host,
+            self._who(peer.host, peer.node_id),
             "connected to %s (%s)",
             peer.label,
             hello.node_id.hex()[:16],
         )
-        self.emit_peer("peer_connected", peer.host, peer=peer.label, peer_id=hello.node_id.hex())
+        self.emit_peer(
+            "peer_connected",
+            self._who(peer.host, peer.node_id),
+            peer=peer.label,
+            peer_id=hello.node_id.hex(),
+        )
         return peer
 
     def _evict_inbound(self) -> bool:
@@ -503,20 +508,31 @@ class Node:
             return False
         peer = self.peers[victim.key]
         self._log_throttled(
-            logging.INFO, "evicted", peer.host, "evicting %s to make room", peer.label
+            logging.INFO,
+            "evicted",
+            self._who(peer.host, peer.node_id),
+            "evicting %s to make room",
+            peer.label,
         )
         peer.close()
         self._drop(peer)
         return True
 
-    def _log_throttled(self, level: int, kind: str, host: str, msg: str, *args: object) -> None:
-        """A per-peer log line, at most ``log_burst`` per kind and IP per window."""
-        if log.isEnabledFor(level) and self.throttle.allow(kind, host, trio.current_time()):
+    def _who(self, host: str, node_id: bytes | None = None) -> str:
+        """Whom a per-peer line is counted against: the IP, or on a shared host (the
+        simulation's loopback, many honest nodes) the IP and the proven node id."""
+        if node_id is None or not self.slots.exempt(host):
+            return host
+        return f"{host}/{node_id.hex()[:16]}"
+
+    def _log_throttled(self, level: int, kind: str, who: str, msg: str, *args: object) -> None:
+        """A per-peer log line, at most ``log_burst`` per kind and source per window."""
+        if log.isEnabledFor(level) and self.throttle.allow(kind, who, trio.current_time()):
             log.log(level, msg, *args)
 
-    def emit_peer(self, name: str, host: str, **fields: object) -> None:
-        """A per-peer event, rate-limited per event name and peer IP (count, summarise)."""
-        if self.throttle.allow("event:" + name, host, trio.current_time()):
+    def emit_peer(self, name: str, who: str, **fields: object) -> None:
+        """A per-peer event, rate-limited per event name and source (count, summarise)."""
+        if self.throttle.allow("event:" + name, who, trio.current_time()):
             self.emit(name, **fields)
 
     def flush_suppressed(self) -> None:
@@ -531,7 +547,10 @@ class Node:
         if self.peers.get(peer.node_id) is peer:
             del self.peers[peer.node_id]
             self.emit_peer(
-                "peer_disconnected", peer.host, peer=peer.label, peer_id=peer.node_id.hex()
+                "peer_disconnected",
+                self._who(peer.host, peer.node_id),
+                peer=peer.label,
+                peer_id=peer.node_id.hex(),
             )
             self.peerbook.on_disconnected(peer.addr, trio.current_time())
             if self.package_service is not None:
@@ -593,14 +612,18 @@ class Node:
         self._log_throttled(
             logging.WARNING,
             "ban",
-            addr[0],
+            self._who(addr[0], node_id),
             "banning %s (%s): %s",
             format_addr(*addr),
             node_id.hex()[:16],
             reason,
         )
         self.emit_peer(
-            "peer_banned", addr[0], peer=format_addr(*addr), node=node_id.hex(), reason=reason
+            "peer_banned",
+            self._who(addr[0], node_id),
+            peer=format_addr(*addr),
+            node=node_id.hex(),
+            reason=reason,
         )
         peer = self.peers.get(node_id)
         if peer is not None:
@@ -679,18 +702,31 @@ class Node:
                 body.version,
                 body.package_id.hex(),
             )
+        elif peer is not None:  # per peer: throttled (signing junk announcements is cheap)
+            self._log_throttled(
+                logging.INFO,
+                "refused_announcement",
+                self._who(peer.host, peer.node_id),
+                "not relaying %s %s: %s",
+                body.channel,
+                body.version,
+                decision.reason,
+            )
         else:
             log.info("not relaying %s %s: %s", body.channel, body.version, decision.reason)
         if decision.reason in ("bad_signature",) and peer is not None:
             self._strike(peer.conn, "bad signature")
-        self.emit(
-            "update_refused",
-            channel=body.channel,
-            version=body.version,
-            package_id=body.package_id.hex(),
-            reason=decision.reason,
-            relay=False,
-        )
+        fields: dict[str, object] = {
+            "channel": body.channel,
+            "version": body.version,
+            "package_id": body.package_id.hex(),
+            "reason": decision.reason,
+            "relay": False,
+        }
+        if peer is None:
+            self.emit("update_refused", **fields)
+        else:  # per peer: throttled, like the log line
+            self.emit_peer("update_refused", self._who(peer.host, peer.node_id), **fields)
 
     async def inject(self, ann: Announcement) -> Decision | None:
         """Accept an announcement from this process (publish, tests) and gossip it."""

@@ -335,10 +335,10 @@ async def test_fresh_keys_from_one_ip_get_the_ip_banned_but_configured_peers_sta
 
 
 async def test_a_ban_flood_writes_a_few_events_and_one_summary_not_thousands() -> None:
-    lim = Limits(log_burst=5, log_window=1.0, strikes_to_ban=1)
+    lim = Limits(log_burst=5, log_window=1.0, strikes_to_ban=1, ip_strikes_to_ban=1000)
     async with nodes_running() as (nursery, _):
-        victim = await start(nursery, new_key(), limits=lim)
-        for i in range(40):  # 40 keys, each banned at its first offence
+        victim = await start(nursery, new_key(), limits=lim, shared_loopback=False)
+        for i in range(40):  # 40 keys from one IP, each banned at its first offence
             await _offend(victim.node.listen_addr, new_key(), 7000 + i)
         await wait_for(
             lambda: (
@@ -352,3 +352,21 @@ async def test_a_ban_flood_writes_a_few_events_and_one_summary_not_thousands() -
         )
         assert len(victim.named("peer_banned")) == 5
         assert len(victim.node.peerbook._banned_node) == 40  # every ban took effect
+
+
+async def test_on_a_shared_loopback_host_no_ip_ban_and_no_merging_of_honest_peers() -> None:
+    """The simulation's case: many nodes behind 127.0.0.1. Offences from many keys never
+    ban the IP, and the per-peer throttle counts each proven node id on its own."""
+    lim = Limits(ip_strikes_to_ban=3, log_burst=2)
+    async with nodes_running() as (nursery, _):
+        victim = await start(nursery, new_key(), limits=lim)
+        for i in range(10):
+            await _offend(victim.node.listen_addr, new_key(), 8000 + i)
+        assert victim.named("ip_banned") == []
+        assert not victim.node.peerbook.is_ip_banned("127.0.0.1", trio.current_time())
+        honest = [await try_handshake(victim.node.listen_addr) for _ in range(6)]
+        assert all(p is not None for p in honest)
+        await wait_for(lambda: len(victim.named("peer_connected")) == 10 + 6)
+        for p in honest:
+            assert p is not None
+            await p.aclose()
