@@ -140,7 +140,10 @@ class ConnectionSlots:
 
     @property
     def max_inbound(self) -> int:
-        return max(0, self.max_connections - self.limits.reserved_outbound)
+        """Slots inbound peers may hold: all but the reserve, which is at most half of
+        ``max_connections`` (a node configured for one connection still accepts it)."""
+        reserve = min(self.limits.reserved_outbound, self.max_connections // 2)
+        return self.max_connections - reserve
 
     def exempt(self, host: str) -> bool:
         """True if per-source caps do not apply to ``host`` (a shared loopback host)."""

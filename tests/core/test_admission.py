@@ -67,11 +67,11 @@ def test_loopback_is_one_shared_host_exempt_from_per_source_caps_unless_turned_o
 
 
 def test_full_handshake_slots_ask_to_drop_the_oldest_and_inbound_is_short_of_the_reserve() -> None:
-    slots = ConnectionSlots(max_connections=12, max_handshakes=3)
+    slots = ConnectionSlots(max_connections=20, max_handshakes=3)
     for _ in range(3):
         slots.begin_handshake("127.0.0.1")
     assert slots.handshake_verdict("127.0.0.1") == "evict_oldest"
-    assert slots.max_inbound == 12 - LIM.reserved_outbound
+    assert slots.max_inbound == 20 - LIM.reserved_outbound
     for _ in range(slots.max_inbound):
         slots.begin_connection("127.0.0.1", outbound=False)
     assert slots.inbound_verdict("127.0.0.1") == "evict"
@@ -147,3 +147,10 @@ def test_eviction_picks_an_unprotected_inbound_peer_or_nobody(
         assert len(inbound) <= LIM.evict_protect_useful * 2 + LIM.evict_protect_oldest
     else:
         assert not victim.outbound and victim in peers
+
+
+def test_the_outbound_reserve_is_at_most_half_so_a_one_connection_node_still_accepts() -> None:
+    assert ConnectionSlots(max_connections=64, max_handshakes=16).max_inbound == 56
+    assert ConnectionSlots(max_connections=8, max_handshakes=16).max_inbound == 4
+    one = ConnectionSlots(max_connections=1, max_handshakes=16)  # the simulation's star
+    assert one.max_inbound == 1 and one.inbound_verdict("127.0.0.1") == "ok"
