@@ -18,7 +18,7 @@ import nacl.exceptions
 import nacl.signing
 
 from p2pupdate.core.messages import NONCE_LEN, Hello, HelloProof
-from p2pupdate.errors import RemoteProtocolError
+from p2pupdate.errors import IncompatiblePeerError, RemoteProtocolError
 
 __all__ = ["PROOF_DOMAIN", "check_hello", "check_proof", "proof_payload", "sign_proof"]
 
@@ -33,7 +33,7 @@ def proof_payload(verifier_nonce: bytes, verifier_id: bytes, prover_id: bytes) -
 def check_hello(hello: Hello, protocol: int) -> None:
     """Refuse a HELLO of another protocol version or without a proper nonce."""
     if hello.protocol != protocol:
-        raise RemoteProtocolError(f"incompatible protocol version {hello.protocol}")
+        raise IncompatiblePeerError(f"incompatible protocol version {hello.protocol}")
     if len(hello.nonce) != NONCE_LEN:
         raise RemoteProtocolError(f"HELLO nonce must be {NONCE_LEN} bytes")
 

@@ -52,7 +52,7 @@ from p2pupdate.core.messages import (
 )
 from p2pupdate.core.policy import Decision, TrustConfig
 from p2pupdate.core.throttle import Throttle
-from p2pupdate.errors import RemoteProtocolError, TransferError
+from p2pupdate.errors import IncompatiblePeerError, RemoteProtocolError, TransferError
 from p2pupdate.shell.fsutil import atomic_write_bytes
 from p2pupdate.shell.peer import Connection, Timeouts, new_nonce
 from p2pupdate.shell.transport import Listener, Transport
@@ -409,7 +409,8 @@ class Node:
                 conn.label,
                 exc,
             )
-            self._strike(conn, str(exc))
+            if not isinstance(exc, IncompatiblePeerError):
+                self._strike(conn, str(exc))
             if dialed is not None and peer is None:
                 self.peerbook.on_dial_failed(dialed, trio.current_time())
         except TransferError as exc:

@@ -12,10 +12,12 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import msgpack
 import nacl.signing
 import trio
 
 from p2pupdate.config import Limits
+from p2pupdate.core.codec import HEADER
 from p2pupdate.core.messages import Bitfield, Cancel, Ping, Pong
 from p2pupdate.core.policy import TrustConfig
 from p2pupdate.shell.memstore import MemoryStore
@@ -370,3 +372,23 @@ async def test_on_a_shared_loopback_host_no_ip_ban_and_no_merging_of_honest_peer
         for p in honest:
             assert p is not None
             await p.aclose()
+
+
+async def test_an_old_version_peer_is_refused_without_strikes() -> None:
+    """A node not yet upgraded keeps reconnecting during a rollout: never an IP ban."""
+    lim = Limits(ip_strikes_to_ban=2)
+    async with nodes_running() as (nursery, _):
+        victim = await start(nursery, new_key(), limits=lim, shared_loopback=False)
+        for _ in range(5):
+            stream = await trio.open_tcp_stream(*victim.node.listen_addr)
+            old = msgpack.packb([1, 1, os.urandom(32), 4000, "p2pupdate/old"])
+            await stream.send_all(HEADER.pack(len(old)) + old)  # a version-1 HELLO
+            with trio.fail_after(10):
+                while await stream.receive_some(65536):
+                    pass  # our HELLO, then EOF
+            await stream.aclose()
+        assert victim.node.peerbook.strike_entries() == 0
+        assert not victim.node.peerbook.is_ip_banned("127.0.0.1", trio.current_time())
+        honest = await try_handshake(victim.node.listen_addr)
+        assert honest is not None
+        await honest.aclose()
