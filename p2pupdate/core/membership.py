@@ -175,6 +175,9 @@ class PeerBook:
             and (e.bootstrap or not self.is_ip_banned(a[0], now))
         ]
         self._rng.shuffle(ready)
+        # Known-good first (configured, or has worked before), like Bitcoin Core's
+        # "tried" table: a PEX flood of fresh addresses cannot crowd them out.
+        ready.sort(key=lambda a: not (self._known[a].bootstrap or self._known[a].worked))
         return ready[:need]
 
     def next_deadline(self) -> float | None:

@@ -222,3 +222,13 @@ def test_addresses_that_worked_are_never_evicted(ops: list[tuple[int, int]]) -> 
                 1 for e in book._known.values() if e.source == f"s{src}"
             )
     assert worked <= set(book.known())
+
+
+def test_dials_go_to_known_good_addresses_before_fresh_pex_ones() -> None:
+    book = PeerBook(random.Random(0), [A], target=2)
+    good = ("10.0.0.7", 4000)
+    book.on_connected(good)
+    book.on_disconnected(good, 0.0)
+    for i in range(50):
+        book.add((f"198.51.100.{i}", 4000), f"v4:203.0.113.{i}")
+    assert set(book.to_dial(10.0, active=0, in_flight=set())) == {A, good}
