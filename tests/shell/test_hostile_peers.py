@@ -133,6 +133,7 @@ async def test_bitfields_for_unknown_packages_are_capped_and_freed_when_their_pe
         await wait_for(lambda: not victim.node.peers)
         assert victim.swarm.pending_bitfield_count() == 0
         assert victim.swarm._pending_bitfields == {}
+        assert victim.swarm._labels == {} and victim.swarm._uploads == {}
 
 
 async def test_cancels_of_requests_never_made_are_not_kept() -> None:
