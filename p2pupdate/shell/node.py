@@ -310,7 +310,9 @@ class Node:
                 verdict = "ok" if self._evict_oldest_handshake() else "handshakes_full"
             if verdict != "ok":
                 # Refused cheaply: no task, no handshake.
-                self._log_throttled(logging.DEBUG, "refused", host, "refusing %s: %s", verdict)
+                self._log_throttled(
+                    logging.DEBUG, "refused", host, "refusing %s: %s", host, verdict
+                )
                 with trio.CancelScope(shield=True), trio.move_on_after(0.5):
                     await stream.aclose()
                 continue
