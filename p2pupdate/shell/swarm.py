@@ -58,6 +58,7 @@ from p2pupdate.core.messages import (
 )
 from p2pupdate.core.messages import Cancel as CancelMsg
 from p2pupdate.core.messages import Request as RequestMsg
+from p2pupdate.core.pending import PendingBitfields
 from p2pupdate.core.ratelimit import TokenBucket
 from p2pupdate.core.seeding import SuperSeeder
 from p2pupdate.core.tablefetch import TableFetch
@@ -165,7 +166,8 @@ class Swarm:
         self.options = options or SwarmOptions()
         self.rng = rng or random.Random()
         self.packages: dict[bytes, _Package] = {}
-        self._pending_bitfields: dict[bytes, dict[bytes, bitarray]] = {}
+        self.limits = node.options.limits
+        self.pending: PendingBitfields[bytes, bytes] = PendingBitfields(self.limits)
         self._uploads: dict[bytes, _Uploads] = {}
         self._slots = trio.Semaphore(self.options.upload_slots)
         now = trio.current_time()
@@ -180,7 +182,6 @@ class Swarm:
         self.on_complete_from_peer: Callable[[bytes, PeerConn], None] | None = None
         self._table_fetches: dict[bytes, TableFetch[bytes]] = {}
         self._labels: dict[bytes, str] = {}
-        self.limits = node.options.limits
         node.package_service = self
 
     # -- what we hold ---------------------------------------------------------------
@@ -189,7 +190,13 @@ class Swarm:
         pkg = self.packages.get(b.package_id)
         if pkg is None:
             pkg = _Package(b.package_id, b.size, b.table_root, b.critical, b.channel, b.version)
-            pkg.bitfields.update(self._pending_bitfields.pop(b.package_id, {}))
+            # Held before the announcement said how long the package is: keep the
+            # ones that fit (as a BITFIELD arriving now would be checked).
+            pkg.bitfields.update(
+                (nid, bits)
+                for nid, bits in self.pending.take(b.package_id).items()
+                if len(bits) == pkg.nchunks
+            )
             self.packages[b.package_id] = pkg
         return pkg
 
@@ -243,11 +250,7 @@ class Swarm:
             uploads.send.close()
         now = trio.current_time()
         nid = peer.node_id
-        for package_id in list(self._pending_bitfields):
-            pending = self._pending_bitfields[package_id]
-            pending.pop(nid, None)
-            if not pending:
-                del self._pending_bitfields[package_id]
+        self.pending.drop_peer(nid)
         # Its label outlives it only if a download counts it as a source (for the
         # download_complete ``sources``); the oldest go first past the limit.
         if any(
@@ -393,7 +396,7 @@ class Swarm:
         del bits[msg.nchunks :]
         pkg = self.packages.get(msg.package_id)
         if pkg is None:
-            self._keep_pending(peer.node_id, msg.package_id, bits)
+            self.pending.keep(peer.node_id, msg.package_id, bits)
             return
         if msg.nchunks != pkg.nchunks:
             raise RemoteProtocolError("bitfield length does not match the package")
@@ -414,32 +417,10 @@ class Swarm:
                 pkg.seeder.on_peer_joined(peer.node_id, bits)
             self._reveal(pkg, peer)
 
-    def _keep_pending(self, nid: bytes, package_id: bytes, bits: bitarray) -> None:
-        """Keep a BITFIELD of a package we do not know yet, within the limits."""
-        pending = self._pending_bitfields
-        by_peer = pending.get(package_id)
-        if by_peer is not None and nid in by_peer:
-            by_peer[nid] = bits  # a newer one replaces it
-            return
-        if by_peer is None and len(pending) >= self.limits.max_pending_bitfield_packages:
-            return
-        mine = sum(1 for p in pending.values() if nid in p)
-        if mine >= self.limits.max_pending_bitfields_per_peer:
-            return
-        pending.setdefault(package_id, {})[nid] = bits
-
-    def pending_bitfield_count(self) -> int:
-        """Bitfields held for unknown packages (all peers): tests check the cap."""
-        return sum(len(p) for p in self._pending_bitfields.values())
-
     def _on_have(self, peer: PeerConn, msg: Have) -> None:
         pkg = self.packages.get(msg.package_id)
         if pkg is None:
-            pending = self._pending_bitfields.get(msg.package_id, {}).get(peer.node_id)
-            if pending is not None:
-                for i in msg.indices:
-                    if i < len(pending):
-                        pending[i] = 1
+            self.pending.have(peer.node_id, msg.package_id, msg.indices)
             return
         if any(i >= pkg.nchunks for i in msg.indices):
             raise RemoteProtocolError("HAVE index past the end of the package")

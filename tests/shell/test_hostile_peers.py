@@ -121,18 +121,15 @@ async def test_bitfields_for_unknown_packages_are_capped_and_freed_when_their_pe
             await peer.send(*(Bitfield(os.urandom(32), 65536, b"\xff" * 8192) for _ in range(40)))
             await round_trip(peer, n)
             attackers.append(peer)
-        held = victim.swarm.pending_bitfield_count()
-        assert 0 < held <= lim.max_pending_bitfield_packages
-        per_peer = [
-            sum(1 for p in victim.swarm._pending_bitfields.values() if a.node_id in p)
-            for a in attackers
-        ]
+        held = victim.swarm.pending.count()
+        assert 0 < victim.swarm.pending.packages() <= lim.max_pending_bitfield_packages
+        assert held <= 24 * lim.max_pending_bitfields_per_peer
+        per_peer = [victim.swarm.pending.of_peer(a.node_id) for a in attackers]
         assert max(per_peer) == lim.max_pending_bitfields_per_peer
         for peer in attackers:
             await peer.aclose()
         await wait_for(lambda: not victim.node.peers)
-        assert victim.swarm.pending_bitfield_count() == 0
-        assert victim.swarm._pending_bitfields == {}
+        assert victim.swarm.pending.count() == 0 and victim.swarm.pending.packages() == 0
         assert victim.swarm._labels == {} and victim.swarm._uploads == {}
 
 
