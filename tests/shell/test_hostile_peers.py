@@ -7,8 +7,10 @@ the attack is about keeping one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -53,6 +55,7 @@ async def start(
     nursery: trio.Nursery,
     key: nacl.signing.SigningKey,
     peers: list[tuple[str, int]] = (),  # type: ignore[assignment]
+    transport: TcpTransport | None = None,
     **opts: object,
 ) -> Started:
     events: list[tuple[str, dict[str, object]]] = []
@@ -67,7 +70,7 @@ async def start(
     }
     settings.update(opts)
     options = NodeOptions(trust=TRUST, peers=tuple(peers), **settings)  # type: ignore[arg-type]
-    node = Node(options, TcpTransport(), key, emit=emit, rng=random.Random(1))
+    node = Node(options, transport or TcpTransport(), key, emit=emit, rng=random.Random(1))
     swarm = Swarm(node, MemoryStore(), SwarmOptions(request_timeout=2.0), rng=random.Random(1))
     await nursery.start(node.run)
     return Started(node, swarm, events)
@@ -227,43 +230,60 @@ async def test_silent_sockets_from_one_ip_get_only_that_ips_handshake_slots() ->
         await honest.aclose()
 
 
-async def _attack_then_publish(shared_loopback: bool) -> tuple[Started, int]:
-    """64 attacker connections from 127.0.0.1, then the honest link drops; the victim
-    must dial its configured peer again and get the release. Returns the victim and
-    how many attacker connections it held at the end."""
-    async with nodes_running() as (nursery, _):
-        honest = await start(nursery, new_key(), listen=("127.0.2.1", 0))
-        victim = await start(
-            nursery,
-            new_key(),
-            [honest.node.listen_addr],
-            max_connections=64,
-            shared_loopback=shared_loopback,
-        )
-        await wait_for(lambda: honest.node.node_id in victim.node.peers)
-        attackers = []
-        for _ in range(64):
-            p = await try_handshake(victim.node.listen_addr, local="127.0.0.1")
-            if p is not None:
-                attackers.append(p)
-        await trio.sleep(0.2)  # let refusals and evictions settle (not an assertion)
-        held = sum(1 for a in attackers if a.node_id in victim.node.peers)
-        assert held <= victim.node.slots.max_inbound
-        if not shared_loopback:
-            assert held <= Limits().max_conns_per_ip
-        victim.node.peers[honest.node.node_id].close()  # churn: the honest link drops
-        await honest.node.inject(make_announcement([AUTHORITY], version="8.0.0"))
-        await wait_for(
-            lambda: (
-                (a := victim.node.book.newest("app/stable")) is not None
-                and a.body.version == "8.0.0"
-            ),
-            timeout=20,
-        )
-        assert honest.node.node_id in victim.node.peers
+async def _keep_alive(attackers: list[RawPeer]) -> None:
+    while True:
         for a in attackers:
-            await a.aclose()
-        return victim, held
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await a.send(Ping(0))
+        await trio.sleep(1.0)
+
+
+async def _attack_then_publish(shared_loopback: bool) -> tuple[Started, int]:
+    """64 attacker connections from 127.0.0.1 while the victim's configured peer is not
+    up yet; then that peer starts and publishes. The victim must still dial it (its
+    inbound peers must not stop it dialling) and get the release. Returns the victim
+    and how many attacker connections it held."""
+    # The honest node's address is fixed now (port 0, read back), its node starts later.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.2.1", 0))
+    honest_addr = ("127.0.2.1", sock.getsockname()[1])
+    try:
+        async with nodes_running() as (nursery, _):
+            victim = await start(
+                nursery,
+                new_key(),
+                [honest_addr],
+                max_connections=64,
+                shared_loopback=shared_loopback,
+            )
+            attackers = []
+            for _ in range(64):
+                p = await try_handshake(victim.node.listen_addr, local="127.0.0.1")
+                if p is not None:
+                    attackers.append(p)
+            nursery.start_soon(_keep_alive, attackers)  # they never idle out
+            held = sum(1 for a in attackers if a.node_id in victim.node.peers)
+            assert held <= victim.node.slots.max_inbound
+            if not shared_loopback:
+                assert held <= Limits().max_conns_per_ip
+            sock.listen(16)
+            honest = await start(
+                nursery, new_key(), listen=honest_addr, transport=TcpTransport(sock.fileno())
+            )
+            await honest.node.inject(make_announcement([AUTHORITY], version="8.0.0"))
+            await wait_for(
+                lambda: (
+                    (a := victim.node.book.newest("app/stable")) is not None
+                    and a.body.version == "8.0.0"
+                ),
+                timeout=40,  # the victim's dial back-off after the refused early dials
+            )
+            assert honest.node.node_id in victim.node.peers
+            for a in attackers:
+                await a.aclose()
+            return victim, held
+    finally:
+        sock.close()
 
 
 async def test_node_under_64_connection_attack_from_one_ip_still_gets_the_release() -> None:
