@@ -63,8 +63,6 @@ log = logging.getLogger("p2pupdate.node")
 
 EmitFn = Callable[..., object]
 
-# Strikes before a peer is banned for protocol errors (bad frames, bad signatures).
-MAX_STRIKES = DEFAULT_LIMITS.strikes_to_ban
 # Outbox depth per connection: small control messages; a peer that lets this many
 # pile up is too slow to keep and is dropped.
 OUTBOX_SIZE = 2048
