@@ -238,11 +238,12 @@ async def _keep_alive(attackers: list[RawPeer]) -> None:
         await trio.sleep(1.0)
 
 
-async def _attack_then_publish(shared_loopback: bool) -> tuple[Started, int]:
+async def _attack_then_publish(shared_loopback: bool) -> tuple[bool, int]:
     """64 attacker connections from 127.0.0.1 while the victim's configured peer is not
     up yet; then that peer starts and publishes. The victim must still dial it (its
     inbound peers must not stop it dialling) and get the release. Returns the victim
-    and how many attacker connections it held."""
+    whether the last attacker was admitted (by evicting another) and how many attacker
+    connections it held."""
     # The honest node's address is fixed now (port 0, read back), its node starts later.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.2.1", 0))
@@ -262,6 +263,11 @@ async def _attack_then_publish(shared_loopback: bool) -> tuple[Started, int]:
                 if p is not None:
                     attackers.append(p)
             nursery.start_soon(_keep_alive, attackers)  # they never idle out
+            last = attackers[-1].node_id
+            if shared_loopback:  # wait until the newest attacker is admitted (or not)
+                with trio.move_on_after(5):
+                    await wait_for(lambda: last in victim.node.peers)
+            last_admitted = last in victim.node.peers
             held = sum(1 for a in attackers if a.node_id in victim.node.peers)
             assert held <= victim.node.slots.max_inbound
             if not shared_loopback:
@@ -281,7 +287,7 @@ async def _attack_then_publish(shared_loopback: bool) -> tuple[Started, int]:
             assert honest.node.node_id in victim.node.peers
             for a in attackers:
                 await a.aclose()
-            return victim, held
+            return last_admitted, held
     finally:
         sock.close()
 
@@ -291,8 +297,10 @@ async def test_node_under_64_connection_attack_from_one_ip_still_gets_the_releas
 
 
 async def test_same_attack_on_a_shared_loopback_host_is_held_off_by_reserved_outbound() -> None:
-    _, held = await _attack_then_publish(shared_loopback=True)
+    last_admitted, held = await _attack_then_publish(shared_loopback=True)
     assert held > Limits().max_conns_per_ip  # loopback exempt: only the global caps apply
+    assert held == 64 - Limits().reserved_outbound  # inbound full ...
+    assert last_admitted  # ... and a newcomer evicts the youngest rather than being refused
 
 
 # -- part 4: bans that work, logs that cannot fill a disk ----------------------------------
