@@ -7,7 +7,11 @@ What it does
     ``pipeline_depth`` requests in flight per peer, re-requests from another peer what timed
     out, goes into endgame (stragglers asked of a second peer, the duplicate cancelled when
     one copy arrives) once every missing chunk is in flight, and verifies every chunk against
-    the signed chunk table before anything is written.
+    the signed chunk table before anything is written. It measures how fast each peer serves
+    it (time between two chunks while it waits for one): a peer more than twice as slow as
+    the fastest gets a proportionally shorter pipeline, a request waiting on it moves to a
+    faster peer that has the chunk and would deliver it in less than half the time, and
+    endgame duplicates the chunk expected last first.
 
 What it does not do
     No I/O of any kind. It never reads a clock (every input carries ``now``), never touches
@@ -685,13 +689,19 @@ class Downloader(Generic[PeerT]):
         return RefreshSources()
 
     def poll(self, now: float) -> list[DownloadAction[PeerT]]:
-        """Fill every peer's pipeline: return the new :class:`Request` actions.
+        """Fill every peer's pipeline: return the new :class:`Request` actions (and the
+        :class:`Cancel` of a request moved off a slow peer).
 
-        Normal mode asks each peer with free slots for the rarest chunks it has that are
-        not in flight (random among equally rare ones). Once every missing chunk is in
-        flight (endgame) it asks peers for chunks already in flight elsewhere, fewest
-        copies first, up to ``endgame_copies`` per chunk. Also starts verification when
-        nothing is missing (a resume with every chunk, an empty package).
+        First, a request waiting on a peer more than twice as slow as the fastest moves
+        to a faster peer that has the chunk and a free slot, when that one is expected to
+        deliver it in less than half the time (Cancel, then Request). Then normal mode
+        asks each peer with free slots (a slow peer's pipeline is cut, see
+        ``pipeline_limit``) for the rarest chunks it has that are not in flight (random
+        among equally rare ones). Once every missing chunk is in flight (endgame) it asks
+        peers for chunks already in flight elsewhere, the one expected last first, up to
+        ``endgame_copies`` per chunk, never one whose measured holder is expected sooner
+        than this peer. Also starts verification when nothing is missing (a resume with
+        every chunk, an empty package).
         """
         if not self._active():
             return []

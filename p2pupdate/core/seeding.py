@@ -20,8 +20,16 @@ What it does
       fetch from the seed is shown chunks another peer was shown but has not fetched
       (first request wins, the other is refused), so one stalled peer cannot stop the
       swarm.
-    - Once every chunk has gone out, the seed reveals each peer the rarest chunks it lacks
-      and serves whatever is asked: it is then one more source among many.
+    - A peer is shown new chunks only as fast as it passes on those it got: a chunk we
+      sent it that no other connected peer holds yet is *unpassed*, and the first HAVE
+      for it from another peer means it passed it on. What it fetches from us plus its
+      unpassed chunks stay within ``spread``, unless no other peer is fetching from us
+      (then holding back would leave our upload idle). A slow uploader thus gets few
+      chunks and a peer that never passes chunks on gets one window.
+    - Once every chunk has gone out, the seed reveals each peer first the chunks held
+      only by a peer that got them from us and has not passed them on (a slow peer's,
+      the peer with most of them first), then the rarest chunks it lacks, and serves
+      whatever is asked: it is then one more source among many.
 
 What it does not do
     No I/O, no clock, randomness only from the injected ``random.Random``. It does not send
@@ -78,7 +86,8 @@ class SuperSeeder(Generic[PeerT]):
     """Reveal distinct chunks to distinct peers and send each chunk about once.
 
     ``window`` is how many shown-but-not-held chunks each peer is kept with (its own
-    pipeline to the seed); it should be at least the peers' pipeline depth.
+    pipeline to the seed); it should be at least the peers' pipeline depth. ``spread``
+    (default ``window``) caps those plus the chunks it got from us and has not passed on.
     """
 
     def __init__(
