@@ -648,8 +648,9 @@ class Downloader(Generic[PeerT]):
         Stall: when the download is active and incomplete and no new chunk has arrived for
         ``stall_timeout`` (counted from the first call, the last chunk, or the last
         re-examination), the download re-examines its sources: every peer's pipeline is
-        reset to full depth, earlier timeouts are forgiven (so a timed-out chunk may be
-        asked of any peer that has it, the one that timed out included), every peer is
+        reset to full depth and its measured speed forgotten, earlier timeouts are
+        forgiven (so a timed-out chunk may be asked of any peer that has it, the one that
+        timed out included), every peer is
         looked at again at the next ``poll``, and :class:`RefreshSources` asks the shell
         to refresh what peers advertise. It comes after the Cancels of this call.
         """
@@ -679,8 +680,10 @@ class Downloader(Generic[PeerT]):
         self._last_progress = now
         self._reexaminations += 1
         self._timed_out.clear()
+        self._best_svc = None  # speeds are measured again from scratch
         for peer, p in self._peers.items():
             p.limit = self._depth
+            p.svc = p.last_arrival = None
             p.starved = None
             p.eg_starved = None
             self._update_hungry(peer, p)

@@ -13,6 +13,7 @@ from bitarray.util import ones, zeros
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.download import (
     TRANSITIONS,
     AnnounceHave,
@@ -23,6 +24,7 @@ from p2pupdate.core.download import (
     Downloader,
     DownloadFailed,
     DownloadState,
+    RefreshSources,
     Request,
     VerifyPackage,
     WriteChunk,
@@ -811,3 +813,26 @@ def test_endgame_duplicates_the_chunk_expected_last() -> None:
         # F is free: it duplicates S's chunk (expected in 0.16 s), not T's (0.13 s).
         _feed(dl, chunks, "F", reqs["F"], 0.25)
         assert only_requests(dl.poll(0.25)) == [Request("F", reqs["S"])]
+
+
+def test_a_stall_forgets_measured_speeds() -> None:
+    content = make_content(40)
+    chunks = split(content)
+    dl = make_dl(content, depth=4)
+    dl.on_peer_bitfield("F", bits_of(40, set(range(20))), 0.0)
+    dl.on_peer_bitfield("S", ones(40), 0.0)
+    dl.on_timer(0.0)
+    dl.poll(0.0)
+    now = 0.0
+    for _ in range(4):
+        now += 0.1
+        _feed(dl, chunks, "F", dl.requests_to("F")[0], now)
+        dl.poll(now)
+    _feed(dl, chunks, "S", dl.requests_to("S")[0], 2.0)
+    dl.poll(2.0)
+    assert dl.pipeline_limit("S") == 1
+    # Nothing more arrives: the re-examination gives S its whole pipeline back (it may
+    # be the only source of what is left).
+    acts = dl.on_timer(2.0 + DEFAULT_LIMITS.download_stall_timeout)
+    assert any(isinstance(a, RefreshSources) for a in acts)
+    assert dl.service_time("S") is None and dl.pipeline_limit("S") == 4
