@@ -9,7 +9,7 @@ What it does
     one copy arrives) once every missing chunk is in flight, and verifies every chunk against
     the signed chunk table before anything is written. It measures how fast each peer serves
     it (time between two chunks while it waits for one): a peer more than twice as slow as
-    the fastest gets a proportionally shorter pipeline, a request waiting on it moves to a
+    the median peer gets a proportionally shorter pipeline, a request waiting on it moves to a
     faster peer that has the chunk and would deliver it in less than half the time, and
     endgame duplicates the chunk expected last first.
 
@@ -317,7 +317,7 @@ class Downloader(Generic[PeerT]):
         self._heap: list[tuple[float, int]] = []  # (deadline, request id), lazily cleaned
         self._next_rid = 0
 
-        self._best_svc: float | None = None  # the fastest peer's svc (see _Peer.svc)
+        self._best_svc: float | None = None  # the median peer's svc (see _Peer.svc)
         self._wanted_gen = 0  # bumped when a chunk becomes wanted again / a peer leaves
         self._flight_gen = 0  # bumped when endgame candidates may have grown
         self._duplicates = 0
@@ -422,8 +422,9 @@ class Downloader(Generic[PeerT]):
 
     def pipeline_limit(self, peer: PeerT) -> int:
         """Current in-flight limit for ``peer`` (0 if unknown): its depth (halved on a
-        timeout), cut down for a peer slower than the fastest (see ``service_time``) so
-        that what we ask of it arrives about as soon as a full pipeline from the fastest."""
+        timeout), cut down for a peer more than twice as slow as the median peer (see
+        ``service_time``) so that what we ask of it arrives about as soon as a full
+        pipeline from the median peer would."""
         p = self._peers.get(peer)
         return 0 if p is None else self._cap(p)
 
@@ -695,7 +696,7 @@ class Downloader(Generic[PeerT]):
         """Fill every peer's pipeline: return the new :class:`Request` actions (and the
         :class:`Cancel` of a request moved off a slow peer).
 
-        First, a request waiting on a peer more than twice as slow as the fastest moves
+        First, a request waiting on a peer more than twice as slow as the median moves
         to a faster peer that has the chunk and a free slot, when that one is expected to
         deliver it in less than half the time (Cancel, then Request). Then normal mode
         asks each peer with free slots (a slow peer's pipeline is cut, see
@@ -782,7 +783,7 @@ class Downloader(Generic[PeerT]):
             self._forget_request(peer, p, index, rid, freed=True)
             self._release_if_unowned(index)
         self._hungry.pop(peer, None)
-        if p.svc is not None and p.svc == self._best_svc:
+        if p.svc is not None:
             self._update_best_svc()
         # Exclusions that this peer made possible may lapse: re-examine everyone.
         self._wanted_gen += 1
@@ -906,18 +907,17 @@ class Downloader(Generic[PeerT]):
         sample = max(0.0, now - start)
         p.last_arrival = now
         p.svc = sample if p.svc is None else 0.7 * p.svc + 0.3 * sample
-        if self._best_svc is None or p.svc < self._best_svc:
-            self._best_svc = p.svc
-        else:
-            self._update_best_svc()
+        self._update_best_svc()
 
     def _update_best_svc(self) -> None:
-        known = [q.svc for q in self._peers.values() if q.svc is not None]
-        self._best_svc = min(known) if known else None
+        # The reference pace is the median peer's, not the fastest's: on a loaded machine
+        # the times jitter, and one lucky measure must not make every other peer "slow".
+        known = sorted(q.svc for q in self._peers.values() if q.svc is not None)
+        self._best_svc = known[(len(known) - 1) // 2] if known else None
 
     def _cap(self, p: _Peer) -> int:
         """How many requests ``p`` may have in flight: its limit, cut in proportion to how
-        much slower than the fastest peer it serves us when that is more than twice as
+        much slower than the median peer it serves us when that is more than twice as
         slow (at least one)."""
         best, svc = self._best_svc, p.svc
         if not best or svc is None or svc <= 2 * best:
@@ -927,7 +927,7 @@ class Downloader(Generic[PeerT]):
     def _eta(self, p: _Peer, index: int) -> float:
         """When (from now, roughly) chunk ``index`` asked of ``p`` should arrive; for an
         index not asked of it, when one more request would. Unmeasured: infinity for a
-        chunk asked of it (it may be stalled), the fastest peer's pace for a new one."""
+        chunk asked of it (it may be stalled), the median peer's pace for a new one."""
         if p.svc is None and index in p.requests:
             return math.inf
         svc = p.svc if p.svc is not None else (self._best_svc or 0.0)
