@@ -8,8 +8,8 @@ What it does
     out, goes into endgame (stragglers asked of a second peer, the duplicate cancelled when
     one copy arrives) once every missing chunk is in flight, and verifies every chunk against
     the signed chunk table before anything is written. It measures how fast each peer serves
-    it (time between two chunks while it waits for one): a peer more than twice as slow as
-    the median peer gets a proportionally shorter pipeline, a request waiting on it moves to a
+    it (time between two chunks while it waits for one): a peer more than four times as slow
+    as the median peer gets a proportionally shorter pipeline, a request waiting on it moves to a
     faster peer that has the chunk and would deliver it in less than half the time, and
     endgame duplicates the chunk expected last first.
 
@@ -79,6 +79,12 @@ __all__ = [
 PeerT = TypeVar("PeerT", bound=Hashable)
 
 HASH_LEN = 32  # BLAKE3 digest size used by the chunk table
+# A source counts as slow (shorter pipeline, its requests moved to faster holders) only
+# when it serves us this many times slower than the median source: on a loaded machine
+# the measured times of equal peers jitter by 2-3x, and cutting their pipelines or
+# moving their requests then costs more than it saves (a branch office at a tenth of
+# the rate is well above it).
+SLOW_FACTOR = 4.0
 
 
 class DownloadState(Enum):
@@ -422,9 +428,9 @@ class Downloader(Generic[PeerT]):
 
     def pipeline_limit(self, peer: PeerT) -> int:
         """Current in-flight limit for ``peer`` (0 if unknown): its depth (halved on a
-        timeout), cut down for a peer more than twice as slow as the median peer (see
-        ``service_time``) so that what we ask of it arrives about as soon as a full
-        pipeline from the median peer would."""
+        timeout), cut down for a peer more than ``SLOW_FACTOR`` (4) times as slow as the
+        median peer (see ``service_time``) so that what we ask of it arrives about as
+        soon as a full pipeline from the median peer would."""
         p = self._peers.get(peer)
         return 0 if p is None else self._cap(p)
 
@@ -696,7 +702,7 @@ class Downloader(Generic[PeerT]):
         """Fill every peer's pipeline: return the new :class:`Request` actions (and the
         :class:`Cancel` of a request moved off a slow peer).
 
-        First, a request waiting on a peer more than twice as slow as the median moves
+        First, a request waiting on a peer more than 4x as slow as the median moves
         to a faster peer that has the chunk and a free slot, when that one is expected to
         deliver it in less than half the time (Cancel, then Request). Then normal mode
         asks each peer with free slots (a slow peer's pipeline is cut, see
@@ -917,11 +923,11 @@ class Downloader(Generic[PeerT]):
 
     def _cap(self, p: _Peer) -> int:
         """How many requests ``p`` may have in flight: its limit, cut in proportion to how
-        much slower than the median peer it serves us when that is more than twice as
-        slow (at least one)."""
+        much slower than the median peer it serves us when that is more than
+        ``SLOW_FACTOR`` times as slow (at least one)."""
         best, svc = self._best_svc, p.svc
-        if not best or svc is None or svc <= 2 * best:
-            return p.limit  # (measures jitter: less than twice as slow counts as equal)
+        if not best or svc is None or svc <= SLOW_FACTOR * best:
+            return p.limit
         return max(1, min(p.limit, round(self._depth * best / svc)))
 
     def _eta(self, p: _Peer, index: int) -> float:
@@ -945,7 +951,7 @@ class Downloader(Generic[PeerT]):
         if not best:
             return
         for peer, p in list(self._peers.items()):
-            if p.svc is None or p.svc <= 2 * best or not p.requests:
+            if p.svc is None or p.svc <= SLOW_FACTOR * best or not p.requests:
                 continue
             for pos, index in enumerate(list(p.requests)):
                 eta = (pos + 1) * p.svc

@@ -804,7 +804,7 @@ def test_endgame_duplicates_the_chunk_expected_last() -> None:
         for p in ("F", "S", "T"):
             dl.on_peer_bitfield(p, ones(7), 0.0)
         reqs = {r.peer: r.index for r in only_requests(dl.poll(0.0))}
-        # F serves us in 0.1 s, T in 0.13 s, S in 0.16 s (none twice as slow as F: no
+        # F serves us in 0.1 s, T in 0.13 s, S in 0.16 s (none four times as slow as F: no
         # request is moved, only endgame duplicates).
         for now, peer in ((0.1, "F"), (0.13, "T"), (0.16, "S"), (0.2, "F")):
             _feed(dl, chunks, peer, reqs[peer], now)
