@@ -1,7 +1,7 @@
 """Pure decisions of the applicator: what to install, when to retry, when to give up.
 
 Nothing here touches a file, a process or a clock. The shell
-(:mod:`p2pupdate.shell.install.applicator`, :mod:`p2pupdate.shell.install.sentinel`) asks these
+(:mod:`p2pupdate.shell.install.applicator`) asks these
 functions and state machines what to do, carries it out, and feeds the
 results back in, with ``now`` passed as a number.
 
@@ -10,8 +10,10 @@ Three decisions live here:
 * :func:`should_install` -- the upgrade gate (newer? quarantined? size? min_version?);
 * :class:`ConfirmMachine` -- one install's attempts: swap, optional restart,
   health checks inside a confirmation window, a bounded number of attempts;
-* :func:`boot_decision` / :func:`recovery_decision` -- what to do on start when a
-  boot sentinel or an unconfirmed install was left behind.
+* :func:`recovery_decision` -- what to do on start when an unconfirmed
+  install was left behind.
+
+(The self-update launcher's boot counting is :mod:`p2pupdate.core.boot`.)
 
 Plus :func:`check_archive`, the path rules for a directory target's tar archive.
 """
@@ -56,11 +58,6 @@ __all__ = [
     "TOO_MANY_ATTEMPTS",
     "Accept",
     "ArchiveMember",
-    "BootClear",
-    "BootContinue",
-    "BootCount",
-    "BootDecision",
-    "BootRollBack",
     "ConfirmAction",
     "ConfirmMachine",
     "ConfirmState",
@@ -75,9 +72,7 @@ __all__ = [
     "Refuse",
     "RunHealthCheck",
     "RunRestart",
-    "SentinelRecord",
     "WaitUntil",
-    "boot_decision",
     "check_archive",
     "check_interval",
     "compare_versions",
@@ -439,90 +434,6 @@ def recovery_decision(
     if not package_available:
         return RecoverWait()
     return RecoverRetry()
-
-
-# ---------------------------------------------------------------------------
-# Boot sentinel for the node's own program
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SentinelRecord:
-    """A freshly swapped program, not yet confirmed healthy."""
-
-    new_version: str
-    last_good_version: str | None
-    boot_attempts: int
-    armed_at: float
-    program: str = ""
-
-    def __post_init__(self) -> None:
-        if self.boot_attempts < 0:
-            raise ValueError("boot_attempts must not be negative")
-        parse_version(self.new_version)
-
-
-@dataclass(frozen=True)
-class BootContinue:
-    """No sentinel: start normally."""
-
-
-@dataclass(frozen=True)
-class BootCount:
-    """Persist ``attempt`` as the boot counter, then start normally (confirm when healthy)."""
-
-    attempt: int
-
-
-@dataclass(frozen=True)
-class BootRollBack:
-    """Too many boots: quarantine ``version``; if ``restore``, put the last good
-    program back and exit with code 3, else clear the sentinel and keep going."""
-
-    version: str
-    restore: bool
-
-
-@dataclass(frozen=True)
-class BootClear:
-    """The sentinel is corrupt or stale: delete it and start normally."""
-
-    reason: str
-
-
-BootDecision = BootContinue | BootCount | BootRollBack | BootClear
-
-
-def boot_decision(
-    record: SentinelRecord | None,
-    corrupt: bool,
-    running_version: str,
-    boot_attempts: int,
-    has_last_good: bool,
-    program: str = "",
-) -> BootDecision:
-    """Decide at the very start of a node what its boot sentinel means.
-
-    ``boot_attempts`` is the bound: the program may boot that many times
-    unconfirmed; the next boot rolls back. The counter is persisted before
-    the code it guards runs, so a crash still counts. A sentinel for another
-    version or another program (both known) is stale.
-    """
-    if corrupt:
-        return BootClear("corrupt")
-    if record is None:
-        return BootContinue()
-    if program and record.program and program != record.program:
-        return BootClear("stale")
-    try:
-        same = compare_versions(record.new_version, running_version) == 0
-    except ValueError:
-        same = False
-    if not same:
-        return BootClear("stale")
-    if record.boot_attempts >= boot_attempts:
-        return BootRollBack(record.new_version, restore=has_last_good)
-    return BootCount(record.boot_attempts + 1)
 
 
 # ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Pure applicator decisions: the upgrade gate, the attempt/confirm machine,
-recovery, the boot sentinel counter and the archive path rules."""
+recovery and the archive path rules."""
 
 from __future__ import annotations
 
@@ -11,10 +11,6 @@ from p2pupdate.core import apply as core
 from p2pupdate.core.apply import (
     Accept,
     ArchiveMember,
-    BootClear,
-    BootContinue,
-    BootCount,
-    BootRollBack,
     Confirmed,
     ConfirmMachine,
     ConfirmState,
@@ -23,7 +19,6 @@ from p2pupdate.core.apply import (
     Refuse,
     RunHealthCheck,
     RunRestart,
-    SentinelRecord,
     WaitUntil,
 )
 from p2pupdate.errors import ApplyError
@@ -374,60 +369,6 @@ def test_repeated_crashes_end_in_give_up_after_the_bound(max_attempts: int) -> N
         attempts += 1  # the retry persists its attempt, then the process dies again
     assert attempts == max_attempts
     assert retries == max_attempts
-
-
-# ---------------------------------------------------------------------------
-# Boot sentinel
-# ---------------------------------------------------------------------------
-
-
-def record(attempts: int, version: str = "2.0.0", program: str = "/opt/p") -> SentinelRecord:
-    return SentinelRecord(version, "1.0.0", attempts, 0.0, program)
-
-
-def test_boot_decision_table() -> None:
-    assert core.boot_decision(None, False, "2.0.0", 3, True) == BootContinue()
-    assert core.boot_decision(None, True, "2.0.0", 3, True) == BootClear("corrupt")
-    assert core.boot_decision(record(0), False, "1.0.0", 3, True) == BootClear("stale")
-    assert core.boot_decision(record(0), False, "2.0.0+b1", 3, True) == BootCount(1)
-    assert core.boot_decision(record(2), False, "2.0.0", 3, True) == BootCount(3)
-    assert core.boot_decision(record(3), False, "2.0.0", 3, True) == BootRollBack("2.0.0", True)
-    assert core.boot_decision(record(5), False, "2.0.0", 3, False) == BootRollBack("2.0.0", False)
-    assert core.boot_decision(
-        record(0), False, "2.0.0", 3, True, program="/opt/other"
-    ) == BootClear("stale")
-    assert core.boot_decision(record(0), False, "garbage", 3, True) == BootClear("stale")
-
-
-def test_sentinel_record_validates() -> None:
-    with pytest.raises(ValueError):
-        SentinelRecord("2.0", None, 0, 0.0)
-    with pytest.raises(ValueError):
-        SentinelRecord("2.0.0", None, -1, 0.0)
-
-
-@given(bound=st.integers(1, 8), confirm_at=st.none() | st.integers(1, 10))
-def test_crash_loop_rolls_back_exactly_past_the_bound(bound: int, confirm_at: int | None) -> None:
-    """Boot over and over (crashing each time) until confirmed or rolled back."""
-    rec: SentinelRecord | None = record(0)
-    boots = 0
-    outcome = None
-    while rec is not None:
-        d = core.boot_decision(rec, False, "2.0.0", bound, True)
-        if isinstance(d, BootRollBack):
-            outcome = "rolled_back"
-            break
-        assert isinstance(d, BootCount)
-        assert d.attempt == rec.boot_attempts + 1 <= bound  # persisted before running
-        rec = SentinelRecord(rec.new_version, rec.last_good_version, d.attempt, 0.0, rec.program)
-        boots += 1
-        if confirm_at is not None and boots == confirm_at:
-            rec = None  # healthy: confirm removes the sentinel
-            outcome = "confirmed"
-    if confirm_at is not None and confirm_at <= bound:
-        assert outcome == "confirmed" and boots == confirm_at
-    else:
-        assert outcome == "rolled_back" and boots == bound
 
 
 # ---------------------------------------------------------------------------
