@@ -5,9 +5,9 @@ Nothing here touches a file, a process or a clock. The shell
 functions and state machines what to do, carries it out, and feeds the
 results back in, with ``now`` passed as a number.
 
-Three decisions live here:
+Two decisions live here (the upgrade gate is the one act gate,
+:func:`p2pupdate.core.policy.install_decision`):
 
-* :func:`should_install` -- the upgrade gate (newer? quarantined? size? min_version?);
 * :class:`ConfirmMachine` -- one install's attempts: swap, optional restart,
   health checks inside a confirmation window, a bounded number of attempts;
 * :func:`recovery_decision` -- what to do on start when an unconfirmed
@@ -21,9 +21,10 @@ Plus :func:`check_archive`, the path rules for a directory target's tar archive.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from p2pupdate.core.reasons import Reason
 from p2pupdate.core.versions import (
     MAX_VERSION_LEN,
     compare_versions,
@@ -81,95 +82,51 @@ __all__ = [
     "parse_version",
     "quarantines",
     "recovery_decision",
-    "should_install",
     "version_in",
 ]
 
 # ---------------------------------------------------------------------------
-# Reasons: short snake_case names that reach events and ``status``.
+# Reasons: codes of :class:`p2pupdate.core.reasons.Reason`, named here for the applicator.
 # ---------------------------------------------------------------------------
 
-NOT_NEWER = "not_newer"
-QUARANTINED = "quarantined"
-TOO_LARGE = "too_large"
-HASH_MISMATCH = "hash_mismatch"
-BELOW_MIN_VERSION = "below_min_version"
-BAD_VERSION = "bad_version"
-BAD_ARCHIVE = "bad_archive"
-HEALTH_CHECK_FAILED = "health_check_failed"
-HEALTH_TIMEOUT = "health_timeout"
-NOT_CONFIRMED = "not_confirmed"
-RESTART_FAILED = "restart_failed"
-# The restart command could not be started at all (missing, not executable): a fault
-# of the host, not of the release. Rolled back, never quarantined; tried again later.
-RESTART_NOT_STARTED = "restart_not_started"
-TOO_MANY_ATTEMPTS = "too_many_attempts"
-INTERRUPTED = "interrupted"
-ROLLBACK_FAILED = "rollback_failed"
-DISK_FULL = "disk_full"
-INSTALL_FAILED = "install_failed"
-PACKAGE_MISSING = "package_missing"
-NO_BACKUP = "no_backup"
-OPERATOR_ROLLBACK = "operator_rollback"
+NOT_NEWER = Reason.NOT_NEWER
+QUARANTINED = Reason.QUARANTINED
+TOO_LARGE = Reason.TOO_LARGE
+HASH_MISMATCH = Reason.HASH_MISMATCH
+BELOW_MIN_VERSION = Reason.BELOW_MIN_VERSION
+BAD_VERSION = Reason.BAD_VERSION
+BAD_ARCHIVE = Reason.BAD_ARCHIVE
+HEALTH_CHECK_FAILED = Reason.HEALTH_CHECK_FAILED
+HEALTH_TIMEOUT = Reason.HEALTH_TIMEOUT
+NOT_CONFIRMED = Reason.NOT_CONFIRMED
+RESTART_FAILED = Reason.RESTART_FAILED
+RESTART_NOT_STARTED = Reason.RESTART_NOT_STARTED
+TOO_MANY_ATTEMPTS = Reason.TOO_MANY_ATTEMPTS
+INTERRUPTED = Reason.INTERRUPTED
+ROLLBACK_FAILED = Reason.ROLLBACK_FAILED
+DISK_FULL = Reason.DISK_FULL
+INSTALL_FAILED = Reason.INSTALL_FAILED
+PACKAGE_MISSING = Reason.PACKAGE_MISSING
+NO_BACKUP = Reason.NO_BACKUP
+OPERATOR_ROLLBACK = Reason.OPERATOR_ROLLBACK
 
 
 # ---------------------------------------------------------------------------
-# The upgrade gate
+# Verdicts of check_archive
 # ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Accept:
-    """Install it."""
+    """Go ahead."""
 
 
 @dataclass(frozen=True)
 class Refuse:
-    """Do not install it, for ``reason`` (one of the constants above)."""
+    """Do not go ahead, for ``reason`` (one of the constants above), with ``detail``."""
 
     reason: str
     detail: str = ""
-
-
-def should_install(
-    installed_version: str | None,
-    new_version: str,
-    quarantined: Collection[str],
-    size: int,
-    max_size: int,
-    explicit_rollback: bool = False,
-    min_version: str | None = None,
-) -> Accept | Refuse:
-    """Decide whether ``new_version`` may replace ``installed_version``.
-
-    Checks, in this order (the first that fails names the reason):
-    ``bad_version``, ``quarantined``, ``too_large``, ``not_newer`` and
-    ``below_min_version``. An explicit rollback (an operator asked for this
-    version) skips the last two; it never skips quarantine.
-    """
-    try:
-        parse_version(new_version)
-    except ValueError as exc:
-        return Refuse(BAD_VERSION, str(exc))
-    if version_in(new_version, quarantined):
-        return Refuse(QUARANTINED, f"{new_version} is quarantined")
-    if size < 0 or size > max_size:
-        return Refuse(TOO_LARGE, f"{size} bytes, limit {max_size}")
-    if explicit_rollback:
-        return Accept()
-    if not is_newer(new_version, installed_version):
-        return Refuse(NOT_NEWER, f"{new_version} is not newer than {installed_version}")
-    if min_version is not None and installed_version is not None:
-        try:
-            below = parse_version(installed_version).compare(parse_version(min_version)) < 0
-        except ValueError:
-            below = False  # unknown installed version or bad min_version: not known to be below
-        if below:
-            return Refuse(
-                BELOW_MIN_VERSION,
-                f"installed {installed_version} is below min_version {min_version}",
-            )
-    return Accept()
 
 
 # ---------------------------------------------------------------------------

@@ -187,7 +187,7 @@ class SelfUpdater:
         fields = {"channel": b.channel, "version": b.version, "package_id": b.package_id.hex()}
         if reason is None:
             self._emit("self_update_available", {**fields, "running": self.running})
-        elif not (reason == "not_newer" and b.version == self.running):
+        elif b.version != self.running:  # the running release itself: nothing to say
             self._emit("update_refused", {**fields, "reason": reason})
 
     async def on_downloaded(self, ann: Announcement) -> None:

@@ -21,6 +21,7 @@ from p2pupdate.core.apply import (
     RunRestart,
     WaitUntil,
 )
+from p2pupdate.core.policy import install_decision
 from p2pupdate.errors import ApplyError
 
 MiB = 1024 * 1024
@@ -46,45 +47,46 @@ def test_parse_version_refuses_non_semver_and_long(bad: str) -> None:
 @pytest.mark.parametrize(
     ("installed", "new", "kwargs", "expected"),
     [
-        (None, "1.0.0", {}, Accept()),
-        ("1.0.0", "1.0.1", {}, Accept()),
-        ("1.0.0", "1.0.0", {}, Refuse(core.NOT_NEWER)),
-        ("1.0.0+b1", "1.0.0+b2", {}, Refuse(core.NOT_NEWER)),
-        ("1.1.0", "1.0.9", {}, Refuse(core.NOT_NEWER)),
-        ("1.0.0", "1.0.0-rc.1", {}, Refuse(core.NOT_NEWER)),
-        ("1.1.0", "1.0.9", {"explicit_rollback": True}, Accept()),
-        ("not semver", "1.0.0", {}, Accept()),  # unknown installed version: anything is newer
-        ("1.0.0", "2.0", {}, Refuse(core.BAD_VERSION)),
-        ("1.0.0", "2.0.0", {"quarantined": ["2.0.0"]}, Refuse(core.QUARANTINED)),
-        ("1.0.0", "2.0.0+b9", {"quarantined": ["2.0.0+b1"]}, Refuse(core.QUARANTINED)),
-        ("3.0.0", "2.0.0", {"quarantined": ["2.0.0"]}, Refuse(core.QUARANTINED)),
+        (None, "1.0.0", {}, None),
+        ("1.0.0", "1.0.1", {}, None),
+        ("1.0.0", "1.0.0", {}, core.NOT_NEWER),
+        ("1.0.0+b1", "1.0.0+b2", {}, core.NOT_NEWER),
+        ("1.1.0", "1.0.9", {}, core.NOT_NEWER),
+        ("1.0.0", "1.0.0-rc.1", {}, core.NOT_NEWER),
+        ("1.1.0", "1.0.9", {"explicit_rollback": True}, None),
+        ("not semver", "1.0.0", {}, None),  # unknown installed version: anything is newer
+        ("1.0.0", "2.0", {}, core.BAD_VERSION),
+        ("1.0.0", "2.0.0", {"quarantined": ["2.0.0"]}, core.QUARANTINED),
+        ("1.0.0", "2.0.0+b9", {"quarantined": ["2.0.0+b1"]}, core.QUARANTINED),
+        ("3.0.0", "2.0.0", {"quarantined": ["2.0.0"]}, core.QUARANTINED),
         (
             "1.0.0",
             "2.0.0",
             {"explicit_rollback": True, "quarantined": ["2.0.0"]},
-            Refuse(core.QUARANTINED),
+            core.QUARANTINED,
         ),
-        ("1.0.0", "2.0.0", {"size": 10 * MiB + 1}, Refuse(core.TOO_LARGE)),
-        ("1.0.0", "2.0.0", {"size": 10 * MiB}, Accept()),
-        ("1.0.0", "2.0.0", {"size": -1}, Refuse(core.TOO_LARGE)),
-        ("1.0.0", "2.0.0", {"min_version": "1.5.0"}, Refuse(core.BELOW_MIN_VERSION)),
-        ("1.5.0", "2.0.0", {"min_version": "1.5.0"}, Accept()),
-        (None, "2.0.0", {"min_version": "1.5.0"}, Accept()),  # unknown: not known to be below
-        ("1.0.0", "2.0.0", {"min_version": "1.5.0", "explicit_rollback": True}, Accept()),
+        ("1.0.0", "2.0.0", {"size": 10 * MiB + 1}, core.TOO_LARGE),
+        ("1.0.0", "2.0.0", {"size": 10 * MiB}, None),
+        ("1.0.0", "2.0.0", {"size": -1}, core.TOO_LARGE),
+        ("1.0.0", "2.0.0", {"min_version": "1.5.0"}, core.BELOW_MIN_VERSION),
+        ("1.5.0", "2.0.0", {"min_version": "1.5.0"}, None),
+        (None, "2.0.0", {"min_version": "1.5.0"}, None),  # unknown: not known to be below
+        ("1.0.0", "2.0.0", {"min_version": "1.5.0", "explicit_rollback": True}, None),
     ],
 )
-def test_should_install_table(
-    installed: str | None, new: str, kwargs: dict[str, object], expected: Accept | Refuse
+def test_install_decision_table(
+    installed: str | None, new: str, kwargs: dict[str, object], expected: str | None
 ) -> None:
+    """The one act gate (core.policy.install_decision), as the applicator asks it."""
     args: dict[str, object] = {"quarantined": [], "size": 1000, "max_size": 10 * MiB}
     args.update(kwargs)
-    decision = core.should_install(installed, new, **args)  # type: ignore[arg-type]
-    if isinstance(expected, Refuse):
-        assert isinstance(decision, Refuse)
-        assert decision.reason == expected.reason
-        assert decision.detail  # every refusal says why
+    decision = install_decision(new, installed_version=installed, **args)  # type: ignore[arg-type]
+    if expected is not None:
+        assert not decision.ok
+        assert decision.reason == expected
+        assert decision.detail  # every refusal says why, apart from the code
     else:
-        assert decision == Accept()
+        assert decision.ok
 
 
 versions = st.builds(
@@ -105,7 +107,7 @@ versions = st.builds(
     explicit=st.booleans(),
     min_version=st.none() | versions,
 )
-def test_should_install_refuses_exactly_when_a_rule_says_so(
+def test_install_decision_refuses_exactly_when_a_rule_says_so(
     installed: str | None,
     new: str,
     quarantined: list[str],
@@ -114,7 +116,15 @@ def test_should_install_refuses_exactly_when_a_rule_says_so(
     explicit: bool,
     min_version: str | None,
 ) -> None:
-    d = core.should_install(installed, new, quarantined, size, max_size, explicit, min_version)
+    d = install_decision(
+        new,
+        size=size,
+        installed_version=installed,
+        quarantined=quarantined,
+        max_size=max_size,
+        min_version=min_version,
+        explicit_rollback=explicit,
+    )
     q = any(core.compare_versions(new, v) == 0 for v in quarantined)
     big = size < 0 or size > max_size
     old = installed is not None and core.compare_versions(new, installed) <= 0
@@ -125,16 +135,16 @@ def test_should_install_refuses_exactly_when_a_rule_says_so(
     )
     # Priority: quarantined, too_large, then (unless explicit) not_newer, below_min_version.
     if q:
-        assert d == Refuse(core.QUARANTINED, d.detail if isinstance(d, Refuse) else "")
+        assert not d.ok and d.reason == core.QUARANTINED
     elif big:
-        assert isinstance(d, Refuse) and d.reason == core.TOO_LARGE
+        assert not d.ok and d.reason == core.TOO_LARGE
     elif not explicit and old:
-        assert isinstance(d, Refuse) and d.reason == core.NOT_NEWER
+        assert not d.ok and d.reason == core.NOT_NEWER
     elif not explicit and below:
-        assert isinstance(d, Refuse) and d.reason == core.BELOW_MIN_VERSION
+        assert not d.ok and d.reason == core.BELOW_MIN_VERSION
     else:
-        assert d == Accept()
-    if isinstance(d, Accept) and not explicit:
+        assert d.ok
+    if d.ok and not explicit:
         assert core.is_newer(new, installed)  # never a downgrade without an explicit request
 
 

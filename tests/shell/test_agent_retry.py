@@ -133,7 +133,7 @@ async def test_disk_full_backs_off_doubling_and_resumes_as_soon_as_room_is_back(
         for r, (low, high) in zip(retries, [(22.5, 30), (45, 60), (75, 100)], strict=True):
             assert low <= r["delay"] <= high
         failed = events.named("download_failed")
-        assert all(f["reason"].startswith("disk_full: ") for f in failed)
+        assert all(f["reason"] == "disk_full" and f["detail"] for f in failed)
         # Each try came only after the wait it announced.
         fail_times = events.times("download_failed")
         for i in range(2):
@@ -179,7 +179,8 @@ async def test_disk_full_while_writing_waits_out_its_back_off_and_keeps_chunks(
         await nursery.start(agent.run)
         await events.wait_for(lambda: bool(events.named("download_retry")), 10_000, poll=0.5)
         failed = events.named("download_failed")[0]
-        assert failed["reason"].startswith("disk_full: disk full writing chunk")
+        assert failed["reason"] == "disk_full"
+        assert failed["detail"].startswith("disk full writing chunk")
         retry = events.named("download_retry")[0]
         assert (retry["reason"], retry["wake_on"]) == ("disk_full", "free_space")
         store.fail_writes_after = None  # the disk recovers; nothing tells the node
@@ -451,7 +452,7 @@ async def test_small_filesystem_fills_mid_download_and_completes_once_grown(
         await trio.to_thread.run_sync(fill, small_fs)
         await events.wait_for(lambda: bool(events.named("download_retry")))
         failed = events.named("download_failed")[0]
-        assert failed["reason"].startswith("disk_full: ")
+        assert failed["reason"] == "disk_full" and failed["detail"]
         retry = events.named("download_retry")[0]
         assert (retry["reason"], retry["attempt"], retry["wake_on"]) == (
             "disk_full",

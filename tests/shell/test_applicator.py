@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from p2pupdate.core import apply as core
+from p2pupdate.core.policy import install_decision
 from p2pupdate.errors import DiskFullError
 from p2pupdate.shell.install import targets
 from p2pupdate.shell.install.applicator import Applicator, TargetSpec
@@ -57,6 +58,21 @@ class Env:
 
     def leftovers(self) -> list[str]:
         return sorted(p.name for p in self.appdir.iterdir() if p.name != "app")
+
+
+def refusal(
+    app: Applicator, spec: TargetSpec, version: str, size: int, min_version: str | None = None
+) -> str | None:
+    """The act gate as the agent asks it for ``spec``, with the applicator's state."""
+    d = install_decision(
+        version,
+        size=size,
+        installed_version=app.installed_version(spec),
+        quarantined=app.quarantined(spec.channel),
+        max_size=app.max_size,
+        min_version=min_version,
+    )
+    return None if d.ok else d.reason
 
 
 @pytest.fixture
@@ -182,10 +198,10 @@ async def test_explicit_rollback_may_install_an_older_version(env: Env) -> None:
 
 async def test_check_gives_the_reason_before_download(env: Env) -> None:
     spec = env.spec()
-    assert env.app.check(spec, "2.0.0", 10) is None
-    assert env.app.check(spec, "1.0.0", 10) == core.NOT_NEWER
-    assert env.app.check(spec, "2.0.0", 1 << 31) == core.TOO_LARGE
-    assert env.app.check(spec, "2.0.0", 10, min_version="1.5.0") == core.BELOW_MIN_VERSION
+    assert refusal(env.app, spec, "2.0.0", 10) is None
+    assert refusal(env.app, spec, "1.0.0", 10) == core.NOT_NEWER
+    assert refusal(env.app, spec, "2.0.0", 1 << 31) == core.TOO_LARGE
+    assert refusal(env.app, spec, "2.0.0", 10, min_version="1.5.0") == core.BELOW_MIN_VERSION
 
 
 # ---------------------------------------------------------------------------
@@ -217,7 +233,7 @@ async def test_failing_health_check_rolls_back_and_quarantines(env: Env) -> None
     assert env.app.installed_version(spec) == "1.0.0"
     assert env.app.quarantined(CHANNEL) == ["2.0.0"]
     assert env.app.is_quarantined(CHANNEL, "2.0.0+rebuilt")
-    assert env.app.check(spec, "2.0.0", 10) == core.QUARANTINED
+    assert refusal(env.app, spec, "2.0.0", 10) == core.QUARANTINED
     # Quarantine persists across restarts, and a quarantined version is never applied.
     app2 = env.new_applicator()
     assert app2.quarantined(CHANNEL) == ["2.0.0"]
@@ -228,7 +244,7 @@ async def test_failing_health_check_rolls_back_and_quarantines(env: Env) -> None
     # Until an operator clears it.
     assert app2.quarantine_clear(CHANNEL, "2.0.0")
     assert not app2.quarantine_clear(CHANNEL, "2.0.0")
-    assert app2.check(spec, "2.0.0", 10) is None
+    assert refusal(app2, spec, "2.0.0", 10) is None
     assert env.new_applicator().quarantined(CHANNEL) == []
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from p2pupdate.core import apply as core
+from p2pupdate.core.policy import install_decision
 from p2pupdate.errors import ApplyError, DiskFullError, StateFileError
 from p2pupdate.shell.faults import fault
 from p2pupdate.shell.install import targets as ops
@@ -109,19 +110,10 @@ class Applicator:
         self._emit("quarantine_cleared", channel=channel, version=version)
         return True
 
-    def check(
-        self, target: TargetSpec, version: str, size: int, *, min_version: str | None = None
-    ) -> str | None:
-        """The reason this version would be refused for ``target``, or None."""
-        decision = core.should_install(
-            self.installed_version(target),
-            version,
-            self.quarantined(target.channel),
-            size,
-            self._max_size,
-            min_version=min_version,
-        )
-        return decision.reason if isinstance(decision, core.Refuse) else None
+    @property
+    def max_size(self) -> int:
+        """The largest package this applicator installs (``max_package_size``)."""
+        return self._max_size
 
     def has_room(self, target: TargetSpec, size: int) -> bool:
         """Whether the free-space checks of installing ``size`` bytes into ``target``
@@ -293,16 +285,18 @@ class Applicator:
             self._set_last(st, "failed", version, core.PACKAGE_MISSING, str(exc))
             self._emit("update_failed", **base, reason=core.PACKAGE_MISSING, detail=str(exc))
             return False
-        decision = core.should_install(
-            self.installed_version(target),
+        # The act gate again, under the channel's lock: what the agent decided may have
+        # changed meanwhile (another install, a quarantine, an operator's rollback).
+        decision = install_decision(
             version,
-            st.quarantined_versions(),
-            size,
-            self._max_size,
-            explicit_rollback=explicit,
+            size=size,
+            installed_version=self.installed_version(target),
+            quarantined=st.quarantined_versions(),
+            max_size=self._max_size,
             min_version=min_version,
+            explicit_rollback=explicit,
         )
-        if isinstance(decision, core.Refuse):
+        if not decision.ok:
             return self._refuse(st, base, decision.reason, decision.detail)
         self._emit("verifying", **base)
         digest, _ = await trio.to_thread.run_sync(
