@@ -24,6 +24,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.reasons import Reason
 from p2pupdate.core.versions import (
     MAX_VERSION_LEN,
@@ -426,9 +427,7 @@ def _normalize(path: str) -> list[str] | None:
     return parts
 
 
-# Symbolic links followed while resolving one link target, as the Linux kernel allows
-# (ELOOP): bounds the work of hostile chains and refuses loops.
-MAX_LINK_HOPS = 40
+MAX_LINK_HOPS = DEFAULT_LIMITS.max_link_hops  # Limits says why
 
 
 def _resolve_link(base: list[str], target: str, links: dict[str, str]) -> list[str] | None:

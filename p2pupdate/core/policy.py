@@ -44,7 +44,7 @@ __all__ = [
     "version_key",
 ]
 
-CLOCK_SKEW = 300.0
+CLOCK_SKEW = DEFAULT_LIMITS.clock_skew  # Limits says why
 REASONS: frozenset[str] = RELAY_REASONS | ACT_REASONS
 
 

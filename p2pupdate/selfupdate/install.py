@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core import boot
 from p2pupdate.core.announcement import validate_version
 from p2pupdate.core.selfupdate import retention
@@ -104,7 +105,7 @@ SELF_FAULT_POINTS = (
     "self_after_switch",
 )
 _FORMAT = 1
-_MAX_STATE = 256 * 1024
+_MAX_STATE = DEFAULT_LIMITS.max_selfupdate_state  # Limits says why
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ STUB_MARK = "# p2pupdate stable launcher"
 NODE_KEY_ENV = "P2PUPDATE_NODE_KEY"
 LAUNCHER_ENV = "P2PUPDATE_LAUNCHER"
 # State files are tiny; a huge one is corrupt and read only this far (then fails to parse).
-_MAX_STATE = 256 * 1024
+_MAX_STATE = 256 * 1024  # = config.Limits.max_selfupdate_state (this module cannot import it)
 # A boot decides at most this many times: the bound rolls back to ``previous``, which is
 # then counted; a third round would mean the state changed under us, so start as it is.
 _ROUNDS = 3

@@ -91,8 +91,7 @@ __all__ = [
 MiB = 1024**2
 GiB = 1024**3
 MiB = 1024**2
-# A config file is a few dozen lines; 1 MiB means someone pointed --config at the wrong file.
-_MAX_CONFIG = 1024 * 1024
+_MAX_CONFIG = DEFAULT_LIMITS.max_config_file  # Limits says why
 _UNSET_BACKUP = Path("<data_dir>/backups")
 
 

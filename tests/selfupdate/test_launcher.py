@@ -166,3 +166,10 @@ def test_no_rollback_target_gives_up_and_starts_the_release(tmp_path: Path) -> N
     assert inst.quarantined(layout) == ["1.0.0", "1.1.0"]
     assert _boot(layout, node).stdout.startswith("ran 1.1.0")
     assert inst.read_boot_record(layout, key)["releases"]["1.1.0"]["attempts"] == 3
+
+
+def test_launcher_state_cap_is_the_configured_limit() -> None:
+    """The launcher cannot import config.py; its copy of the limit must agree."""
+    from p2pupdate.config import DEFAULT_LIMITS
+
+    assert DEFAULT_LIMITS.max_selfupdate_state == launcher._MAX_STATE

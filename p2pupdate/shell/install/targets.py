@@ -36,6 +36,7 @@ from typing import BinaryIO
 
 import blake3
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.apply import (
     BAD_ARCHIVE,
     HASH_MISMATCH,
@@ -85,8 +86,7 @@ __all__ = [
 # Copy and hash in blocks of 1 MiB: big enough to be fast, small enough that a
 # cancelled install notices within milliseconds.
 BLOCK = 1024 * 1024
-# A release archive with more members than this is refused (inode exhaustion).
-MAX_ARCHIVE_MEMBERS = 200_000
+MAX_ARCHIVE_MEMBERS = DEFAULT_LIMITS.max_archive_members  # Limits says why
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,7 @@ _IO_BLOCK = 1024 * 1024
 # long scan stays cancellable between batches.
 _SCAN_BATCH = 256
 MAX_TABLE_BYTES = chunk_count(DEFAULT_LIMITS.max_package_size) * HASH_LEN
-# A bitmap file: one bit per chunk plus a small header; 64 KiB is far above that.
-_MAX_BITMAP = 64 * 1024
+_MAX_BITMAP = DEFAULT_LIMITS.max_bitmap_file  # Limits says why
 _ZERO_CHUNK = memoryview(bytes(CHUNK_SIZE))
 
 
