@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 import trio
 
@@ -83,6 +84,32 @@ def env(tmp_path: Path) -> Env:
 # ---------------------------------------------------------------------------
 # Installing
 # ---------------------------------------------------------------------------
+
+
+async def test_an_install_hashes_the_package_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The package is hashed as it is staged, not also before: every BLAKE3 byte the
+    install feeds is the package once plus the old target once (its backup copy)."""
+    v1 = env.install_v1()
+    pkg, pid = env.package("2.0.0")
+    hashed = [0]
+    real = blake3.blake3
+
+    class Counting:
+        def __init__(self) -> None:
+            self._h = real()
+
+        def update(self, data: bytes | memoryview) -> None:
+            hashed[0] += len(data)
+            self._h.update(data)
+
+        def digest(self) -> bytes:
+            return bytes(self._h.digest())
+
+    monkeypatch.setattr(blake3, "blake3", Counting)
+    assert await env.app.apply(env.spec(), "2.0.0", pkg, pid)
+    assert hashed[0] == pkg.stat().st_size + len(v1)
 
 
 async def test_good_update_is_installed_with_backup_and_events(env: Env) -> None:
@@ -174,8 +201,15 @@ async def test_refusals_leave_the_target_alone(
     refused = env.events.one("update_refused")
     assert refused["reason"] == reason
     assert refused["channel"] == CHANNEL and refused["package_id"] == pid.hex()
-    assert "applying" not in env.events.names()
-    assert not env.backups.exists()
+    if tamper:
+        # Hashed once, as it is staged: the backup made before it is dropped again.
+        assert env.events.names() == ["verifying", "applying", "update_refused"]
+        assert refused["detail"] == "package changed while it was copied"
+        assert not list(env.backups.rglob("*.bak"))
+        assert env.app.status()["channels"][CHANNEL].get("attempts", {}) == {}
+    else:
+        assert "applying" not in env.events.names()
+        assert not env.backups.exists()
     last = env.app.status()["channels"][CHANNEL]["last"]
     assert (last["result"], last["reason"]) == ("refused", reason)
 

@@ -298,12 +298,10 @@ class Applicator:
         )
         if not decision.ok:
             return self._refuse(st, base, decision.reason, decision.detail)
+        # The package was verified when its download finished; it is hashed once more,
+        # exactly once, as it is staged (file) or unpacked (directory): the bytes hashed are
+        # the bytes installed. A mismatch undoes the partial work and refuses (hash_mismatch).
         self._emit("verifying", **base)
-        digest, _ = await trio.to_thread.run_sync(
-            ops.hash_file, package, trio.from_thread.check_cancelled
-        )
-        if digest != package_id:
-            return self._refuse(st, base, core.HASH_MISMATCH, "package hash is not its id")
         old_version = self.installed_version(target)
         self._emit("applying", **base, old_version=old_version)
         machine = core.ConfirmMachine(
@@ -431,6 +429,8 @@ class Applicator:
             # Nothing is live yet (every step before the swap leaves the target
             # as it was); undo the partial work and report.
             reason = exc.reason if isinstance(exc, ApplyError) else core.INSTALL_FAILED
+            # The code goes in ``reason``; ``detail`` is the rest (not the code again).
+            detail = exc.detail if isinstance(exc, ApplyError) else str(exc)
             if isinstance(exc, DiskFullError):
                 reason = core.DISK_FULL
             try:
@@ -446,13 +446,13 @@ class Applicator:
             if reason == core.BAD_ARCHIVE:
                 self._quarantine(st, version, reason)
                 self._store.save(st)
-                self._refuse(st, base, reason, str(exc))
+                self._refuse(st, base, reason, detail)
                 self._emit("quarantined", **base, reason=reason)
                 return False
             if reason == core.HASH_MISMATCH:
-                return self._refuse(st, base, reason, str(exc))
-            self._set_last(st, "failed", version, reason, str(exc))
-            self._emit("update_failed", **base, reason=reason, detail=str(exc))
+                return self._refuse(st, base, reason, detail)
+            self._set_last(st, "failed", version, reason, detail)
+            self._emit("update_failed", **base, reason=reason, detail=detail)
             return False
         return None
 

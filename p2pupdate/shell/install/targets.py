@@ -48,6 +48,7 @@ from p2pupdate.core.apply import (
 )
 from p2pupdate.errors import ApplyError
 from p2pupdate.shell.faults import fault
+from p2pupdate.shell.filehash import BLOCK, hash_file, no_check
 from p2pupdate.shell.fsutil import check_free_space, fsync_dir
 from p2pupdate.shell.install.applystate import Pending, validate_channel
 
@@ -83,9 +84,6 @@ __all__ = [
     "version_label",
 ]
 
-# Copy and hash in blocks of 1 MiB: big enough to be fast, small enough that a
-# cancelled install notices within milliseconds.
-BLOCK = 1024 * 1024
 MAX_ARCHIVE_MEMBERS = DEFAULT_LIMITS.max_archive_members  # Limits says why
 
 
@@ -130,10 +128,6 @@ def resolved_target(target: TargetSpec) -> TargetSpec:
         return target
     path = resolve_file_target(target.path)
     return target if path == target.path else dataclasses.replace(target, path=path)
-
-
-def no_check() -> None:
-    """A ``check`` for callers outside trio: never cancelled."""
 
 
 def staging_path(target: Path, kind: str = "staging") -> Path:
@@ -184,24 +178,6 @@ def cleanup_backup_leftovers(backup_dir: Path) -> list[Path]:
     return removed
 
 
-def hash_file(path: Path, check: Callable[[], None] = no_check) -> tuple[bytes, int]:
-    """BLAKE3 of the whole file and its size, read in blocks."""
-    hasher = blake3.blake3()
-    size = 0
-    buf = bytearray(BLOCK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            check()
-            n = f.readinto(buf)
-            if not n:
-                break
-            hasher.update(view[:n])
-            size += n
-    digest: bytes = hasher.digest()
-    return digest, size
-
-
 def copy_to_staging(
     source: Path,
     dest: Path,
@@ -217,28 +193,20 @@ def copy_to_staging(
     cancellation the staging file is removed.
     """
     tmp = staging_path(dest)
-    hasher = blake3.blake3()
-    buf = bytearray(BLOCK)
-    view = memoryview(buf)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def write(block: memoryview, offset: int) -> None:
+        out = block
+        while out:
+            written = os.write(fd, out)
+            out = out[written:]
+        if offset == 0 and fault_mid is not None:
+            os.fsync(fd)
+            fault(fault_mid)
+
     try:
         try:
-            with open(source, "rb", buffering=0) as f:
-                first = True
-                while True:
-                    check()
-                    n = f.readinto(buf)
-                    if not n:
-                        break
-                    hasher.update(view[:n])
-                    out = view[:n]
-                    while out:
-                        written = os.write(fd, out)
-                        out = out[written:]
-                    if first and fault_mid is not None:
-                        os.fsync(fd)
-                        fault(fault_mid)
-                    first = False
+            digest, _ = hash_file(source, check, write)
             if owner is not None:
                 os.fchown(fd, owner[0], owner[1])
             os.fchmod(fd, mode)
@@ -248,7 +216,6 @@ def copy_to_staging(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    digest: bytes = hasher.digest()
     return tmp, digest
 
 
