@@ -8,19 +8,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pupdate.core import apply as core
+from p2pupdate.core import archive
 from p2pupdate.core.apply import (
-    Accept,
-    ArchiveMember,
     Confirmed,
     ConfirmMachine,
     ConfirmState,
     GiveUp,
     PersistAttempt,
-    Refuse,
     RunHealthCheck,
     RunRestart,
     WaitUntil,
 )
+from p2pupdate.core.archive import Accept, ArchiveMember, Refuse
 from p2pupdate.core.policy import install_decision
 from p2pupdate.errors import ApplyError
 
@@ -403,7 +402,7 @@ def test_check_archive_accepts_an_ordinary_release() -> None:
         ("bin/app2", "hardlink", 0, "bin/app"),
         ("share/doc/link", "symlink", 0, "../../lib/x.so"),
     )
-    assert core.check_archive(ok, 1000, 100) == Accept()
+    assert archive.check_archive(ok, 1000, 100) == Accept()
 
 
 @pytest.mark.parametrize(
@@ -433,14 +432,14 @@ def test_check_archive_accepts_an_ordinary_release() -> None:
     ],
 )
 def test_check_archive_refuses_hostile_members(bad: list[ArchiveMember]) -> None:
-    d = core.check_archive(bad, 1000, 100)
+    d = archive.check_archive(bad, 1000, 100)
     assert isinstance(d, Refuse) and d.reason == core.BAD_ARCHIVE
 
 
 def test_check_archive_caps_member_count() -> None:
     many = [ArchiveMember(f"f{i}", "file", 0) for i in range(11)]
-    assert isinstance(core.check_archive(many, 1000, 10), Refuse)
-    assert core.check_archive(many[:10], 1000, 10) == Accept()
+    assert isinstance(archive.check_archive(many, 1000, 10), Refuse)
+    assert archive.check_archive(many[:10], 1000, 10) == Accept()
 
 
 _segment = st.sampled_from(["a", "b", "..", ".", "", "c"])
@@ -463,7 +462,7 @@ def test_accepted_archives_never_point_outside(
     specs: list[tuple[str, str, str, str]],
 ) -> None:
     ms = [ArchiveMember(p + name, kind, 1, link) for p, name, kind, link in specs]
-    if not isinstance(core.check_archive(ms, 10**6, 100), Accept):
+    if not isinstance(archive.check_archive(ms, 10**6, 100), Accept):
         return
     for m in ms:
         depth = 0
@@ -495,7 +494,7 @@ def test_accepted_archives_never_point_outside(
     ],
 )
 def test_check_archive_resolves_symlink_chains(bad: list[ArchiveMember]) -> None:
-    d = core.check_archive(bad, 1000, 100)
+    d = archive.check_archive(bad, 1000, 100)
     assert isinstance(d, Refuse) and d.reason == core.BAD_ARCHIVE, d
 
 
@@ -510,15 +509,15 @@ def test_check_archive_accepts_chains_that_stay_inside() -> None:
         ("d/up", "symlink", 0, ".."),
         ("d/lib", "symlink", 0, "up/lib"),
     )
-    assert core.check_archive(ok, 1000, 100) == Accept()
+    assert archive.check_archive(ok, 1000, 100) == Accept()
 
 
 def test_a_long_chain_of_links_is_bounded() -> None:
     chain = [ArchiveMember("l0", "symlink", 0, ".")]
     chain += [ArchiveMember(f"l{i}", "symlink", 0, f"l{i - 1}") for i in range(1, 60)]
-    d = core.check_archive(chain, 1000, 100)
+    d = archive.check_archive(chain, 1000, 100)
     assert isinstance(d, Refuse) and d.reason == core.BAD_ARCHIVE
-    assert core.check_archive(chain[: core.MAX_LINK_HOPS], 1000, 100) == Accept()
+    assert archive.check_archive(chain[: archive.MAX_LINK_HOPS], 1000, 100) == Accept()
 
 
 _link_target = st.lists(st.sampled_from(["a", "b", "c", "..", "."]), min_size=1, max_size=4).map(
@@ -549,7 +548,7 @@ def test_accepted_links_resolve_inside_on_a_real_filesystem(
         ArchiveMember(name, kind, 0, link if kind == "symlink" else "")
         for name, kind, link in specs
     ]
-    if not isinstance(core.check_archive(ms, 10**6, 100), Accept):
+    if not isinstance(archive.check_archive(ms, 10**6, 100), Accept):
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.realpath(os.path.join(tmp, "release"))

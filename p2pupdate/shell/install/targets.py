@@ -42,10 +42,8 @@ from p2pupdate.core.apply import (
     HASH_MISMATCH,
     INSTALL_FAILED,
     ROLLBACK_FAILED,
-    ArchiveMember,
-    Refuse,
-    check_archive,
 )
+from p2pupdate.core.archive import ArchiveMember, Refuse, check_archive
 from p2pupdate.errors import ApplyError
 from p2pupdate.shell.faults import fault
 from p2pupdate.shell.filehash import BLOCK, hash_file, no_check
@@ -480,7 +478,7 @@ def extract_release(
 
     Raises ApplyError(``bad_archive``) for a hostile or unreadable archive,
     before anything is written when the member list shows it (see
-    :func:`p2pupdate.core.apply.check_archive`); tarfile's ``data`` filter and a
+    :func:`p2pupdate.core.archive.check_archive`); tarfile's ``data`` filter and a
     final look at every link guard the extraction itself. The release is
     built in its final directory (venvs cannot move) and marked complete by a
     ``<release>.complete`` file written last.
