@@ -96,6 +96,9 @@ class _PendingRetry:
     due: float  # trio clock
     next_try: float  # unix time, for status
     wake_on: str | None
+    # FREE_SPACE: whether the free-space check failed when the step failed (judged then,
+    # not when the waiting task first runs: space freed in between must still count).
+    seen_full: bool = False
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     wake: trio.Event = field(default_factory=trio.Event)
 
@@ -467,6 +470,8 @@ class Agent:
             next_try=time.time() + decision.delay,
             wake_on=wake_on,
         )
+        if wake_on == FREE_SPACE:
+            retry.seen_full = not self._has_room(retry)
         st.retry = retry
         log.warning(
             "%s %s %s failed (%s); trying again in %.0f s (attempt %d)",
@@ -517,7 +522,7 @@ class Agent:
                     # disk seen full, then with room for the package. A write that
                     # failed while the numbers said there was room (a sparse file, a
                     # quota) waits out its back-off instead of failing in a loop.
-                    seen_full = False
+                    seen_full = r.seen_full
                     while True:
                         room = self._has_room(r)
                         if room and seen_full:
