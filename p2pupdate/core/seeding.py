@@ -202,6 +202,8 @@ class SuperSeeder(Generic[PeerT]):
         bits = bitarray(have, endian="big")
         self._peers[peer] = _SeedPeer(bits)
         self._avail.add(bits)
+        for i in [i for i in self._sole if bits[i]]:  # held elsewhere now (no credit)
+            self._peers[self._sole.pop(i)].sole.discard(i)
 
     def on_peer_have(self, peer: PeerT, indices: Iterable[int]) -> None:
         """``peer`` now holds these chunks (an unknown peer joins with nothing first).

@@ -250,6 +250,7 @@ def test_random_operations_keep_the_send_once_rules(data: st.DataObject) -> None
     held: dict[str, set[int]] = {}  # live peers -> chunks they hold
     transit: dict[str, set[int]] = {}  # live peers -> chunks the seed is sending them
     shown: dict[str, set[int]] = {}  # live peers -> chunks revealed and not refused
+    sole: dict[str, set[int]] = {}  # live peers -> got from the seed, held by nobody else
 
     def out() -> set[int]:
         return set().union(*held.values(), *transit.values()) if held else set()
@@ -260,16 +261,20 @@ def test_random_operations_keep_the_send_once_rules(data: st.DataObject) -> None
         if op == 0 and p not in held:
             have = {i for i in range(n) if data.draw(st.integers(0, 3)) == 0}
             ss.on_peer_joined(p, bits_of(n, have))
-            held[p], transit[p], shown[p] = have, set(), set()
+            held[p], transit[p], shown[p], sole[p] = have, set(), set(), set()
+            for q in sole:
+                sole[q] -= have
         elif op == 1 and p in held:
             ss.on_peer_gone(p)
-            del held[p], transit[p], shown[p]
+            del held[p], transit[p], shown[p], sole[p]
         elif op == 2 and p in held:  # p fetches a chunk from another peer that holds it
             others = sorted(set().union(*(h for q, h in held.items() if q != p)) - held[p])
             if others:
                 i = data.draw(st.sampled_from(others))
                 held[p].add(i)
                 transit[p].discard(i)
+                for q in sole:  # passed on
+                    sole[q].discard(i)
                 ss.on_peer_have(p, [i])
         elif op == 3 and p in held and shown[p] - held[p] - transit[p]:
             i = data.draw(st.sampled_from(sorted(shown[p] - held[p] - transit[p])))
@@ -285,6 +290,11 @@ def test_random_operations_keep_the_send_once_rules(data: st.DataObject) -> None
         elif op == 4 and p in held and transit[p]:  # a chunk from the seed arrives
             i = data.draw(st.sampled_from(sorted(transit[p])))
             transit[p].discard(i)
+            if not any(i in h for h in held.values()):
+                sole[p].add(i)
+            for q in sole:
+                if q != p:
+                    sole[q].discard(i)
             held[p].add(i)
             ss.on_peer_have(p, [i])
         elif op == 5 and p in held:
@@ -304,6 +314,8 @@ def test_random_operations_keep_the_send_once_rules(data: st.DataObject) -> None
                 <= max(window, len(transit[p] - shown[p]))
             )
         assert ss.not_out == n - len(out())
+        for q in held:  # what each peer got from us and has not passed on
+            assert ss.unpassed(q) == len(sole[q])
 
 
 # ---------------------------------------------------------------------------------------
