@@ -19,6 +19,15 @@ Prints one table, every figure measured in this run:
   it fetched after the restart (its ``download_complete`` sources) minus chunks its partial
   file did not hold intact when it died (compared with the package bytes).
 
+Heterogeneous fleets (issue 22): ``--slow K --slow-rate R`` makes the last K nodes upload
+at R (only the limited runs are made; libtorrent gets the same per-peer limits), and
+``--bootstrap B`` gives each node B others with ``--peer`` instead of all. The bound is then
+max(F/u_s, N*F/(u_s + sum u_i)); each node's completion time, their spread and the chunks
+each node got from the seed (its ``download_complete`` sources) are printed under the table:
+
+    .venv/bin/python benchmarks/bench_swarm.py --size 40MiB --limit 4MiB/s \
+        --slow 2 --slow-rate 0.4MiB/s --bootstrap 3 --only swarm,libtorrent
+
 Every process listens on 127.0.0.1, every wait is bounded, every child is killed on
 exit (and by the kernel if this script dies: PR_SET_PDEATHSIG). Files go to /dev/shm
 when it exists. Quick run (< 1 minute):
