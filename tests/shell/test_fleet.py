@@ -490,3 +490,17 @@ async def _test_a_relay_that_terminates_tls_cannot_forward_the_proofs(
             assert not server.peers and not client.peers
             assert not events[0].named("peer_connected")
             nursery.cancel_scope.cancel()
+
+
+async def test_status_reports_the_admission_and_warns_a_week_before_expiry() -> None:
+    specs = [
+        member(FLEET_A, 0),
+        {**member(FLEET_A, 1), "admission": admit(FLEET_A, key_of(1), 3 * 86400)},
+    ]
+    async with fleet_nodes(specs) as (nodes, _):
+        fine, soon = (n.status()["fleet"] for n in nodes)
+        assert fine["admission_fleet"] == bytes(FLEET_A.verify_key).hex()
+        assert fine["admission_expires"] > time.time() + 300 * 86400
+        assert fine["warning"] is None
+        assert soon["warning"].startswith("admission expires in 3.0 days")
+        assert nodes[0].status()["encrypted"] is True
