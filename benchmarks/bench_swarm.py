@@ -14,6 +14,8 @@ Prints one table, every figure measured in this run:
 - libtorrent 2.x (the PyPI wheel, benchmark-only) on the same package, node count and
   limits, 64 KiB pieces, 127.0.0.0/8 in the global peer class (see ``_lt_peer.py``); the
   column is skipped with a note when ``import libtorrent`` fails;
+- TLS: the p2pupdate runs again with ``--encrypt`` on every node and on publish (TLS 1.3
+  on every connection), for the ratio encrypted / plain;
 - kill -9 restart: the upload-limited swarm again, one node is killed with SIGKILL when its
   progress passes 50% and restarted from its data dir at once; refetched chunks = chunks
   it fetched after the restart (its ``download_complete`` sources) minus chunks its partial
@@ -197,7 +199,13 @@ def kumar_ross(size: int, nodes: int, rate: int) -> float | None:
 
 
 def run_p2pupdate(
-    st: Setup, name: str, limit: int, *, central: bool = False, kill_at: float | None = None
+    st: Setup,
+    name: str,
+    limit: int,
+    *,
+    central: bool = False,
+    kill_at: float | None = None,
+    encrypt: bool = False,
 ) -> Result:
     run = st.work / name.replace(" ", "-")
     run.mkdir()
@@ -230,6 +238,8 @@ def run_p2pupdate(
                     argv += ["--peer", other]
         if limit:
             argv += ["--upload-limit", str(limit)]
+        if encrypt:
+            argv += ["--encrypt"]
         if i == 0 and os.environ.get("BENCH_PROFILE"):  # developer aid: cProfile node 0
             prof = str(d / "node.prof")
             argv[:1] = [sys.executable, "-m", "cProfile", "-o", prof, "-m", "p2pupdate"]
@@ -257,6 +267,8 @@ def run_p2pupdate(
             pub_argv += ["--peer", addr]
         if limit:
             pub_argv += ["--upload-limit", str(limit)]
+        if encrypt:
+            pub_argv += ["--encrypt"]
         pub_out = run / "publish.out"
         pub = spawn(pub_argv, stdout=pub_out)
         deadline = time.monotonic() + st.timeout + 30
@@ -454,8 +466,8 @@ def main() -> int:
     ap.add_argument("--limit", default="10MiB/s", help="upload limit of every peer")
     ap.add_argument(
         "--only",
-        default="swarm,central,libtorrent,kill",
-        help="comma list of: swarm, central, libtorrent, kill (default all)",
+        default="swarm,central,libtorrent,kill,tls",
+        help="comma list of: swarm, central, libtorrent, kill, tls (default all)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, events)")
     a = ap.parse_args()
@@ -492,6 +504,13 @@ def main() -> int:
                 )
             if "libtorrent" in only:
                 plan.append(("libtorrent unlimited", lambda: run_libtorrent(st, "lt-unl", 0)))
+            if "tls" in only:
+                plan.append(
+                    (
+                        "p2pupdate unlimited, TLS",
+                        lambda: run_p2pupdate(st, "tls-unl", 0, encrypt=True),
+                    )
+                )
             if "swarm" in only:
                 plan.append((f"p2pupdate {lim}", lambda: run_p2pupdate(st, "p2p-lim", limit)))
             if "central" in only:
@@ -503,6 +522,13 @@ def main() -> int:
                 )
             if "libtorrent" in only:
                 plan.append((f"libtorrent {lim}", lambda: run_libtorrent(st, "lt-lim", limit)))
+            if "tls" in only:
+                plan.append(
+                    (
+                        f"p2pupdate {lim}, TLS",
+                        lambda: run_p2pupdate(st, "tls-lim", limit, encrypt=True),
+                    )
+                )
             if "kill" in only:
                 plan.append(
                     (
@@ -551,6 +577,7 @@ def print_table(results: list[Result], size: int, nodes: int, suffixes: list[str
     for suffix in suffixes:
         ratio(f"centralized {suffix}", f"p2pupdate {suffix}", f"centralized / p2pupdate, {suffix}")
         ratio(f"p2pupdate {suffix}", f"libtorrent {suffix}", f"p2pupdate / libtorrent, {suffix}")
+        ratio(f"p2pupdate {suffix}, TLS", f"p2pupdate {suffix}", f"TLS / plain, {suffix}")
     for r in results:
         if "refetched" in r.extra:
             n = -(-size // CHUNK)

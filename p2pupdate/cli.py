@@ -277,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     pub.add_argument("--upload-limit", metavar="RATE", help="max upload speed (default: unlimited)")
     pub.add_argument(
+        "--fleet-key", type=Path, metavar="KEYFILE",
+        help="publish into a fleet: this run admits itself with the fleet's secret key "
+        "(for one day) and talks only to members; turns on encryption",
+    )  # fmt: skip
+    pub.add_argument(
+        "--encrypt", action=argparse.BooleanOptionalAction, default=None,
+        help="TLS 1.3 to the peers (default: on with --fleet-key); must match the nodes",
+    )  # fmt: skip
+    pub.add_argument(
         "--timeout", type=float, default=600.0, metavar="SECONDS",
         help="give up (exit 1) after this long (default: 600)",
     )  # fmt: skip
