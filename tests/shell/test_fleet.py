@@ -36,7 +36,7 @@ from p2pupdate.core.policy import TrustConfig
 from p2pupdate.shell.net.node import Node, NodeOptions
 from p2pupdate.shell.net.peer import Timeouts
 from p2pupdate.shell.net.tls import TlsIdentity
-from p2pupdate.shell.net.transport import TcpTransport
+from p2pupdate.shell.net.transport import MemoryNetwork, TcpTransport
 from tests.helpers import make_announcement
 
 AUTHORITY = nacl.signing.SigningKey(b"\x01" * 32)
@@ -504,3 +504,47 @@ async def test_status_reports_the_admission_and_warns_a_week_before_expiry() -> 
         assert fine["warning"] is None
         assert soon["warning"].startswith("admission expires in 3.0 days")
         assert nodes[0].status()["encrypted"] is True
+
+
+async def test_membership_and_tls_over_the_memory_network(autojump_clock: trio.abc.Clock) -> None:
+    """The in-memory transport (tests, virtual simulation) carries TLS too, and a fleet
+    may run without it there."""
+    net = MemoryNetwork()
+    for encrypt in (True, False):
+        await _memory_fleet(net, encrypt)
+
+
+async def _memory_fleet(net: MemoryNetwork, encrypt: bool) -> None:
+    nodes: list[Node] = []
+    events: list[Events] = []
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            spec = member(FLEET_A, i) if i < 2 else {"fleet": member(FLEET_A, 0)["fleet"]}
+            options = NodeOptions(
+                listen=(f"10.0.{int(encrypt)}.{i + 1}", 4000),
+                trust=TRUST,
+                peers=tuple(n.listen_addr for n in nodes),
+                timeouts=FAST,
+                check_interval=0.2,
+                encrypt=encrypt,
+                **spec,
+            )
+            ev = Events()
+            host = f"10.0.{int(encrypt)}.{i + 1}"
+            node = Node(options, net.transport(host), key_of(i), emit=ev)
+            await nursery.start(node.run)
+            nodes.append(node)
+            events.append(ev)
+        a, b, outsider = nodes
+        await wait_for(lambda: b.node_id in a.peers and a.node_id in b.peers)
+        stream = a.peers[b.node_id].conn.stream
+        assert isinstance(stream, trio.SSLStream) == encrypt
+        # The outsider (no admission of its own) is refused by both members.
+        await wait_for(
+            lambda: all(
+                any(e["reason"] == "no_admission" for e in ev.named("peer_refused"))
+                for ev in events[:2]
+            )
+        )
+        assert outsider.node_id not in a.peers and outsider.node_id not in b.peers
+        nursery.cancel_scope.cancel()
