@@ -35,7 +35,7 @@ from p2pupdate.core.messages import (
 from p2pupdate.core.policy import TrustConfig
 from p2pupdate.shell.net.node import Node, NodeOptions
 from p2pupdate.shell.net.peer import Timeouts
-from p2pupdate.shell.net.tls import TlsIdentity
+from p2pupdate.shell.net.tls import TlsIdentity, TlsStream
 from p2pupdate.shell.net.transport import MemoryNetwork, TcpTransport
 from tests.helpers import make_announcement
 
@@ -175,7 +175,7 @@ async def test_members_connect_and_a_non_member_gets_nothing() -> None:
     async with fleet_nodes([member(FLEET_A, 0), member(FLEET_A, 1)]) as (nodes, events):
         a, b = nodes
         await wait_for(lambda: b.node_id in a.peers and a.node_id in b.peers)
-        assert a.peers[b.node_id].conn.stream.__class__ is trio.SSLStream  # encrypted
+        assert a.peers[b.node_id].conn.stream.__class__ is TlsStream  # encrypted
         ann = make_announcement([AUTHORITY], version="1.0.0")
         await a.inject(ann)
         await wait_for(lambda: b.book.newest("app/stable") is not None)
@@ -278,7 +278,7 @@ async def test_open_swarm_unchanged_and_plain() -> None:
         a, b = nodes
         await wait_for(lambda: b.node_id in a.peers)
         assert a.tls is None
-        assert not isinstance(a.peers[b.node_id].conn.stream, trio.SSLStream)
+        assert not isinstance(a.peers[b.node_id].conn.stream, TlsStream)
         assert a.status()["fleet"] is None
         assert a.is_member(os.urandom(32))
 
@@ -287,7 +287,7 @@ async def test_open_swarm_may_encrypt() -> None:
     async with fleet_nodes([{"encrypt": True}, {"encrypt": True}]) as (nodes, _):
         a, b = nodes
         await wait_for(lambda: b.node_id in a.peers)
-        assert isinstance(a.peers[b.node_id].conn.stream, trio.SSLStream)
+        assert isinstance(a.peers[b.node_id].conn.stream, TlsStream)
 
 
 # ---------------------------------------------------------------- men in the middle
@@ -538,7 +538,7 @@ async def _memory_fleet(net: MemoryNetwork, encrypt: bool) -> None:
         a, b, outsider = nodes
         await wait_for(lambda: b.node_id in a.peers and a.node_id in b.peers)
         stream = a.peers[b.node_id].conn.stream
-        assert isinstance(stream, trio.SSLStream) == encrypt
+        assert isinstance(stream, TlsStream) == encrypt
         # The outsider (no admission of its own) is refused by both members.
         await wait_for(
             lambda: all(
