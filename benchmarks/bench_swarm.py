@@ -152,6 +152,15 @@ def vm_hwm(pid: int) -> int:
     return int(m.group(1)) * 1024 if m else 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process so far (0 if unknown)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read_events(path: Path) -> list[dict[str, object]]:
     out = []
     try:
@@ -300,6 +309,8 @@ def run_p2pupdate(
             time.sleep(0.02 if kill_at is not None else 0.1)
         # Peak RSS before anything is stopped.
         res.rss = max(vm_hwm(p.pid) for p in procs)
+        # CPU the nodes spent (start-up included): what encryption costs, whatever the load.
+        res.extra["cpu"] = sum(cpu_seconds(p.pid) for p in procs)
         stop(pub)
         out = pub_out.read_text()
         m = re.search(r"uploaded (\d+) bytes", out)
@@ -558,14 +569,15 @@ def print_table(results: list[Result], size: int, nodes: int, suffixes: list[str
     print()
     print(
         f"{'run':<34} {'time s':>8} {'x bound':>8} {'goodput MiB/s':>14} "
-        f"{'seed up x':>10} {'peak RSS MiB':>13}  note"
+        f"{'seed up x':>10} {'peak RSS MiB':>13} {'nodes CPU s':>12}  note"
     )
     for r in results:
         xb = r.seconds / r.bound if r.seconds and r.bound else None
         gp = nodes * size / r.seconds / 2**20 if r.seconds else None
         print(
             f"{r.name:<34} {fmt(r.seconds, '8.2f')} {fmt(xb, '8.2f')} {fmt(gp, '14.1f')} "
-            f"{fmt(r.seed_ratio, '10.2f')} {r.rss / 2**20:13.1f}  {r.note}"
+            f"{fmt(r.seed_ratio, '10.2f')} {r.rss / 2**20:13.1f} "
+            f"{fmt(r.extra.get('cpu'), '12.2f')}  {r.note}"
         )
     print()
 
@@ -578,6 +590,9 @@ def print_table(results: list[Result], size: int, nodes: int, suffixes: list[str
         ratio(f"centralized {suffix}", f"p2pupdate {suffix}", f"centralized / p2pupdate, {suffix}")
         ratio(f"p2pupdate {suffix}", f"libtorrent {suffix}", f"p2pupdate / libtorrent, {suffix}")
         ratio(f"p2pupdate {suffix}, TLS", f"p2pupdate {suffix}", f"TLS / plain, {suffix}")
+        ta, tb = by.get(f"p2pupdate {suffix}, TLS"), by.get(f"p2pupdate {suffix}")
+        if ta and tb and ta.extra.get("cpu") and tb.extra.get("cpu"):
+            print(f"TLS / plain nodes CPU, {suffix}: {ta.extra['cpu'] / tb.extra['cpu']:.2f}")
     for r in results:
         if "refetched" in r.extra:
             n = -(-size // CHUNK)

@@ -44,6 +44,8 @@ __all__ = ["TlsIdentity", "TlsStream", "channel_binding"]
 
 # Bytes read from the transport at once: up to four 64 KiB chunks with framing.
 _RECEIVE = 256 * 1024
+# Largest plaintext of one TLS record: reading more at once only allocates more.
+_RECORD = 16384
 
 
 def channel_binding(cert_der: bytes) -> bytes:
@@ -141,7 +143,7 @@ class TlsStream(trio.abc.Stream):
             eof = False
             try:
                 while len(out) < want:
-                    data = self._ssl.read(want - len(out))
+                    data = self._ssl.read(min(want - len(out), _RECORD))
                     if not data:
                         eof = True
                         break
