@@ -95,10 +95,18 @@ class TlsStream(trio.abc.Stream):
         return self._ssl.getpeercert(binary_form=True)
 
     async def _flush(self) -> None:
-        async with self._send_lock:
+        # The lock is almost always free (the connection serialises its senders; the
+        # reader flushes only post-handshake replies): take it without a scheduler round.
+        try:
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             data = self._outgoing.read()
             if data:
                 await self.transport.send_all(data)
+        finally:
+            self._send_lock.release()
 
     async def _fill(self) -> bool:
         """More bytes from the transport into the TLS engine; False at EOF."""
@@ -139,15 +147,17 @@ class TlsStream(trio.abc.Stream):
         Any tampered, reordered or replayed record raises BrokenResourceError."""
         want = max_bytes or _RECEIVE
         while True:
-            out = bytearray()
+            parts: list[bytes] = []
+            total = 0
             eof = False
             try:
-                while len(out) < want:
-                    data = self._ssl.read(min(want - len(out), _RECORD))
+                while total < want:
+                    data = self._ssl.read(min(want - total, _RECORD))
                     if not data:
                         eof = True
                         break
-                    out += data
+                    parts.append(data)
+                    total += len(data)
             except ssl.SSLWantReadError:
                 pass
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -156,8 +166,8 @@ class TlsStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"TLS: {exc}") from exc
             if self._outgoing.pending and not self._send_lock.locked():
                 await self._flush()  # a post-handshake reply; else the next send takes it
-            if out:
-                return bytes(out)
+            if parts:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
             if eof:
                 return b""
             await self._fill()
