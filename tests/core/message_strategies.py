@@ -24,6 +24,7 @@ from p2pupdate.core.messages import (
     Pong,
     Reject,
     Request,
+    Revoke,
     Table,
 )
 
@@ -55,7 +56,8 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
         st.text(max_size=40).filter(lambda s: len(s.encode()) <= 128),
         st.binary(max_size=32),
     ),
-    HelloProof: st.builds(HelloProof, st.binary(min_size=64, max_size=64)),
+    HelloProof: st.builds(HelloProof, st.binary(min_size=64, max_size=64), st.binary(max_size=512)),
+    Revoke: st.builds(Revoke, st.binary(max_size=2000)),
     Peers: st.builds(
         Peers,
         st.lists(
@@ -108,4 +110,6 @@ def sample_messages() -> list[Message]:
         Pong(0),
         Complete(pid),
         HelloProof(b"\x08" * 64),
+        HelloProof(b"\x08" * 64, b"\x09" * 512),
+        Revoke(b"\x0a" * (1024 * 35 + 128)),
     ]

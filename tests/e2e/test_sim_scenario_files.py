@@ -43,6 +43,7 @@ SHIPPED = {
     "bad-self-update",
     "publisher-restart",
     "heterogeneous",
+    "membership",
 }
 
 
