@@ -44,6 +44,7 @@ __all__ = [
     "kumar_ross_heterogeneous",
     "link_latency",
     "percentile",
+    "quantize",
     "transmit",
 ]
 
@@ -115,6 +116,17 @@ def transmit(now: float, nbytes: int, up: Port, down: Port, latency: float) -> t
         down_end = max(first, down.free_at) + down_time
         down.free_at = down_end
     return sent, max(sent + latency, down_end)
+
+
+def quantize(t: float, quantum: float) -> float:
+    """``t`` rounded up to a multiple of ``quantum`` (``quantum == 0``: ``t`` itself).
+
+    The virtual network delivers on this grid: every delivery due within one quantum
+    happens at the same instant, so the scheduler handles them in one pass.
+    """
+    if quantum <= 0:
+        return t
+    return math.ceil(t / quantum - 1e-9) * quantum
 
 
 def assign_profiles(

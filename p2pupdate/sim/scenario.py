@@ -153,6 +153,7 @@ class VirtualSpec:
     target_connections: int = 8
     max_connections: int = 64
     fanout: int = 8
+    time_quantum: float = 0.001  # the clock jumps to deadlines rounded up to this (0: exact)
 
 
 @dataclass(frozen=True)
@@ -655,6 +656,7 @@ def _parse_virtual(
         target_connections=r.int_("target_connections", 8, 1, 1000),
         max_connections=r.int_("max_connections", 64, 1, 10000),
         fanout=r.int_("fanout", 8, 1, 1000),
+        time_quantum=r.float_("time_quantum", 0.001, 0.0, 1.0) or 0.0,
     )
     r.done()
     return spec

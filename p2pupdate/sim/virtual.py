@@ -218,7 +218,9 @@ class VirtualRun:
         self.workdir = workdir
         self.rng = random.Random(scenario.seed)
         self.net = VirtualNetwork(
-            random.Random(self.rng.getrandbits(64)), losses_per_hour=self.spec.connection_loss
+            random.Random(self.rng.getrandbits(64)),
+            losses_per_hour=self.spec.connection_loss,
+            quantum=self.spec.time_quantum,
         )
         self.memo = ContentMemo(share_chunks=True)
         self.gossip_only = self.spec.gossip_only
@@ -417,6 +419,7 @@ class VirtualRun:
     async def run(self) -> None:
         self.wall_started = time.perf_counter()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.net.run)
             for vn in self.nodes:
                 if not vn.late:
                     await nursery.start(self._incarnation, vn)
@@ -609,6 +612,7 @@ def build_virtual_report(run: VirtualRun) -> dict[str, Any]:
         "timed_out": run.timed_out,
         "wall_seconds": round(run.wall_seconds, 2),
         "virtual_seconds": round(virtual_seconds, 3),
+        "time_quantum": spec.time_quantum,
         "completed": len([vn for vn in nodes if vn.completed_at is not None]),
         "announced": len(announce),
         "completion": completion,

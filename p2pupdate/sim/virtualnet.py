@@ -20,6 +20,7 @@ bytes) that the reader sleeps on.
 from __future__ import annotations
 
 import errno
+import heapq
 import math
 import random
 from collections import deque
@@ -28,11 +29,13 @@ from dataclasses import dataclass, field
 import trio
 
 from p2pupdate.core.netmodel import (
+    SMALL_WRITE,
     LinkProfile,
     Port,
     connection_lifetime,
     frame_codes,
     link_latency,
+    quantize,
     transmit,
 )
 
@@ -53,6 +56,53 @@ class NodeStats:
     broken: int = 0  # connections the network broke (loss)
 
 
+class _Timers:
+    """Wakes every waiter due at one instant with one timer (one sleep each costs more).
+
+    Until :meth:`run` runs, :meth:`wait_until` is a plain ``trio.sleep_until``.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, trio.Event]] = []
+        self._seq = 0
+        self._kick = trio.Event()
+        self.running = False
+
+    async def wait_until(self, t: float) -> None:
+        if not self.running:
+            await trio.sleep_until(t)
+            return
+        if t <= trio.current_time():
+            await trio.lowlevel.checkpoint()
+            return
+        ev = trio.Event()
+        heapq.heappush(self._heap, (t, self._seq, ev))
+        self._seq += 1
+        if self._heap[0][2] is ev:
+            self._kick.set()
+        await ev.wait()
+
+    async def run(self) -> None:
+        self.running = True
+        heap = self._heap
+        try:
+            while True:
+                now = trio.current_time()
+                while heap and heap[0][0] <= now:
+                    heapq.heappop(heap)[2].set()
+                self._kick = trio.Event()
+                if heap:
+                    with trio.move_on_at(heap[0][0]):
+                        await self._kick.wait()
+                else:
+                    await self._kick.wait()
+        finally:
+            self.running = False
+            for _, _, ev in heap:
+                ev.set()
+            heap.clear()
+
+
 class _Host:
     def __init__(self, profile: LinkProfile, index: int) -> None:
         self.profile = profile
@@ -65,9 +115,23 @@ class _Host:
 class _Pipe:
     """One direction of a connection: bytes in flight with their arrival times."""
 
-    __slots__ = ("closed", "dst", "last_arrival", "latency", "queue", "src", "wake")
+    __slots__ = (
+        "closed",
+        "dst",
+        "last_arrival",
+        "latency",
+        "quantum",
+        "queue",
+        "src",
+        "timers",
+        "wake",
+    )
 
-    def __init__(self, src: _Host, dst: _Host, latency: float) -> None:
+    def __init__(
+        self, src: _Host, dst: _Host, latency: float, quantum: float, timers: _Timers
+    ) -> None:
+        self.quantum = quantum
+        self.timers = timers
         self.src = src
         self.dst = dst
         self.latency = latency
@@ -128,6 +192,8 @@ class VirtualStream(trio.abc.Stream):
         now = trio.current_time()
         src, dst = self._out.src, self._out.dst
         sent, arrival = transmit(now, len(payload), src.up, dst.down, self._out.latency)
+        q = self._out.quantum
+        sent, arrival = quantize(sent, q), quantize(arrival, q)
         src.stats.bytes_sent += len(payload)
         dst.stats.bytes_received += len(payload)
         for code, size in frame_codes(payload):
@@ -139,8 +205,10 @@ class VirtualStream(trio.abc.Stream):
                     entry[0] += 1
                     entry[1] += size
         self._out.push(arrival, payload)
-        if sent > now:
-            await trio.sleep_until(sent)
+        if sent > now and len(payload) > SMALL_WRITE:
+            # Bulk data: the writer waits for its uplink. A control frame is charged to
+            # the link too, but its writer goes on at once (as into a socket buffer).
+            await self._out.timers.wait_until(sent)
         else:
             await trio.lowlevel.checkpoint()
 
@@ -155,22 +223,43 @@ class VirtualStream(trio.abc.Stream):
             self._check_broken()
             if pipe.queue:
                 arrival, data = pipe.queue[0]
-                if arrival <= trio.current_time():
+                now = trio.current_time()
+                if arrival <= now:
                     if not data:  # EOF
                         await trio.lowlevel.checkpoint()
                         return b""
-                    if max_bytes is not None and len(data) > max_bytes:
-                        pipe.queue[0] = (arrival, data[max_bytes:])
-                        data = data[:max_bytes]
-                    else:
-                        pipe.queue.popleft()
+                    limit = max_bytes if max_bytes is not None else 1 << 30
                     await trio.lowlevel.checkpoint()
-                    return data
-                await trio.sleep_until(min(arrival, self._link.broken_at))
+                    return self._take(pipe, now, limit)
+                await pipe.timers.wait_until(min(arrival, self._link.broken_at))
                 continue
             wake = pipe.wake = trio.Event()
-            with trio.move_on_at(self._link.broken_at):
+            if math.isfinite(self._link.broken_at):
+                with trio.move_on_at(self._link.broken_at):
+                    await wake.wait()
+            else:
                 await wake.wait()
+
+    @staticmethod
+    def _take(pipe: _Pipe, now: float, limit: int) -> bytes:
+        """Everything that has arrived by ``now``, up to ``limit`` bytes, as one read."""
+        parts: list[bytes] = []
+        size = 0
+        queue = pipe.queue
+        while queue and size < limit:
+            arrival, data = queue[0]
+            if arrival > now or not data:  # not yet, or EOF (returned by a later read)
+                break
+            if size + len(data) > limit:
+                cut = limit - size
+                queue[0] = (arrival, data[cut:])
+                parts.append(data[:cut])
+                size = limit
+                break
+            queue.popleft()
+            parts.append(data)
+            size += len(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -178,7 +267,9 @@ class VirtualStream(trio.abc.Stream):
             self._host.stats.connections -= 1
             self._in.closed = True  # writes to us fail from now on
             # The far end reads what was sent, then EOF.
-            self._out.push(trio.current_time() + self._out.latency, b"")
+            self._out.push(
+                quantize(trio.current_time() + self._out.latency, self._out.quantum), b""
+            )
         await trio.lowlevel.checkpoint()
 
 
@@ -209,11 +300,19 @@ class _Listener:
 class VirtualNetwork:
     """Hosts with access links; ``transport(host)`` gives each node its Transport."""
 
-    def __init__(self, rng: random.Random, *, losses_per_hour: float = 0.0) -> None:
+    def __init__(
+        self, rng: random.Random, *, losses_per_hour: float = 0.0, quantum: float = 0.0
+    ) -> None:
         self.rng = rng
+        self.quantum = quantum
+        self._timers = _Timers()
         self.losses_per_hour = losses_per_hour
         self._hosts: dict[str, _Host] = {}
         self._listeners: dict[tuple[str, int], _Listener] = {}
+
+    async def run(self) -> None:
+        """Run beside the nodes: wakes readers and writers (all due at once, together)."""
+        await self._timers.run()
 
     def add_host(self, host: str, profile: LinkProfile) -> None:
         """Give ``host`` its access link (a host is added once; a restart keeps it)."""
@@ -235,9 +334,14 @@ class VirtualNetwork:
         """A connected pair of streams between hosts ``a`` and ``b`` (no dial delay)."""
         ha, hb = self._hosts[a], self._hosts[b]
         latency = link_latency(ha.profile, hb.profile)
-        ab, ba = _Pipe(ha, hb, latency), _Pipe(hb, ha, latency)
+        q = self.quantum
+        t = self._timers
+        ab, ba = _Pipe(ha, hb, latency, q, t), _Pipe(hb, ha, latency, q, t)
         lifetime = connection_lifetime(self.rng, self.losses_per_hour)
-        link = _Link(trio.current_time() + lifetime if math.isfinite(lifetime) else math.inf)
+        now = trio.current_time()
+        link = _Link(
+            quantize(now + lifetime, self.quantum) if math.isfinite(lifetime) else math.inf
+        )
         return VirtualStream(ab, ba, link), VirtualStream(ba, ab, link)
 
 
@@ -264,7 +368,7 @@ class VirtualTransport:
         far = net._hosts.get(host)
         # SYN and SYN-ACK: one round trip before anything can be sent.
         rtt = 2 * link_latency(me.profile, far.profile) if far is not None else 0.0
-        await trio.sleep(rtt)
+        await net._timers.wait_until(quantize(trio.current_time() + rtt, net.quantum))
         listener = net._listeners.get((host, port))
         if listener is None or far is None:
             raise OSError(errno.ECONNREFUSED, f"connection to {host}:{port} refused")
