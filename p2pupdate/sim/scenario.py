@@ -54,6 +54,15 @@ __all__ = [
 ]
 
 MODES = ("processes", "virtual")
+# What a virtual run measures and can check.
+VIRTUAL_EXPECT = (
+    "all_applied",
+    "max_time",
+    "max_bound_ratio",
+    "max_authority_ratio",
+    "max_hops",
+    "max_spread",
+)
 TOPOLOGIES = ("ring", "random-k", "star")
 NETWORKS = ("loopback", "netns")
 FAULT_KINDS = ("kill9", "late_join", "adversary", "bad_release")
@@ -569,8 +578,20 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
     virtual = None
     if mode == "virtual":
         virtual = _parse_virtual(r.get("virtual"), where, nodes, faults, network, topology)
-    elif r.has("virtual"):
-        raise r.fail("virtual", 'only goes with mode = "virtual"')
+        wrong = [k for k, _ in expect.items() if k not in VIRTUAL_EXPECT]
+        if wrong:
+            raise UsageError(
+                f"scenario {where}: expect: {', '.join(wrong)} not measured in a virtual run "
+                f"(it checks {', '.join(VIRTUAL_EXPECT)})"
+            )
+    else:
+        if r.has("virtual"):
+            raise r.fail("virtual", 'only goes with mode = "virtual"')
+        wrong = [k for k in ("max_hops", "max_spread") if getattr(expect, k) is not None]
+        if wrong:
+            raise UsageError(
+                f'scenario {where}: expect: {", ".join(wrong)} only with mode = "virtual"'
+            )
     self_update = None
     if r.has("self_update"):
         if mode == "virtual":
