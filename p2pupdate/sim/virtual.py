@@ -539,7 +539,9 @@ def build_virtual_report(run: VirtualRun) -> dict[str, Any]:
         k: {"messages": int(v["messages"]), "bytes": int(v["bytes"])}
         for k, v in sorted(by_type.items())
     }
-    heartbeats = virtual_seconds / sc.check_interval if sc.check_interval > 0 else 0.0
+    # Traffic is counted from the start (mesh forming included), so rates use the whole run.
+    run_seconds = getattr(run, "end_at", 0.0)
+    heartbeats = run_seconds / sc.check_interval if sc.check_interval > 0 else 0.0
     gossip_bytes = by_cat.get("gossip", {}).get("bytes", 0.0)
     keepalive_bytes = by_cat.get("keepalive", {}).get("bytes", 0.0)
     announce_msgs = by_type.get("Announce", {}).get("messages", 0.0)
@@ -551,8 +553,8 @@ def build_virtual_report(run: VirtualRun) -> dict[str, Any]:
         if heartbeats
         else None,
         "gossip_bytes_per_node": round(gossip_bytes / n),
-        "keepalive_bytes_per_node_per_minute": round(keepalive_bytes / n / virtual_seconds * 60, 1)
-        if virtual_seconds > 0
+        "keepalive_bytes_per_node_per_minute": round(keepalive_bytes / n / run_seconds * 60, 1)
+        if run_seconds > 0
         else None,
         "heartbeats": round(heartbeats, 1),
         "note": "no report messages exist in the protocol; gossip = ANNOUNCE, INVENTORY, "
@@ -612,6 +614,7 @@ def build_virtual_report(run: VirtualRun) -> dict[str, Any]:
         "timed_out": run.timed_out,
         "wall_seconds": round(run.wall_seconds, 2),
         "virtual_seconds": round(virtual_seconds, 3),
+        "virtual_seconds_total": round(getattr(run, "end_at", 0.0), 3),
         "time_quantum": spec.time_quantum,
         "completed": len([vn for vn in nodes if vn.completed_at is not None]),
         "announced": len(announce),
