@@ -522,7 +522,8 @@ def build_virtual_report(run: VirtualRun) -> dict[str, Any]:
         sent_bytes.append(st.bytes_sent)
         for code, (msgs, nbytes) in st.sent.items():
             name = _code_name(code)
-            for table, key in ((by_type, name), (by_cat, _CATEGORIES.get(name, "other"))):
+            kind = _CATEGORIES.get(name, name.lower())  # a newer message type: its own kind
+            for table, key in ((by_type, name), (by_cat, kind)):
                 e = table.setdefault(key, {"messages": 0, "bytes": 0})
                 e["messages"] += msgs
                 e["bytes"] += nbytes
