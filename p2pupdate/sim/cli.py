@@ -96,7 +96,7 @@ def _run_virtual(scenario: Scenario, out: Path) -> tuple[int, dict[str, object]]
 
     _check_out(out)
     try:
-        report = run_virtual(scenario, out)
+        report = run_virtual(scenario, out, progress=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print("p2pupdate sim: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED, {}

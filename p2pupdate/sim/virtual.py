@@ -71,6 +71,7 @@ PORT = 7000
 # not depend on when it was started.
 WALL_BASE = 1_800_000_000.0
 AUTHORITY = "authority"
+PROGRESS_EVERY = 5.0  # virtual seconds between progress lines
 
 
 def host_of(i: int) -> str:
@@ -233,6 +234,7 @@ class VirtualRun:
         self.timed_out = False
         self.churn: list[ChurnEvent] = []
         self.done = trio.Event()
+        self.progress: Callable[[str], None] | None = None
         self._completed = 0
         self._announced = 0
         self.wall_started = 0.0
@@ -416,6 +418,17 @@ class VirtualRun:
         await trio.sleep_until(self.published_at + self.spec.late_join_at)
         await nursery.start(self._incarnation, vn)
 
+    async def _progress(self, say: Callable[[str], None]) -> None:
+        """A line every PROGRESS_EVERY virtual seconds: where the run is, and how fast."""
+        assert self.published_at is not None
+        while True:
+            await trio.sleep(PROGRESS_EVERY)
+            t = trio.current_time() - self.published_at
+            wall = time.perf_counter() - self.wall_started
+            what = "announced" if self.gossip_only else "complete"
+            done = self._announced if self.gossip_only else self._completed
+            say(f"  +{t:.0f}s virtual: {done}/{len(self.nodes)} {what} (wall {wall:.0f}s)")
+
     async def run(self) -> None:
         self.wall_started = time.perf_counter()
         async with trio.open_nursery() as nursery:
@@ -430,6 +443,8 @@ class VirtualRun:
                 if vn.late:
                     nursery.start_soon(self._late, vn, nursery)
             assert self.published_at is not None
+            if self.progress is not None:
+                nursery.start_soon(self._progress, self.progress)
             with trio.move_on_at(self.published_at + self.sc.timeout):
                 await self.done.wait()
             if not self.done.is_set():
@@ -803,7 +818,9 @@ def plot_cdf(report: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def run_virtual(scenario: Scenario, out: Path) -> dict[str, Any]:
+def run_virtual(
+    scenario: Scenario, out: Path, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Run a virtual scenario to its end; the report (also written by the caller)."""
     workdir = Path(tempfile.mkdtemp(prefix="p2pupdate-virtual-"))
     quiet: list[tuple[logging.Logger, int]] = []
@@ -814,6 +831,7 @@ def run_virtual(scenario: Scenario, out: Path) -> dict[str, Any]:
     try:
         seed_trio_scheduler(scenario.seed)
         run = VirtualRun(scenario, workdir)
+        run.progress = progress
         trio.run(run.run, clock=trio.testing.MockClock(autojump_threshold=0))
         return build_virtual_report(run)
     finally:
@@ -822,4 +840,3 @@ def run_virtual(scenario: Scenario, out: Path) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-Runner = Callable[[Scenario, Path], dict[str, Any]]
