@@ -496,20 +496,21 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
     where = source or name
     r = _Reader(raw, where)
     mode = r.str_("mode", "processes", MODES)
-    nodes = r.int_("nodes", 10, 1, MAX_VIRTUAL_NODES if mode == "virtual" else MAX_NODES)
+    cap = MAX_VIRTUAL_NODES if mode == "virtual" else MAX_NODES
+    nodes = r.int_("nodes", 10, 1, cap)
     package_size = r.size("package_size", 32 * 1024 * 1024)
     if not MIN_PACKAGE <= package_size <= MAX_PACKAGE:
         raise r.fail("package_size", f"must be between {MIN_PACKAGE} bytes and 4GiB")
     topology = r.str_("topology", "ring", TOPOLOGIES)
     # degree and authority_peers above what the node count allows are clamped, so a
     # scenario can be shrunk by changing ``nodes`` alone.
-    degree = r.int_("degree", 2, 1, MAX_VIRTUAL_NODES)
+    degree = r.int_("degree", 2, 1, cap)
     seed = r.int_("seed", 1, 0, 2**63 - 1)
     upload_limit = r.size("upload_limit", 0, rate=True)
     network = r.str_("network", "loopback", NETWORKS)
-    authority_peers = r.int_("authority_peers", 2, 1, MAX_VIRTUAL_NODES)
+    authority_peers = r.int_("authority_peers", 2, 1, cap)
     default_replicas = nodes if topology == "star" else 1
-    replicas = min(nodes, r.int_("replicas", default_replicas, 1, MAX_VIRTUAL_NODES))
+    replicas = min(nodes, r.int_("replicas", default_replicas, 1, cap))
     channel = r.str_("channel", "app/stable")
     try:
         validate_channel(channel)
