@@ -42,7 +42,8 @@ import trio.testing
 
 from p2pupdate.core.announcement import AnnouncementBody, sign_announcement
 from p2pupdate.core.chunks import CHUNK_SIZE, ChunkHasher
-from p2pupdate.core.messages import MESSAGE_TYPES
+from p2pupdate.core.codec import encode
+from p2pupdate.core.messages import MESSAGE_TYPES, Inventory
 from p2pupdate.core.netmodel import (
     ChurnEvent,
     LinkProfile,
@@ -235,6 +236,7 @@ class VirtualRun:
         self.churn: list[ChurnEvent] = []
         self.done = trio.Event()
         self.progress: Callable[[str], None] | None = None
+        self.peers_at_end: list[int] = []
         self._completed = 0
         self._announced = 0
         self.wall_started = 0.0
@@ -452,6 +454,7 @@ class VirtualRun:
             if not self.done.is_set():
                 self.timed_out = True
             self.end_at = trio.current_time()
+            self.peers_at_end = [len(vn.node.peers) for vn in self.nodes if vn.node is not None]
             for vn in [*self.nodes, self.authority]:
                 self._count_uploads(vn, vn.swarm)
             nursery.cancel_scope.cancel()
@@ -564,13 +567,23 @@ def build_virtual_report(run: VirtualRun) -> dict[str, Any]:
     gossip_bytes = by_cat.get("gossip", {}).get("bytes", 0.0)
     keepalive_bytes = by_cat.get("keepalive", {}).get("bytes", 0.0)
     announce_msgs = by_type.get("Announce", {}).get("messages", 0.0)
+    some = next((vn.node for vn in nodes if vn.node is not None), None)
+    inv_frame = len(encode(Inventory(some.book.inventory()))) if some is not None else 0
+    live = run.peers_at_end
+    mean_peers = sum(live) / len(live) if live else 0.0
     inv = by_type.get("Inventory", {"messages": 0.0, "bytes": 0.0})
     gossip = {
         "announce_messages_per_node": round(announce_msgs / n, 2),
         "announce_bytes_per_node": round(by_type.get("Announce", {}).get("bytes", 0.0) / n),
+        # Measured only when the run lasted at least one check_interval (otherwise the
+        # INVENTORY counted is the one each connection starts with).
         "inventory_bytes_per_node_per_heartbeat": round(inv["bytes"] / n / heartbeats, 1)
-        if heartbeats
+        if heartbeats >= 1
         else None,
+        # What one anti-entropy round costs a node at the end of the run: one INVENTORY of
+        # its announcements to each connected peer.
+        "inventory_frame_bytes": inv_frame,
+        "inventory_bytes_per_heartbeat_at_end": round(inv_frame * mean_peers),
         "gossip_bytes_per_node": round(gossip_bytes / n),
         "keepalive_bytes_per_node_per_minute": round(keepalive_bytes / n / run_seconds * 60, 1)
         if run_seconds > 0
@@ -755,7 +768,7 @@ def virtual_summary(report: dict[str, Any], out_dir: str, plot: str | None) -> l
     lines.append(
         f"  per node: {g['announce_messages_per_node']} ANNOUNCE sent per announcement, "
         f"gossip {g['gossip_bytes_per_node']} B, INVENTORY "
-        f"{g['inventory_bytes_per_node_per_heartbeat']} B per heartbeat; peak connections "
+        f"{g['inventory_bytes_per_heartbeat_at_end']} B per heartbeat; peak connections "
         f"max {report['peak_connections']['max']} mean {report['peak_connections']['mean']}"
     )
     traffic = ", ".join(
