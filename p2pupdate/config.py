@@ -86,6 +86,8 @@ class Limits:
     # Connections from one IP address, and from one netgroup (IPv4 /24, IPv6 /64):
     # one host or one cheap subnet cannot fill the node's slots. Loopback peers are
     # exempt by default (the simulation runs every node on 127.0.0.1); see NodeOptions.
+    # The netgroup caps apply to public addresses only: on a private network a /24 of
+    # peers is the fleet itself (core/admission.py).
     max_conns_per_ip: int = 4
     max_conns_per_netgroup: int = 8
     # Handshakes in progress from one IP / netgroup: 16 silent sockets from one host
