@@ -33,6 +33,8 @@ from typing import Any, Protocol
 import trio
 from bitarray.util import zeros
 
+from p2pupdate import __version__
+from p2pupdate.core import reports
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.chunks import chunk_count
 from p2pupdate.core.policy import act_decision, valid_now
@@ -147,6 +149,12 @@ class Agent:
         self.self_update_off = "off: not a managed install"
         node.on_announcement = self.on_announcement
         swarm.on_source = self.on_source
+        # Node reports (docs/protocol.md): the last outcome per channel comes from the
+        # events as they are written; every one that changes it re-issues the report.
+        self.outcomes: dict[str, tuple[str, str, str]] = {}
+        self._applying: dict[str, str] = {}
+        events.listeners.append(self._on_event)
+        node.reports.build = self._build_report
 
     def _chan(self, channel: str) -> _ChannelState:
         return self.channels.setdefault(channel, _ChannelState())
@@ -584,12 +592,65 @@ class Agent:
         if reason is not None:
             log.warning("cache over its size: %s", reason)
 
+    # -- node report ------------------------------------------------------------------
+    def _on_event(self, name: str, record: dict[str, Any]) -> None:
+        channel = record.get("channel")
+        if not isinstance(channel, str) or channel not in self.targets:
+            return
+        if name == "applying" and isinstance(record.get("version"), str):
+            self._applying[channel] = record["version"]
+        elif name in ("update_complete", "update_failed", "rolled_back", "quarantined"):
+            self._applying.pop(channel, None)
+        prev = self.outcomes.get(channel)
+        new = reports.next_outcome(prev, name, record)
+        if new is not None:
+            self.outcomes[channel] = new
+        if new != prev or name in ("applying", "download_started", "update_complete"):
+            self.node.reports.changed()
+
+    def _build_report(self) -> reports.NodeReport:
+        applied = self.applicator.status(list(self.targets.values()))["channels"]
+        entries = []
+        for ch, target in sorted(self.targets.items()):
+            st = self.channels.get(ch, _ChannelState())
+            a = applied.get(ch, {})
+            downloading = None
+            if st.download is not None:
+                downloading = (st.download.body.version, float(st.progress.get("progress", 0.0)))
+            entries.append(
+                reports.channel_entry(
+                    ch,
+                    installed=self.applicator.installed_version(target),
+                    downloading=downloading,
+                    applying=self._applying.get(ch),
+                    last=self.outcomes.get(ch),
+                    quarantined=[q["version"] for q in a.get("quarantined", [])],
+                )
+            )
+        host, port = self.node.listen_addr
+        return reports.NodeReport(
+            self.node.node_id,
+            0,
+            0,
+            f"{host}:{port}"[:64],
+            f"p2pupdate/{__version__}"[:32],
+            tuple(entries),
+        )
+
+    def fleet(self, channel: str | None) -> dict[str, Any]:
+        """The node's view of the fleet (``p2pupdate fleet``)."""
+        return reports.fleet_view(self.node.reports.book.all(), self.node.wall_clock(), channel)
+
     # -- control socket -------------------------------------------------------------
     async def control(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "status":
             return {"ok": True, **self.status()}
         channel = request.get("channel")
+        if op == "fleet":
+            if channel is not None and not isinstance(channel, str):
+                return {"ok": False, "usage": True, "error": "channel must be a string"}
+            return {"ok": True, **self.fleet(channel)}
         if op in ("apply", "rollback", "quarantine_clear"):
             target = self.targets.get(channel) if isinstance(channel, str) else None
             if target is None:

@@ -22,8 +22,11 @@ from p2pupdate.core.messages import (
     Ping,
     Pong,
     Reject,
+    Report,
+    ReportSummary,
     Request,
     Table,
+    Yank,
 )
 
 __all__ = ["MESSAGE_STRATEGIES", "any_message", "sample_messages"]
@@ -78,6 +81,15 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
     Ping: st.builds(Ping, st.integers(0, 2**32 - 1)),
     Pong: st.builds(Pong, st.integers(0, 2**32 - 1)),
     Complete: st.builds(Complete, ids),
+    Report: st.builds(Report, st.binary(max_size=1024)),
+    ReportSummary: st.builds(
+        ReportSummary,
+        st.lists(
+            st.tuples(st.binary(min_size=8, max_size=8), st.integers(0, 2**63 - 1)), max_size=20
+        ).map(tuple),
+        st.booleans(),
+    ),
+    Yank: st.builds(Yank, st.binary(max_size=1024)),
 }
 assert set(MESSAGE_STRATEGIES) == set(MESSAGE_TYPES.values())
 
@@ -104,4 +116,7 @@ def sample_messages() -> list[Message]:
         Ping(2**32 - 1),
         Pong(0),
         Complete(pid),
+        Report(b"\x92" + b"\x00" * 1000),
+        ReportSummary(tuple((i.to_bytes(8, "big"), 2**63 - 1) for i in range(2000)), True),
+        Yank(b"\x92" + b"\x00" * 500),
     ]

@@ -28,6 +28,7 @@ import nacl.signing
 import trio
 
 from p2pupdate import __version__
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import Announcement, decode_announcement
 from p2pupdate.core.codec import encode
 from p2pupdate.core.gossip import AnnouncementBook, choose_fanout
@@ -42,11 +43,14 @@ from p2pupdate.core.messages import (
     Peers,
     Ping,
     Pong,
+    Report,
+    ReportSummary,
 )
 from p2pupdate.core.policy import Decision, TrustConfig
 from p2pupdate.errors import RemoteProtocolError, TransferError
 from p2pupdate.shell.fsutil import atomic_write_bytes
 from p2pupdate.shell.net.peer import Connection, Timeouts
+from p2pupdate.shell.net.reports import ReportGossip
 from p2pupdate.shell.net.transport import Listener, Transport
 
 __all__ = ["EmitFn", "Node", "NodeOptions", "PackageService", "PeerConn", "peer_error"]
@@ -80,6 +84,9 @@ class NodeOptions:
     ban_period: float = 600.0
     pex_interval: float = 10.0
     agent: str = f"p2pupdate/{__version__}"
+    # Node reports (docs/protocol.md): issue our own (False: a publisher only listens).
+    report_self: bool = True
+    report_interval: float = DEFAULT_LIMITS.report_interval
 
 
 class PeerConn:
@@ -211,6 +218,8 @@ class Node:
         self.handshakes_completed = 0
         self.first_handshake = trio.Event()
         self.messages_sent: dict[str, int] = {}
+        # Node reports: this node's own and everyone else's (shell.net.reports).
+        self.reports = ReportGossip(self, interval=options.report_interval)
 
     # -- lifecycle ------------------------------------------------------------
     @property
@@ -267,6 +276,7 @@ class Node:
                 nursery.start_soon(self._accept_loop, listener)
                 nursery.start_soon(self._dial_loop)
                 nursery.start_soon(self._anti_entropy_loop)
+                nursery.start_soon(self.reports.run)
                 task_status.started()
         finally:
             self._nursery = None
@@ -390,6 +400,7 @@ class Node:
             del self.peers[peer.node_id]
             self.emit("peer_disconnected", peer=peer.label, peer_id=peer.node_id.hex())
             self.peerbook.on_disconnected(peer.addr, trio.current_time())
+            self.reports.on_peer_down(peer)
             if self.package_service is not None:
                 self.package_service.on_peer_down(peer)
             self._wake_dialer.set()
@@ -407,6 +418,7 @@ class Node:
                 nursery.start_soon(self._keepalive, peer)
                 peer.post(Inventory(self.book.inventory()))
                 peer.post(Peers(tuple(self.peerbook.sample(32))))
+                self.reports.on_peer_up(peer)
                 if self.package_service is not None:
                     self.package_service.on_peer_up(peer)
                     nursery.start_soon(self.package_service.run_peer, peer)
@@ -433,6 +445,10 @@ class Node:
         self._strikes[addr] = self._strikes.get(addr, 0) + 1
         if self._strikes[addr] >= MAX_STRIKES:
             self.ban(addr, conn.hello.node_id, f"protocol errors: {reason}")
+
+    def strike(self, peer: PeerConn, reason: str) -> None:
+        """Count one strike against a connected peer (banned at MAX_STRIKES)."""
+        self._strike(peer.conn, reason)
 
     def ban(self, addr: Addr, node_id: bytes, reason: str) -> None:
         """Ban a peer's node id and (IP, listen port) for the ban period; close it."""
@@ -463,6 +479,8 @@ class Node:
                 peer.post(Announce(ann.encode()))
         elif isinstance(msg, Announce):
             await self._on_announce(peer, msg.data)
+        elif isinstance(msg, (Report, ReportSummary)):
+            await self.reports.handle(peer, msg)
         elif isinstance(msg, Hello):
             raise RemoteProtocolError("HELLO after the handshake")
         elif self.package_service is None or not await self.package_service.handle(peer, msg):
