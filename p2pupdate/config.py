@@ -65,6 +65,9 @@ class Limits:
     # enough that `fleet` shows a dead node within minutes, rare enough that a 1000-node
     # fleet sends about 1.7 reports a second in all.
     report_interval: float = 600.0
+    # Yanks (signed revocations) kept: each needs trusted signatures, so only the
+    # authority makes them; 1000 is years of revoked releases and a few hundred KiB.
+    max_yanks: int = 1000
     # Longest reason text carried in a report (the rest is cut): the record must fit 1 KiB.
     max_report_reason: int = 64
 

@@ -17,6 +17,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import blake3
+import nacl.exceptions
+import nacl.signing
 
 from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import Announcement
@@ -28,6 +30,7 @@ __all__ = [
     "Decision",
     "TrustConfig",
     "act_decision",
+    "check_signers",
     "in_rollout",
     "is_newer",
     "relay_decision",
@@ -52,6 +55,8 @@ REASONS = frozenset(
         "quarantined",
         "below_min_version",
         "outside_rollout",
+        "yanked",
+        "rollout_aborted",
     }
 )
 
@@ -99,7 +104,28 @@ def _check_signatures(ann: Announcement, trust: TrustConfig) -> Decision:
     trusted_claimed = signers & trust.trusted_keys
     if not trusted_claimed:
         return Decision(False, "untrusted")
-    valid = ann.valid_signers() & trust.trusted_keys
+    return _threshold(ann.valid_signers() & trust.trusted_keys, trust)
+
+
+def check_signers(
+    signatures: Collection[tuple[bytes, bytes]], message: bytes, trust: TrustConfig
+) -> Decision:
+    """The announcement signature rules for any signed statement (a yank): at least
+    ``threshold`` distinct trusted keys whose signature over ``message`` verifies."""
+    if not {key for key, _ in signatures} & trust.trusted_keys:
+        return Decision(False, "untrusted")
+    good: set[bytes] = set()
+    for key, sig in signatures:
+        if key in trust.trusted_keys:
+            try:
+                nacl.signing.VerifyKey(key).verify(message, sig)
+            except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
+                continue
+            good.add(key)
+    return _threshold(frozenset(good), trust)
+
+
+def _threshold(valid: frozenset[bytes], trust: TrustConfig) -> Decision:
     if not valid:
         return Decision(False, "bad_signature")
     if len(valid) < trust.threshold:
@@ -162,8 +188,13 @@ def act_decision(
     node_id: bytes,
     installed_version: str | None,
     quarantined: Collection[str],
+    now: float | None = None,
 ) -> Decision:
-    """Act on (download and apply) an announcement that already passed relay."""
+    """Act on (download and apply) an announcement that already passed relay.
+
+    With ``now``, a staged rollout (format 2) uses the stage open at ``now``;
+    without it, the announcement's plain ``rollout``.
+    """
     body = ann.body
     if not is_newer(body.version, installed_version):
         return Decision(False, "not_newer")
@@ -177,6 +208,7 @@ def act_decision(
         and version_key(installed_version) < version_key(body.min_version)
     ):
         return Decision(False, "below_min_version")
-    if not in_rollout(node_id, body.version, body.rollout):
+    rollout = body.rollout if now is None else body.rollout_at(now)
+    if not in_rollout(node_id, body.version, rollout):
         return Decision(False, "outside_rollout")
     return ACCEPT

@@ -155,6 +155,11 @@ class Agent:
         self._applying: dict[str, str] = {}
         events.listeners.append(self._on_event)
         node.reports.build = self._build_report
+        # Staged rollouts with an abort rule (docs/operations.md): (channel, version)
+        # pairs this node saw abort; and yanks (signed revocations).
+        self.aborted: set[tuple[str, str]] = set()
+        node.reports.listeners.append(self._on_report)
+        node.yanks.listeners.append(self._on_yank)
 
     def _chan(self, channel: str) -> _ChannelState:
         return self.channels.setdefault(channel, _ChannelState())
@@ -169,6 +174,9 @@ class Agent:
                 # applicator's per-channel lock and finishes any pending record first.
                 task_status.started()
                 await self.applicator.recover(list(self.targets.values()))
+                for yank in self.node.yanks.all():
+                    self._on_yank(yank)
+                nursery.start_soon(self._stage_loop)
                 for ann in self.node.book.all_newest():
                     pid = ann.body.package_id
                     if not self.swarm.store.has_complete(pid):
@@ -189,8 +197,20 @@ class Agent:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     # -- deciding -------------------------------------------------------------------
+    def _stopped(self, ann: Announcement) -> str | None:
+        """``yanked`` or ``rollout_aborted`` when this release must not be started."""
+        b = ann.body
+        if self.node.yanks.yanked(b.channel, b.version) is not None:
+            return "yanked"
+        if (b.channel, b.version) in self.aborted:
+            return "rollout_aborted"
+        return None
+
     def _refusal(self, ann: Announcement, target: TargetSpec) -> str | None:
         b = ann.body
+        stopped = self._stopped(ann)
+        if stopped is not None:
+            return stopped
         # Trust and expiry are asked again: an announcement held for `p2pupdate apply`
         # or a long download may have expired meanwhile; nothing expired is installed.
         valid = valid_now(ann, self.node.book.trust, self.node.wall_clock())
@@ -204,6 +224,7 @@ class Agent:
             node_id=self.node.node_id,
             installed_version=self.applicator.installed_version(target),
             quarantined=self.applicator.quarantined(target.channel),
+            now=self.node.wall_clock(),
         )
         return None if decision.ok else decision.reason
 
@@ -226,6 +247,12 @@ class Agent:
         apply_it = False
         if self.self_update is not None and self.self_update.handles(b.channel):
             self.self_update.on_announcement(ann)
+        stopped = self._stopped(ann)
+        if stopped is not None:
+            # Not downloaded either (not even to cache it for others).
+            if target is not None and self.applicator.installed_version(target) != b.version:
+                self._refuse(ann, stopped)
+            return
         if target is not None:
             reason = self._refusal(ann, target)
             if reason == "not_newer" and self.applicator.installed_version(target) == b.version:
@@ -635,6 +662,79 @@ class Agent:
             f"{host}:{port}"[:64],
             f"p2pupdate/{__version__}"[:32],
             tuple(entries),
+        )
+
+    # -- staged rollout, abort, yank -----------------------------------------------------
+    async def _stage_loop(self) -> None:
+        """Re-examine a staged release each time one of its stages opens."""
+        seen: dict[bytes, int] = {}
+        while True:
+            now = self.node.wall_clock()
+            wait = 5.0
+            for ann in self.node.book.all_newest():
+                b = ann.body
+                if not b.stages:
+                    continue
+                pct = b.rollout_at(now)
+                if seen.setdefault(ann.id, pct) != pct:
+                    seen[ann.id] = pct
+                    log.info("%s %s: stage %d%% open", b.channel, b.version, pct)
+                    self.events.emit("rollout_stage", channel=b.channel, version=b.version,
+                                     rollout=pct)  # fmt: skip
+                    await self.on_announcement(ann, None)
+                nxt = b.next_stage_at(now)
+                if nxt is not None:
+                    wait = min(wait, max(0.05, nxt - now))
+            await trio.sleep(wait)
+
+    def _on_report(self, signed: reports.SignedReport) -> None:
+        for ann in self.node.book.all_newest():
+            b = ann.body
+            if b.abort is None or (b.channel, b.version) in self.aborted:
+                continue
+            if signed.report.channel(b.channel) is None:
+                continue
+            failed, attempted = reports.abort_tally(
+                self.node.reports.book.all(), b.channel, b.version
+            )
+            if not reports.AbortRule(*b.abort).fired(failed, attempted):
+                continue
+            self.aborted.add((b.channel, b.version))
+            st = self._chan(b.channel)
+            if st.download is not None and st.download.body.version == b.version and st.scope:
+                st.scope.cancel()
+            if st.retry is not None and st.retry.ann.body.version == b.version:
+                self._cancel_retry(st)
+            self.events.emit(
+                "rollout_aborted",
+                channel=b.channel,
+                version=b.version,
+                failed=failed,
+                attempted=attempted,
+            )
+
+    def _on_yank(self, yank: Any) -> None:
+        b = yank.body
+        st = self._chan(b.channel)
+        if st.download is not None and st.download.body.version == b.version and st.scope:
+            st.scope.cancel()
+        target = self.targets.get(b.channel)
+        if target is None or self._nursery is None:
+            return
+        self._nursery.start_soon(self._undo_yanked, target, b.version, b.reason)
+
+    async def _undo_yanked(self, target: TargetSpec, version: str, reason: str) -> None:
+        restored = None
+        if self.applicator.installed_version(target) == version:
+            log.warning("%s %s was yanked; rolling back", target.channel, version)
+            if await self.applicator.rollback(target):
+                restored = self.applicator.installed_version(target)
+        self.events.emit(
+            "yanked",
+            channel=target.channel,
+            version=version,
+            restored_version=restored,
+            reason=reason,
         )
 
     def fleet(self, channel: str | None) -> dict[str, Any]:

@@ -74,6 +74,8 @@ def test_reasons_are_the_documented_set() -> None:
         "quarantined",
         "below_min_version",
         "outside_rollout",
+        "yanked",
+        "rollout_aborted",
     } == REASONS
 
 

@@ -45,6 +45,7 @@ from p2pupdate.core.messages import (
     Pong,
     Report,
     ReportSummary,
+    Yank,
 )
 from p2pupdate.core.policy import Decision, TrustConfig
 from p2pupdate.errors import RemoteProtocolError, TransferError
@@ -52,6 +53,7 @@ from p2pupdate.shell.fsutil import atomic_write_bytes
 from p2pupdate.shell.net.peer import Connection, Timeouts
 from p2pupdate.shell.net.reports import ReportGossip
 from p2pupdate.shell.net.transport import Listener, Transport
+from p2pupdate.shell.net.yanks import YankGossip
 
 __all__ = ["EmitFn", "Node", "NodeOptions", "PackageService", "PeerConn", "peer_error"]
 
@@ -220,6 +222,8 @@ class Node:
         self.messages_sent: dict[str, int] = {}
         # Node reports: this node's own and everyone else's (shell.net.reports).
         self.reports = ReportGossip(self, interval=options.report_interval)
+        # Signed revocations (shell.net.yanks).
+        self.yanks = YankGossip(self)
 
     # -- lifecycle ------------------------------------------------------------
     @property
@@ -266,6 +270,7 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, dial, gossip until cancelled. ``task_status.started()`` once listening."""
         self.load_announcements()
+        self.yanks.load()
         listener = await self.transport.listen(*self.options.listen)
         self.listener = listener
         self.listen_port = listener.port
@@ -419,6 +424,7 @@ class Node:
                 peer.post(Inventory(self.book.inventory()))
                 peer.post(Peers(tuple(self.peerbook.sample(32))))
                 self.reports.on_peer_up(peer)
+                self.yanks.on_peer_up(peer)
                 if self.package_service is not None:
                     self.package_service.on_peer_up(peer)
                     nursery.start_soon(self.package_service.run_peer, peer)
@@ -481,6 +487,8 @@ class Node:
             await self._on_announce(peer, msg.data)
         elif isinstance(msg, (Report, ReportSummary)):
             await self.reports.handle(peer, msg)
+        elif isinstance(msg, Yank):
+            await self.yanks.handle(peer, msg.data)
         elif isinstance(msg, Hello):
             raise RemoteProtocolError("HELLO after the handshake")
         elif self.package_service is None or not await self.package_service.handle(peer, msg):
