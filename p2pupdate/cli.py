@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--events", type=Path, metavar="FILE", help="append JSON-lines events here (default: none)"
     )
     n.add_argument(
+        "--events-max-size", metavar="SIZE",
+        help="rotate the events file to FILE.1 at this size (default: 64MiB)",
+    )  # fmt: skip
+    n.add_argument(
         "--config", type=Path, metavar="FILE", help="TOML config file; flags override its keys"
     )
     n.add_argument(
@@ -332,6 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--wheelhouse", type=Path, metavar="FILE", help="a release archive to install from"
     )
     si.add_argument("--source", type=Path, metavar="DIR", help="checkout to build from")
+
+    co = _sub(
+        sub, "completion", "print shell completion code",
+        "example:\n  p2pupdate completion bash > /etc/bash_completion.d/p2pupdate\n",
+    )  # fmt: skip
+    co.add_argument("shell", choices=["bash", "zsh", "fish"], help="the shell to complete for")
+    _sub(
+        sub, "manpage", "print the manual page (roff)",
+        "example:\n  p2pupdate manpage > /usr/local/share/man/man1/p2pupdate.1\n",
+    )  # fmt: skip
     return p
 
 
@@ -386,6 +400,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         from p2pupdate.commands.selfupdatecmd import run_self_command
 
         return run_self_command(args)
+    if cmd == "completion":
+        from p2pupdate.commands.completion import completion_script
+
+        print(completion_script(args.shell), end="")
+        return EXIT_OK
+    if cmd == "manpage":
+        from p2pupdate.commands.completion import manpage
+
+        print(manpage(build_parser()), end="")
+        return EXIT_OK
     if cmd == "sim":
         from p2pupdate.sim.cli import run_sim_command
 
@@ -395,6 +419,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    if argv is None:
+        # A shell asking for completions (see `p2pupdate completion`): answer and exit.
+        # Does nothing unless the shell code set _ARGCOMPLETE.
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     try:
         args = parser.parse_args(argv)
         if args.command == "quarantine" and args.qcommand is None:

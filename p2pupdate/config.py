@@ -71,5 +71,71 @@ class Limits:
     # Longest reason text carried in a report (the rest is cut): the record must fit 1 KiB.
     max_report_reason: int = 64
 
+    # -- per-peer state (docs/security.md lists each with the attack it stops) ------
+    # Everything below is something a remote peer can make the node hold. Each is
+    # capped here and freed when the peer that caused it goes.
+    # BITFIELDs for packages we have no announcement for yet (kept so a download can
+    # start at once when the announcement arrives). At most this many packages ...
+    max_pending_bitfield_packages: int = 64
+    # ... and at most this many of them per peer. A bitfield is at most 8 KiB (65536
+    # chunks), so the whole pending set is bounded by connections x this x 8 KiB
+    # (64 x 4 x 8 KiB = 2 MiB), and it is dropped when the peer disconnects.
+    max_pending_bitfields_per_peer: int = 4
+    # Chunk REQUESTs one peer may have queued with us; more are REJECTed. A CANCEL is
+    # recorded only for a request in this queue, so the cancel set is bounded too.
+    max_upload_queue: int = 32
+    # Labels (host:port) of peers that have gone, kept only while a download still
+    # names them as a source: the download_complete ``sources`` field.
+    max_peer_labels: int = 1024
+    # Strike counters (per observed IP and per proven node id). Entries decay with
+    # the ban period; when full the oldest is forgotten (a strike is a heuristic).
+    max_strike_entries: int = 4096
+    # Protocol errors before a proven node id is banned, and (from any number of
+    # node ids) before the observed IP is banned - never on a shared host.
+    strikes_to_ban: int = 3
+    ip_strikes_to_ban: int = 12
+    # Active bans (node ids, addresses and IPs). One ban costs the attacker a key
+    # and three protocol errors; when full, the ban ending soonest is dropped.
+    max_bans: int = 4096
+    # Our own addresses learned by dialling ourselves (aliases of 127.0.0.1 etc.):
+    # a PEX flood of aliases must not grow this set without end.
+    max_self_addrs: int = 64
+
+    # -- connection admission (eclipse and exhaustion; Bitcoin Core's model) ------
+    # Connections from one IP address, and from one netgroup (IPv4 /24, IPv6 /64):
+    # one host or one cheap subnet cannot fill the node's slots. Loopback peers are
+    # exempt by default (the simulation runs every node on 127.0.0.1); see NodeOptions.
+    max_conns_per_ip: int = 4
+    max_conns_per_netgroup: int = 8
+    # Handshakes in progress from one IP / netgroup: 16 silent sockets from one host
+    # cannot hold every handshake slot.
+    max_handshakes_per_ip: int = 2
+    max_handshakes_per_netgroup: int = 4
+    # Connection slots only outbound dials may use: even with every inbound slot
+    # taken, the node keeps dialling the peers it chose (configured and known-good).
+    reserved_outbound: int = 8
+    # Inbound peers protected from eviction for each useful trait (recently sent a
+    # new announcement or verified chunks; longest connected), as in Bitcoin Core's
+    # AttemptToEvictConnection. The rest are candidates; one from the largest
+    # netgroup is evicted to make room.
+    evict_protect_useful: int = 4
+    evict_protect_oldest: int = 4
+
+    # -- membership (PEX) -------------------------------------------------------------
+    # Known addresses in all, and how many one source netgroup may have added: a peer
+    # that floods PEERS fills only its own share, and addresses that have worked are
+    # never evicted to make room.
+    max_known_addrs: int = 1024
+    max_addrs_per_source: int = 64
+
+    # -- logs ----------------------------------------------------------------------------
+    # Repeated per-peer events and log lines: the first few per window pass, the rest
+    # are counted and summarised once per window (a flood cannot fill the disk).
+    log_burst: int = 10
+    log_window: float = 60.0
+    # Distinct (event, peer) keys tracked by the throttle; past this, all further keys
+    # share one bucket per event name.
+    max_log_keys: int = 256
+
 
 DEFAULT_LIMITS = Limits()

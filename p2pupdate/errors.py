@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ApplyError",
     "DiskFullError",
+    "IncompatiblePeerError",
     "LocalProtocolError",
     "P2PUpdateError",
     "ProtocolError",
@@ -39,6 +40,11 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent something malformed: close the connection and strike it."""
+
+
+class IncompatiblePeerError(RemoteProtocolError):
+    """The peer speaks another protocol version: close the connection, no strike
+    (an old node during an upgrade is not an attacker)."""
 
 
 class TrustError(P2PUpdateError):

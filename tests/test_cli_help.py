@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,37 @@ def test_check_config_refuses_a_bad_config_with_one_line(tmp_path: Path) -> None
     proc = _node("--config", str(config), "--check-config")
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "did you mean 'max_connections'" in proc.stderr
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_code_for_each_shell(shell: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["completion", shell]) == 0
+    code = capsys.readouterr().out
+    assert "p2pupdate" in code and "_ARGCOMPLETE" in code
+
+
+def test_completion_answers_from_the_real_parser(tmp_path: Path) -> None:
+    # What the shell code does: run the program with the line typed so far.
+    out = tmp_path / "candidates"
+    line = "p2pupdate quarantine "
+    env = {
+        **os.environ,
+        "_ARGCOMPLETE": "1",
+        "_ARGCOMPLETE_IFS": "\n",
+        "COMP_LINE": line,
+        "COMP_POINT": str(len(line)),
+        "_ARGCOMPLETE_STDOUT_FILENAME": str(out),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "p2pupdate"], env=env, capture_output=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert set(out.read_text().split()) == {"clear", "list", "-h", "--help"}
+
+
+def test_manpage_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["manpage"]) == 0
+    page = capsys.readouterr().out
+    assert page.startswith(".TH P2PUPDATE")
+    for command in ("keygen", "node", "publish", "status", "versions", "sim", "completion"):
+        assert command in page

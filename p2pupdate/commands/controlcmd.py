@@ -287,8 +287,14 @@ def _format_channel(name: str, ch: Any, add: Callable[[str], None]) -> None:
         q if isinstance(q, str) else str(_get(q, "version", str, "?"))
         for q in _get(ch, "quarantined", list, [])
     ]
-    if quarantined:
-        add(f"  quarantined {', '.join(quarantined)}")
+    details = {str(_get(q, "version", str, "")): q for q in _get(ch, "quarantine", list, [])}
+    for version in quarantined:
+        # Why and since when, where the node recorded it (older snapshots: the version only).
+        q = details.get(version)
+        reason = _get(q, "reason", str, "") if q is not None else ""
+        at = q.get("at") if isinstance(q, dict) else None
+        why = f" ({reason}, {_when(at).removeprefix('written ')})" if reason else ""
+        add(f"  quarantined {version}{why}")
     retry = _get(ch, "retry", dict)
     if retry is not None:
         sooner = {

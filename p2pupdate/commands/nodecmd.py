@@ -154,7 +154,7 @@ async def run_node(
     updater: SelfUpdater | None = None,
 ) -> int:
     node_hex = bytes(key.verify_key).hex()
-    events = EventLog(settings.events, node_hex)
+    events = EventLog(settings.events, node_hex, max_size=settings.events_max_size)
     inherited = os.environ.pop(LISTEN_FD_ENV, None)
     inherited_fd = int(inherited) if inherited and inherited.isdigit() else None
     transport = TcpTransport(inherited_fd)

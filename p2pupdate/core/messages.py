@@ -19,6 +19,7 @@ __all__ = [
     "MAX_PEERS",
     "MAX_SUMMARY",
     "MESSAGE_TYPES",
+    "NONCE_LEN",
     "PROTOCOL_VERSION",
     "TABLE_PAGE_LIST",
     "Announce",
@@ -30,6 +31,7 @@ __all__ = [
     "GetTable",
     "Have",
     "Hello",
+    "HelloProof",
     "Inventory",
     "Message",
     "Peers",
@@ -43,7 +45,9 @@ __all__ = [
     "Yank",
 ]
 
-PROTOCOL_VERSION = 1
+# 2: HELLO carries a nonce and is followed by HELLO_PROOF (docs/protocol.md).
+PROTOCOL_VERSION = 2
+NONCE_LEN = 32
 TABLE_PAGE_LIST = -1  # GET_TABLE page number asking for the list of page hashes
 _L = DEFAULT_LIMITS
 _MAX_INDEX = _L.max_package_size // _L.chunk_size  # chunk indices are below this
@@ -87,17 +91,23 @@ class Message:
 
 @dataclass(frozen=True)
 class Hello(Message):
+    """First message each way. ``nonce`` (protocol 2) is the challenge the other side
+    must sign in its HELLO_PROOF; it is optional in the encoding only so that a
+    version-1 HELLO still decodes and gets the clear "incompatible version" answer."""
+
     TYPE: ClassVar[int] = 1
     protocol: int
     node_id: bytes
     listen_port: int
     agent: str
+    nonce: bytes = b""
 
     def __post_init__(self) -> None:
         _int("protocol", self.protocol, 0, 2**16)
         _bytes("node_id", self.node_id, exact=32)
         _int("listen_port", self.listen_port, 0, 65535)
         _str("agent", self.agent, 128)
+        _bytes("nonce", self.nonce, maximum=NONCE_LEN)
 
 
 @dataclass(frozen=True)
@@ -294,6 +304,18 @@ class Complete(Message):
         _bytes("package_id", self.package_id, exact=32)
 
 
+@dataclass(frozen=True)
+class HelloProof(Message):
+    """Second message each way: the sender's node key signs the other side's nonce,
+    proving it holds the key its HELLO claims (``core.handshake``)."""
+
+    TYPE: ClassVar[int] = 17
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _bytes("signature", self.signature, exact=64)
+
+
 # Entries per REPORT_SUMMARY: (8-byte node id prefix, sequence) is at most 20 bytes
 # packed, so 2000 of them stay well inside one frame.
 MAX_SUMMARY = 2000
@@ -367,6 +389,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Ping,
         Pong,
         Complete,
+        HelloProof,
         Report,
         ReportSummary,
         Yank,

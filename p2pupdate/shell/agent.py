@@ -780,9 +780,14 @@ class Agent:
     async def _control_apply(self, target: TargetSpec) -> dict[str, Any]:
         st = self._chan(target.channel)
         ann = st.waiting or st.available or self.node.book.newest(target.channel)
+        installed = self.applicator.installed_version(target)
         if ann is None:
+            if installed is not None:  # nothing to do is not a mistake
+                return {"ok": True, "message": f"{target.channel} is already at {installed}"}
             return {"ok": False, "usage": True, "error": f"no update known for {target.channel}"}
         reason = self._refusal(ann, target)
+        if reason == "not_newer" and installed is not None:
+            return {"ok": True, "message": f"{target.channel} is already at {installed}"}
         if reason is not None:
             return {"ok": False, "usage": True, "error": f"{ann.body.version}: {reason}"}
         if not self.swarm.store.has_complete(ann.body.package_id):

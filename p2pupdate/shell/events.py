@@ -5,6 +5,10 @@
 opened in append mode; every line is flushed as it is written, so a crash of
 the process loses no event that ``emit`` returned from (the kernel holds it).
 Lines are not fsynced: a power cut may lose the last few, which a log may.
+With ``max_size`` the file is rotated before a line would take it past that
+size: it is renamed to ``FILE.1`` (replacing an older one) and a new FILE is
+started, so the events of a flood cost at most twice ``max_size`` of disk and
+the newest events are always in FILE, one JSON object per line as before.
 Field values are made JSON-safe on the way: bytes become hex, paths and other
 objects become strings, sets become sorted lists, non-finite floats become null.
 A field named ``node`` is written as ``peer_node``, since ``node`` is the id
@@ -118,23 +122,47 @@ class EventLog:
     writes nothing (late events of a node that is shutting down).
     """
 
-    def __init__(self, path: Path | None, node_id: str) -> None:
+    def __init__(self, path: Path | None, node_id: str, *, max_size: int = 0) -> None:
         self.path = path
         self.node_id = node_id
+        self.max_size = max_size
+        self.rotations = 0
+        self._size = 0
         self._lock = threading.Lock()
         self._file: IO[str] | None = None
         # Called with (name, record) after each event is written (the node report).
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         if path is not None:
             try:
-                # buffering=1: line buffered; we also flush after each line.
-                self._file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+                self._file = self._open(path)
             except IsADirectoryError:
                 raise UsageError(f"--events {path}: is a directory, not a file") from None
             except OSError as exc:
                 raise UsageError(
                     f"--events {path}: cannot open for appending: {exc.strerror}"
                 ) from None
+
+    def _open(self, path: Path) -> IO[str]:
+        # buffering=1: line buffered; we also flush after each line.
+        f = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self._size = f.tell()
+        return f
+
+    def _rotate(self) -> None:
+        """Move FILE to FILE.1 and start a new FILE (under the lock)."""
+        assert self._file is not None and self.path is not None
+        self._file.close()
+        self._file = None
+        try:
+            self.path.replace(self.path.with_name(self.path.name + ".1"))
+        except OSError as exc:
+            logging.getLogger("p2pupdate").warning("cannot rotate %s: %s", self.path, exc)
+        try:
+            self._file = self._open(self.path)
+        except OSError as exc:
+            logging.getLogger("p2pupdate").error("cannot reopen %s: %s", self.path, exc)
+            return
+        self.rotations += 1
 
     def emit(self, name: str, **fields: Any) -> dict[str, Any]:
         """Write one event line and log it; returns the record as written."""
@@ -148,10 +176,16 @@ class EventLog:
                 continue
             record[_RENAMED.get(key, key)] = jsonable(value)
         line = _json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+        data = line + "\n"
+        size = len(data.encode())
         with self._lock:
+            full = self.max_size and self._size and self._size + size > self.max_size
+            if self._file is not None and full:
+                self._rotate()
             if self._file is not None:
-                self._file.write(line + "\n")
+                self._file.write(data)
                 self._file.flush()
+                self._size += size
         for listener in list(self.listeners):
             listener(name, record)
         if name in _CHATTY:

@@ -31,6 +31,7 @@ Config keys are the :class:`NodeSettings` field names. Flags: ``--data-dir``,
 ``--listen``, ``--peer``, ``--trust``, ``--trust-threshold``, ``--target``,
 ``--health-cmd``, ``--upload-limit`` (``max_upload_speed``),
 ``--download-limit`` (``max_download_speed``), ``--cache-size``, ``--events``,
+``--events-max-size``,
 ``--check-interval``, ``--log-level``, ``--log-json``. Any other field is read
 from ``args`` too when the parser has an attribute of that name that is not
 None (so a flag added later needs no change here), except ``control_socket``,
@@ -87,6 +88,7 @@ __all__ = [
     "parse_hostport",
 ]
 
+MiB = 1024**2
 GiB = 1024**3
 MiB = 1024**2
 # A config file is a few dozen lines; 1 MiB means someone pointed --config at the wrong file.
@@ -108,6 +110,9 @@ class NodeSettings:
     max_download_speed: int = 0  # bytes/s, 0 = unlimited
     cache_size: int = 1 * GiB  # bytes; pinned packages may exceed it
     events: Path | None = None
+    # The events file is rotated to FILE.1 when it would grow past this (0: never):
+    # a peer flood must not fill the disk. One old file is kept.
+    events_max_size: int = 64 * MiB
     auto_check: bool = True  # periodic anti-entropy pulls
     check_interval: float = 30.0  # seconds between anti-entropy rounds
     auto_download: bool = True
@@ -419,6 +424,7 @@ _SCALARS: dict[str, tuple[Callable[[object, _Src], Any], str | None]] = {
     "max_download_speed": (_rate, "--download-limit"),
     "cache_size": (_size, "--cache-size"),
     "events": (_path, "--events"),
+    "events_max_size": (_size, "--events-max-size"),
     "auto_check": (_bool, None),
     "check_interval": (_duration, "--check-interval"),
     "auto_download": (_bool, None),

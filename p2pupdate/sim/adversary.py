@@ -26,6 +26,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import nacl.signing
 import trio
 
 from p2pupdate.config import DEFAULT_LIMITS
@@ -39,6 +40,7 @@ from p2pupdate.core.chunks import (
     root_from_page_hashes,
 )
 from p2pupdate.core.codec import FrameDecoder, encode
+from p2pupdate.core.handshake import sign_proof
 from p2pupdate.core.messages import (
     PROTOCOL_VERSION,
     TABLE_PAGE_LIST,
@@ -108,6 +110,7 @@ class _Conn:
         self.stream = stream
         self.host = host
         self.hello: Hello | None = None
+        self.mine: Hello | None = None
         self.lock = trio.Lock()
         self.decoder = FrameDecoder()
         self.closed = False
@@ -160,7 +163,9 @@ class Adversary:
         self.port = port
         self.targets = list(targets)
         self.rng = rng or random.Random()
-        self.node_id = self.rng.randbytes(32)
+        # A real node key: the handshake makes every peer prove the id it claims.
+        self.key = nacl.signing.SigningKey(self.rng.randbytes(32))
+        self.node_id = bytes(self.key.verify_key)
         self.stats = AdversaryStats(mode=mode)
         self.packages: dict[bytes, _Package] = {}  # package id -> package
         self.announcements: dict[bytes, Announcement] = {}  # announcement id -> it
@@ -203,7 +208,19 @@ class Adversary:
         self.conns[id(conn)] = conn
         self.stats.connections += 1
         try:
-            await conn.send(Hello(PROTOCOL_VERSION, self.node_id, self.port, ADVERSARY_AGENT))
+            conn.mine = Hello(
+                PROTOCOL_VERSION, self.node_id, self.port, ADVERSARY_AGENT, self.rng.randbytes(32)
+            )
+            await conn.send(conn.mine)
+            # Their HELLO first, answered with our proof, before anything else.
+            try:
+                first = await conn.receive()
+            except ProtocolError:
+                return
+            if first is None:
+                self.stats.closed_by_peer += 1
+                return
+            await self._handle(conn, first)
             entries = tuple((a.body.channel, a.id) for a in self.announcements.values())
             await conn.send(Inventory(entries))
             await conn.send(Peers(()))
@@ -229,6 +246,8 @@ class Adversary:
     async def _handle(self, conn: _Conn, msg: Message) -> None:
         if isinstance(msg, Hello):
             conn.hello = msg
+            if conn.mine is not None and len(msg.nonce) == 32:
+                await conn.send(sign_proof(self.key, conn.mine, msg))
         elif isinstance(msg, Ping):
             await conn.send(Pong(msg.nonce))
         elif isinstance(msg, Inventory):

@@ -16,6 +16,7 @@ from p2pupdate.core.messages import (
     GetTable,
     Have,
     Hello,
+    HelloProof,
     Inventory,
     Message,
     Peers,
@@ -55,7 +56,9 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
         ids,
         st.integers(0, 65535),
         st.text(max_size=40).filter(lambda s: len(s.encode()) <= 128),
+        st.binary(max_size=32),
     ),
+    HelloProof: st.builds(HelloProof, st.binary(min_size=64, max_size=64)),
     Peers: st.builds(
         Peers,
         st.lists(
@@ -100,7 +103,7 @@ def sample_messages() -> list[Message]:
     """One fixed, largest-reasonable instance of every message type."""
     pid = bytes(range(32))
     return [
-        Hello(1, b"\x01" * 32, 4242, "p2pupdate/0.1.0"),
+        Hello(2, b"\x01" * 32, 4242, "p2pupdate/0.1.0", b"\x07" * 32),
         Peers((("127.0.0.1", 4000), ("node-b.example", 65535))),
         Announce(b"\x92" + b"\x00" * 300),
         Inventory((("app/stable", b"\x02" * 32), ("db", b"\x03" * 32))),
@@ -116,6 +119,7 @@ def sample_messages() -> list[Message]:
         Ping(2**32 - 1),
         Pong(0),
         Complete(pid),
+        HelloProof(b"\x08" * 64),
         Report(b"\x92" + b"\x00" * 1000),
         ReportSummary(tuple((i.to_bytes(8, "big"), 2**63 - 1) for i in range(2000)), True),
         Yank(b"\x92" + b"\x00" * 500),

@@ -279,7 +279,7 @@ def test_long_lists_and_strings_rejected_by_msgpack_caps() -> None:
         decode_body(b"\x94\x0b" + pack(PID) + b"\x01\xc6\xff\xff\xff\xff")
 
 
-@pytest.mark.parametrize("code", [0, 17, 255, -1, 2**40, "1", True, False, 1.0, None, b"\x01", [1]])
+@pytest.mark.parametrize("code", [0, 18, 255, -1, 2**40, "1", True, False, 1.0, None, b"\x01", [1]])
 def test_unknown_type_codes(code: object) -> None:
     with pytest.raises(RemoteProtocolError, match="unknown"):
         decode_body(pack([code, 7]))

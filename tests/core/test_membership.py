@@ -7,6 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2pupdate.config import Limits
 from p2pupdate.core.membership import PeerBook
 
 A = ("127.0.0.1", 4001)
@@ -107,3 +108,127 @@ def test_dialing_never_exceeds_target_nor_picks_connected_or_in_flight(ops: list
             )
             assert not set(chosen) & (connected | in_flight)
             in_flight |= set(chosen)
+
+
+# -- strikes and bans keyed on what a peer cannot choose ----------------------------------
+
+
+def _lim(**kw: int) -> Limits:
+    return Limits(**kw)
+
+
+def test_rotating_the_listen_port_or_the_key_does_not_evade_strikes() -> None:
+    """Strikes count per proven node id and per observed IP, never per claimed port."""
+    book = PeerBook(random.Random(0), limits=_lim(strikes_to_ban=3, ip_strikes_to_ban=6))
+    nid = b"\x01" * 32
+    verdicts = [book.strike("10.0.0.9", nid, float(t), shared=False) for t in range(3)]
+    assert [v.ban_node for v in verdicts] == [False, False, True]
+    # New keys from the same IP: each alone is below the node threshold, the IP is not.
+    more = [book.strike("10.0.0.9", bytes([t]) * 32, 5.0, shared=False) for t in range(2, 5)]
+    assert [v.ban_ip for v in more] == [False, False, True]
+    assert not any(v.ban_node for v in more)
+
+
+def test_a_shared_host_is_never_banned_as_a_whole() -> None:
+    book = PeerBook(random.Random(0), limits=_lim(ip_strikes_to_ban=2))
+    verdicts = [book.strike("127.0.0.1", None, 0.0, shared=True) for _ in range(50)]
+    assert not any(v.ban_ip for v in verdicts)
+
+
+def test_strikes_are_forgotten_after_the_window_and_capped() -> None:
+    book = PeerBook(
+        random.Random(0), limits=_lim(max_strike_entries=10, strikes_to_ban=2), strike_window=60
+    )
+    book.strike("10.0.0.1", b"\x01" * 32, 0.0, shared=False)
+    assert not book.strike("10.0.0.1", b"\x01" * 32, 61.0, shared=False).ban_node
+    for i in range(1000):
+        book.strike(f"10.{i // 250}.0.{i % 250}", i.to_bytes(32, "big"), 100.0, shared=False)
+    assert book.strike_entries() <= 20
+    book.lift_expired_bans(1000.0)
+    assert book.strike_entries() == 0
+
+
+def test_an_ip_ban_never_stops_dials_to_configured_peers() -> None:
+    honest_behind_nat = ("10.0.0.9", 4000)
+    learned = ("10.0.0.9", 4001)
+    book = PeerBook(random.Random(0), [honest_behind_nat], target=8)
+    book.add(learned)
+    book.ban_ip("10.0.0.9", until=100.0)
+    assert book.is_ip_banned("10.0.0.9", 50.0)
+    assert book.to_dial(50.0, 0, set()) == [honest_behind_nat]
+    assert sorted(book.to_dial(150.0, 0, set())) == [honest_behind_nat, learned]
+
+
+def test_bans_are_capped_dropping_the_one_ending_soonest() -> None:
+    book = PeerBook(random.Random(0), limits=_lim(max_bans=100))
+    for i in range(1000):
+        book.ban(("10.0.0.1", i + 1), i.to_bytes(32, "big"), until=float(i))
+    assert book.ban_entries() == 200
+    assert book.is_node_banned((999).to_bytes(32, "big"), 0.0)
+    assert not book.is_node_banned((0).to_bytes(32, "big"), -1.0)
+
+
+def test_aliases_of_ourselves_are_capped() -> None:
+    book = PeerBook(random.Random(0), limits=_lim(max_self_addrs=8))
+    for i in range(500):
+        book.mark_self((f"127.0.{i // 250}.{i % 250}", 4000))
+    assert len(book._self) == 8
+
+
+# -- PEX: per-source quotas, bucketing, addresses that worked stay ------------------------
+
+
+def test_one_source_cannot_fill_the_table_beyond_its_quota() -> None:
+    book = PeerBook(random.Random(0), limits=_lim(max_addrs_per_source=16))
+    added = sum(book.add((f"198.51.100.{i % 250}", 1000 + i), "v4:203.0.113.0") for i in range(500))
+    assert added == 16
+    assert book.add(("10.0.0.1", 4000), "v4:192.0.2.0")  # another source still has room
+
+
+def test_full_table_evicts_a_never_worked_entry_of_the_largest_source_never_a_working_one() -> None:
+    book = PeerBook(random.Random(0), limits=_lim(max_known_addrs=40, max_addrs_per_source=30))
+    honest = ("10.0.0.1", 4000)
+    assert book.add(honest, "v4:192.0.2.0")
+    book.on_connected(honest)
+    book.on_disconnected(honest, 0.0)
+    for i in range(9):
+        assert book.add((f"10.1.0.{i}", 4000), "v4:192.0.2.0")
+    for src in range(5):  # many sources flooding fake addresses
+        for i in range(100):
+            book.add((f"198.51.{src}.{i}", 5000), f"v4:203.0.{src}.0")
+    known = book.known()
+    assert len(known) == 40
+    assert honest in known  # it worked: never evicted
+    by_source = [sum(1 for a in known if a[0].startswith(f"198.51.{s}.")) for s in range(5)]
+    assert max(by_source) - min(by_source) <= 2  # bucketing keeps sources balanced
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 3000)), max_size=300))
+@settings(max_examples=50)
+def test_addresses_that_worked_are_never_evicted(ops: list[tuple[int, int]]) -> None:
+    book = PeerBook(random.Random(0), limits=_lim(max_known_addrs=20, max_addrs_per_source=8))
+    worked: set[tuple[str, int]] = set()
+    for src, port in ops:
+        addr = (f"10.0.{src}.1", port)
+        if port % 7 == 0:
+            book.on_connected(addr)
+            if addr in book.known():
+                worked.add(addr)
+        else:
+            book.add(addr, f"s{src}")
+        assert len(book.known()) <= 20
+        for src in range(6):  # the per-source counts match the table
+            assert book.source_count(f"s{src}") == sum(
+                1 for e in book._known.values() if e.source == f"s{src}"
+            )
+    assert worked <= set(book.known())
+
+
+def test_dials_go_to_known_good_addresses_before_fresh_pex_ones() -> None:
+    book = PeerBook(random.Random(0), [A], target=2)
+    good = ("10.0.0.7", 4000)
+    book.on_connected(good)
+    book.on_disconnected(good, 0.0)
+    for i in range(50):
+        book.add((f"198.51.100.{i}", 4000), f"v4:203.0.113.{i}")
+    assert set(book.to_dial(10.0, active=0, in_flight=set())) == {A, good}

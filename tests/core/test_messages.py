@@ -25,6 +25,7 @@ from p2pupdate.core.messages import (
     GetTable,
     Have,
     Hello,
+    HelloProof,
     Inventory,
     Message,
     Peers,
@@ -60,11 +61,12 @@ def test_type_codes_are_stable() -> None:
         14: "Ping",
         15: "Pong",
         16: "Complete",
+        17: "HelloProof",
         40: "Report",
         41: "ReportSummary",
         42: "Yank",
     }
-    assert PROTOCOL_VERSION == 1
+    assert PROTOCOL_VERSION == 2
     assert TABLE_PAGE_LIST == -1
 
 
@@ -104,6 +106,10 @@ INVALID: list[tuple[type[Message], tuple[Any, ...]]] = [
     (Hello, (1, PID, 1, "é" * 65)),  # 130 bytes
     (Hello, (1, PID, 1, b"agent")),
     (Hello, (True, PID, 1, "a")),
+    (Hello, (2, PID, 1, "a", b"n" * 33)),
+    (Hello, (2, PID, 1, "a", "nonce")),
+    (HelloProof, (b"s" * 63,)),
+    (HelloProof, (b"s" * 65,)),
     (Peers, ([("h", 1)],)),  # list, not tuple
     (Peers, ((("h", 1),) * 201,)),
     (Peers, ((("h", 0),),)),
@@ -174,7 +180,8 @@ def test_field_edges_are_accepted() -> None:
 def test_largest_valid_message_of_every_type_fits_a_frame() -> None:
     channel = "/".join(c * 64 for c in "abcd")
     largest = [
-        Hello(2**16, PID, 65535, "x" * 128),
+        Hello(2**16, PID, 65535, "x" * 128, b"n" * 32),
+        HelloProof(b"s" * 64),
         Peers((("h" * 253, 65535),) * MAX_PEERS),
         Announce(b"x" * 1024),
         Inventory(((channel, PID),) * MAX_INVENTORY),

@@ -353,6 +353,9 @@ def test_auto_apply_false_waits_for_apply_then_rollback_quarantines_and_clear_li
     status = status_json(node.data_dir)["channels"][CHANNEL]
     assert status["installed"] == "2.0.0"
     assert status["waiting"] == []
+    # Nothing left to apply is not a mistake: exit 0 and say so.
+    res = run_cli("apply", CHANNEL, "--data-dir", node.data_dir)
+    assert (res.rc, res.stdout) == (0, f"{CHANNEL} is already at 2.0.0\n"), res.stderr
 
     res = run_cli("rollback", CHANNEL, "--data-dir", node.data_dir)
     assert res.rc == 0, res.stderr

@@ -83,7 +83,9 @@ async def connect(adv: Adversary, listen_port: int = 4242) -> RawPeer:
     OPEN.append(peer)
     hello = await peer.recv_type(Hello)
     assert hello.agent == ADVERSARY_AGENT and hello.listen_port == adv.port
-    await peer.send(Hello(PROTOCOL_VERSION, random.randbytes(32), listen_port, "test"))
+    await peer.send(
+        Hello(PROTOCOL_VERSION, random.randbytes(32), listen_port, "test", random.randbytes(32))
+    )
     return peer
 
 

@@ -53,7 +53,7 @@ DEFECTS: dict[str, Callable[[Path], None]] = {}
 
 
 def _crash_on_start(src: Path) -> None:
-    p = src / "p2pupdate" / "shell" / "nodecmd.py"
+    p = src / "p2pupdate" / "commands" / "nodecmd.py"
     text = p.read_text()
     marker = "    settings = load_settings(args)\n"
     assert marker in text

@@ -112,7 +112,7 @@ async def test_status_of_a_running_node(
     assert "download    1.3.0 downloading 50.0% (1.0 MiB of 2.0 MiB)" in out
     assert "waiting     1.2.5" in out
     assert "p2pupdate apply app/stable" in out
-    assert "quarantined 1.2.1" in out
+    assert "quarantined 1.2.1 (health_check_failed, 2001-09-0" in out
     assert "last refusal 1.1.0: not_newer" in out
     assert "(none: relay and cache only)" in out
     assert "cache 3.0 GiB of 1.0 GiB, 1 package" in out

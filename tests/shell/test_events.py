@@ -179,3 +179,28 @@ def test_json_formatter_includes_exception_text() -> None:
         record = logging.LogRecord("p2pupdate", logging.ERROR, __file__, 1, "m", (), sys.exc_info())
     out = json.loads(JsonLogFormatter().format(record))
     assert "RuntimeError: boom" in out["exc"]
+
+
+def test_events_file_is_rotated_by_size_and_every_line_stays_whole_json(tmp_path: Path) -> None:
+    """A flood of events costs at most about twice max_size of disk (FILE and FILE.1)."""
+    path = tmp_path / "events.jsonl"
+    with EventLog(path, "n", max_size=4096) as log:
+        for i in range(2000):
+            log.emit("peer_connected", peer=f"10.0.0.1:{i}", peer_id="ab" * 32)
+        assert log.rotations > 10
+    old = path.with_name("events.jsonl.1")
+    assert path.stat().st_size <= 4096 and old.stat().st_size <= 4096
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "events.jsonl.1"]
+    newest = read_lines(path)
+    assert newest[-1]["peer"] == "10.0.0.1:1999"  # the newest events are in FILE
+    ports = [int(str(r["peer"]).rsplit(":", 1)[1]) for r in read_lines(old) + newest]
+    assert ports == list(range(ports[0], 2000))  # nothing lost between the two files
+
+
+def test_events_file_is_not_rotated_without_max_size(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    with EventLog(path, "n") as log:
+        for i in range(200):
+            log.emit("verifying", i=i)
+    assert len(read_lines(path)) == 200
+    assert not path.with_name("events.jsonl.1").exists()

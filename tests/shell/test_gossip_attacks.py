@@ -24,16 +24,20 @@ from p2pupdate.shell.net.node import Node
 from p2pupdate.shell.transfer.memstore import MemoryStore
 from p2pupdate.shell.transfer.swarm import Swarm
 from tests.helpers import make_announcement
+from tests.shell.hostile import open_raw
 from tests.shell.test_gossip import AUTHORITY, line, running_nodes, tcp_factory, wait_all
 
 STRANGER = nacl.signing.SigningKey(b"\x09" * 32)
 
 
 async def raw_peer(node: Node, *, hello: bool = True) -> trio.SocketStream:
-    stream = await trio.open_tcp_stream(*node.listen_addr)
-    if hello:
-        await stream.send_all(encode(Hello(PROTOCOL_VERSION, os.urandom(32), 0, "attacker")))
-    return stream
+    """A socket to ``node``, past the handshake (HELLO and its proof) unless ``hello``
+    is False. Bytes the node sent during the handshake may still be unread."""
+    if not hello:
+        return await trio.open_tcp_stream(*node.listen_addr)
+    peer = await open_raw(node.listen_addr)
+    await peer.handshake()
+    return peer.stream
 
 
 async def send_announcement(node: Node, ann: Announcement) -> None:
@@ -167,6 +171,8 @@ async def test_peer_opening_500_connections_is_refused_and_gossip_goes_on() -> N
 
 async def test_incompatible_protocol_version_is_refused_at_the_handshake() -> None:
     async with running_nodes(2, line, tcp_factory) as nodes:
+        with trio.fail_after(5):
+            await nodes[0].first_handshake.wait()
         stream = await trio.open_tcp_stream(*nodes[0].listen_addr)
         await stream.send_all(encode(Hello(PROTOCOL_VERSION + 1, os.urandom(32), 0, "future")))
         with trio.fail_after(5):

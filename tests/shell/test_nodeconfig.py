@@ -68,6 +68,7 @@ def test_minimal_flags_give_the_documented_defaults(tmp_path: Path) -> None:
     assert (s.max_upload_speed, s.max_download_speed) == (0, 0)
     assert s.cache_size == 1 * GiB
     assert s.events is None
+    assert s.events_max_size == 64 * MiB
     assert (s.auto_check, s.auto_download, s.auto_apply) == (True, True, True)
     assert s.check_interval == 30.0
     assert s.backup_dir == tmp_path / "data" / "backups"
@@ -97,6 +98,7 @@ def test_all_flags(tmp_path: Path) -> None:
         "--download-limit", "512KiB",
         "--cache-size", "2GiB",
         "--events", str(tmp_path / "events.jsonl"),
+        "--events-max-size", "8MiB",
         "--check-interval", "0.2",
         "--log-level", "debug",
         "--log-json",
@@ -110,6 +112,7 @@ def test_all_flags(tmp_path: Path) -> None:
     assert (s.max_upload_speed, s.max_download_speed) == (10 * MiB, 512 * 1024)
     assert s.cache_size == 2 * GiB
     assert s.events == tmp_path / "events.jsonl"
+    assert s.events_max_size == 8 * MiB
     assert s.check_interval == 0.2
     assert (s.log_level, s.log_json) == ("debug", True)
 
@@ -124,6 +127,7 @@ max_upload_speed = "1MiB/s"
 max_download_speed = 1000
 cache_size = "512MiB"
 events = "events.jsonl"
+events_max_size = "1MiB"
 auto_check = false
 check_interval = 0.25
 auto_download = false
@@ -164,6 +168,7 @@ def test_every_config_key(tmp_path: Path) -> None:
     assert s.peers == (("10.0.0.2", 4000), ("node3.example", 4000))
     assert (s.max_upload_speed, s.max_download_speed, s.cache_size) == (MiB, 1000, 512 * MiB)
     assert s.events == tmp_path / "events.jsonl"
+    assert s.events_max_size == MiB
     assert (s.auto_check, s.auto_download, s.auto_apply) == (False, False, False)
     assert s.check_interval == 0.25
     assert s.backup_dir == Path("/var/backups/p2p")

@@ -9,10 +9,11 @@ import nacl.signing
 import trio
 import trio.testing
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core import reports as r
 from p2pupdate.core.messages import Report
 from p2pupdate.core.policy import TrustConfig
-from p2pupdate.shell.net.node import MAX_STRIKES, Node, NodeOptions
+from p2pupdate.shell.net.node import Node, NodeOptions
 from p2pupdate.shell.net.peer import Timeouts
 from p2pupdate.shell.net.transport import MemoryNetwork
 
@@ -108,7 +109,7 @@ async def test_forged_and_replayed_reports_change_nothing_and_strike_the_sender(
         await wait_until(
             lambda: victim.peerbook.is_node_banned(attacker.node_id, trio.current_time())
         )
-        assert MAX_STRIKES == 3
+        assert DEFAULT_LIMITS.strikes_to_ban == 3
         held = victim.reports.book.get(attacker.node_id)
         assert held is not None and held.report.seq == genuine.report.seq
         assert victim.reports.book.get(bytes(third.verify_key)) is None

@@ -28,7 +28,13 @@ import nacl.signing
 import trio
 
 from p2pupdate import __version__
-from p2pupdate.config import DEFAULT_LIMITS
+from p2pupdate.config import DEFAULT_LIMITS, Limits
+from p2pupdate.core.admission import (
+    ConnectionSlots,
+    EvictionCandidate,
+    choose_eviction,
+    netgroup,
+)
 from p2pupdate.core.announcement import Announcement, decode_announcement
 from p2pupdate.core.codec import encode
 from p2pupdate.core.gossip import AnnouncementBook, choose_fanout
@@ -48,9 +54,10 @@ from p2pupdate.core.messages import (
     Yank,
 )
 from p2pupdate.core.policy import Decision, TrustConfig
-from p2pupdate.errors import RemoteProtocolError, TransferError
+from p2pupdate.core.throttle import Throttle
+from p2pupdate.errors import IncompatiblePeerError, RemoteProtocolError, TransferError
 from p2pupdate.shell.fsutil import atomic_write_bytes
-from p2pupdate.shell.net.peer import Connection, Timeouts
+from p2pupdate.shell.net.peer import Connection, Timeouts, new_nonce
 from p2pupdate.shell.net.reports import ReportGossip
 from p2pupdate.shell.net.transport import Listener, Transport
 from p2pupdate.shell.net.yanks import YankGossip
@@ -61,8 +68,6 @@ log = logging.getLogger("p2pupdate.node")
 
 EmitFn = Callable[..., object]
 
-# Strikes before a peer is banned for protocol errors (bad frames, bad signatures).
-MAX_STRIKES = 3
 # Outbox depth per connection: small control messages; a peer that lets this many
 # pile up is too slow to keep and is dropped.
 OUTBOX_SIZE = 2048
@@ -89,14 +94,29 @@ class NodeOptions:
     # Node reports (docs/protocol.md): issue our own (False: a publisher only listens).
     report_self: bool = True
     report_interval: float = DEFAULT_LIMITS.report_interval
+    limits: Limits = DEFAULT_LIMITS
+    # Dial until at least this many connections are ones we chose, however many
+    # inbound peers we have (an inbound flood must not stop us dialling).
+    min_outbound: int = 2
+    # Treat loopback peers as one shared host (the simulation runs every node on
+    # 127.0.0.1): no per-IP/netgroup caps and never an IP ban for them. Tests turn
+    # it off to play a single-IP attacker.
+    shared_loopback: bool = True
 
 
 class PeerConn:
     """A connection after its handshake, with its outbox and bookkeeping."""
 
-    def __init__(self, conn: Connection, addr: Addr) -> None:
+    def __init__(
+        self, conn: Connection, addr: Addr, *, configured: bool = False, now: float = 0.0
+    ) -> None:
         self.conn = conn
         self.addr = addr
+        self.host = conn.remote_host
+        self.outbound = conn.outbound
+        self.configured = configured
+        self.connected_at = now
+        self.last_useful = 0.0  # when it last gave us a new announcement or good chunks
         self.node_id = conn.node_id
         self.label = format_addr(*addr)
         self._out_send, self._out_recv = trio.open_memory_channel[bytes | Message](OUTBOX_SIZE)
@@ -125,6 +145,10 @@ class PeerConn:
     def close(self) -> None:
         self.closing = True
         self.cancel_scope.cancel()
+
+    def mark_useful(self, now: float) -> None:
+        """It gave us something new: eviction protects it."""
+        self.last_useful = now
 
     async def writer(self) -> None:
         # Everything queued is sent in one write: many small REQUEST/HAVE/CANCEL frames
@@ -203,7 +227,23 @@ class Node:
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
         self.book = AnnouncementBook(options.trust)
-        self.peerbook = PeerBook(self.rng, list(options.peers), target=options.target_connections)
+        self.limits = options.limits
+        self.peerbook = PeerBook(
+            self.rng,
+            list(options.peers),
+            target=options.target_connections,
+            limits=options.limits,
+            strike_window=options.ban_period,
+        )
+        self.slots = ConnectionSlots(
+            max_connections=options.max_connections,
+            max_handshakes=options.max_handshakes,
+            shared_loopback=options.shared_loopback,
+            limits=options.limits,
+        )
+        self.throttle = Throttle(options.limits)
+        # Inbound handshakes in progress: when every slot is busy the oldest goes.
+        self._pending: dict[object, tuple[float, trio.CancelScope]] = {}
         self.peers: dict[bytes, PeerConn] = {}
         self.listener: Listener | None = None
         self.listen_port = options.listen[1]
@@ -211,12 +251,10 @@ class Node:
         self.on_announcement: Callable[[Announcement, PeerConn | None], Awaitable[None]] | None = (
             None
         )
-        self._handshaking = 0
         self._connections = 0
         self._dialing: set[Addr] = set()
         self._wake_dialer = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._strikes: dict[Addr, int] = {}
         self.handshakes_completed = 0
         self.first_handshake = trio.Event()
         self.messages_sent: dict[str, int] = {}
@@ -292,22 +330,47 @@ class Node:
     async def _accept_loop(self, listener: Listener) -> None:
         while True:
             stream, host = await listener.accept()
-            if (
-                self._connections >= self.options.max_connections
-                or self._handshaking >= self.options.max_handshakes
-            ):
+            now = trio.current_time()
+            verdict = "ip_banned" if self.peerbook.is_ip_banned(host, now) else "ok"
+            if verdict == "ok":
+                verdict = self.slots.handshake_verdict(host)
+            if verdict == "evict_oldest":
+                verdict = "ok" if self._evict_oldest_handshake() else "handshakes_full"
+            if verdict != "ok":
                 # Refused cheaply: no task, no handshake.
+                self._log_throttled(
+                    logging.DEBUG, "refused", host, "refusing %s: %s", host, verdict
+                )
                 with trio.CancelScope(shield=True), trio.move_on_after(0.5):
                     await stream.aclose()
                 continue
+            # Counted here, before the task starts, so a burst of accepts sees it.
+            self.slots.begin_handshake(host)
             self.nursery.start_soon(self._run_connection, stream, host, None)
+
+    def _evict_oldest_handshake(self) -> bool:
+        """Every handshake slot is busy: cancel the oldest pending inbound handshake.
+
+        An honest peer finishes its handshake in a round trip; a silent socket waits
+        for the timeout. Dropping the oldest keeps slots turning over for the honest.
+        """
+        if not self._pending:
+            return False
+        key = min(self._pending, key=lambda k: self._pending[k][0])
+        _, scope = self._pending.pop(key)
+        scope.cancel()
+        return True
 
     async def _dial_loop(self) -> None:
         while True:
             now = trio.current_time()
-            active = len(self.peers)
+            outbound = sum(1 for p in self.peers.values() if p.outbound)
+            short = max(0, self.options.min_outbound - outbound)
+            # Inbound peers count towards the target only as far as they leave room
+            # for min_outbound dials of our own choosing (eclipse resistance).
+            active = min(len(self.peers), max(0, self.options.target_connections - short))
             for addr in self.peerbook.to_dial(now, active, self._dialing):
-                if self._connections >= self.options.max_connections:
+                if not self.slots.may_dial():
                     break
                 self._dialing.add(addr)
                 self.nursery.start_soon(self._dial, addr)
@@ -334,22 +397,50 @@ class Node:
     async def _run_connection(
         self, stream: trio.abc.Stream, host: str, dialed: Addr | None
     ) -> None:
-        conn = Connection(stream, host, outbound=dialed is not None, timeouts=self.options.timeouts)
+        conn = Connection(
+            stream,
+            host,
+            outbound=dialed is not None,
+            timeouts=self.options.timeouts,
+            limits=self.limits,
+        )
         self._connections += 1
         peer: PeerConn | None = None
+        counted = False
         try:
-            self._handshaking += 1
-            try:
-                hello = await conn.handshake(self._hello(), PROTOCOL_VERSION)
-            finally:
-                self._handshaking -= 1
+            if dialed is None:
+                # begin_handshake was called by the accept loop.
+                token = object()
+                scope = trio.CancelScope()
+                self._pending[token] = (trio.current_time(), scope)
+                try:
+                    with scope:
+                        hello = await conn.handshake(self._hello(), PROTOCOL_VERSION, self.key)
+                finally:
+                    self._pending.pop(token, None)
+                    self.slots.end_handshake(host)
+                if scope.cancelled_caught:
+                    log.debug("%s: pending handshake dropped for a newer one", conn.label)
+                    return
+            else:
+                hello = await conn.handshake(self._hello(), PROTOCOL_VERSION, self.key)
             peer = self._admit(conn, hello, dialed)
             if peer is None:
                 return
+            self.slots.begin_connection(host, peer.outbound)
+            counted = True
             await self._serve_peer(peer)
         except RemoteProtocolError as exc:
-            log.info("%s: protocol error, closing: %s", conn.label, exc)
-            self._strike(conn, str(exc))
+            self._log_throttled(
+                logging.INFO,
+                "protocol_error",
+                self._who(host, conn.hello.node_id if conn.hello else None),
+                "%s: protocol error, closing: %s",
+                conn.label,
+                exc,
+            )
+            if not isinstance(exc, IncompatiblePeerError):
+                self._strike(conn, str(exc))
             if dialed is not None and peer is None:
                 self.peerbook.on_dial_failed(dialed, trio.current_time())
         except TransferError as exc:
@@ -362,12 +453,16 @@ class Node:
             log.exception("%s: internal error, closing this connection", conn.label)
         finally:
             self._connections -= 1
+            if counted:
+                self.slots.end_connection(host, conn.outbound)
             if peer is not None:
                 self._drop(peer)
             await conn.aclose()
 
     def _hello(self) -> Hello:
-        return Hello(PROTOCOL_VERSION, self.node_id, self.listen_port, self.options.agent)
+        return Hello(
+            PROTOCOL_VERSION, self.node_id, self.listen_port, self.options.agent, new_nonce()
+        )
 
     def _admit(self, conn: Connection, hello: Hello, dialed: Addr | None) -> PeerConn | None:
         now = trio.current_time()
@@ -377,9 +472,13 @@ class Node:
             log.debug("closing a connection to ourselves")
             return None
         addr = dialed if dialed is not None else (conn.remote_host, hello.listen_port)
-        if self.peerbook.is_node_banned(hello.node_id, now) or self.peerbook.is_banned(addr, now):
+        configured = dialed is not None and self.peerbook.is_bootstrap(dialed)
+        if self.peerbook.is_node_banned(hello.node_id, now) or (
+            self.peerbook.is_banned(addr, now) and not configured
+        ):
             log.debug("%s: banned peer, closing", conn.label)
             return None
+        # The node id is proven (HELLO_PROOF): only its key holder gets this far.
         existing = self.peers.get(hello.node_id)
         if existing is not None:
             # One connection per pair: keep the one dialed by the smaller node id.
@@ -389,21 +488,101 @@ class Node:
                 return None
             existing.close()
             self._drop(existing)
-        peer = PeerConn(conn, addr)
+        elif dialed is None:
+            verdict = self.slots.inbound_verdict(conn.remote_host)
+            if verdict == "evict" and not self._evict_inbound():
+                verdict = "inbound_full"
+            if verdict not in ("ok", "evict"):
+                self._log_throttled(
+                    logging.DEBUG,
+                    "refused",
+                    conn.remote_host,
+                    "refusing %s: %s",
+                    conn.label,
+                    verdict,
+                )
+                return None
+        peer = PeerConn(conn, addr, configured=configured, now=now)
         self.peers[hello.node_id] = peer
         if hello.listen_port:
             self.peerbook.add(addr)
         self.peerbook.on_connected(addr)
         self.handshakes_completed += 1
         self.first_handshake.set()
-        log.info("connected to %s (%s)", peer.label, hello.node_id.hex()[:16])
-        self.emit("peer_connected", peer=peer.label, peer_id=hello.node_id.hex())
+        self._log_throttled(
+            logging.INFO,
+            "connected",
+            self._who(peer.host, peer.node_id),
+            "connected to %s (%s)",
+            peer.label,
+            hello.node_id.hex()[:16],
+        )
+        self.emit_peer(
+            "peer_connected",
+            self._who(peer.host, peer.node_id),
+            peer=peer.label,
+            peer_id=hello.node_id.hex(),
+        )
         return peer
+
+    def _evict_inbound(self) -> bool:
+        """Inbound slots are full: drop the least useful inbound peer (if any may go)."""
+        candidates = [
+            EvictionCandidate(
+                p.node_id, p.host, p.outbound, p.configured, p.connected_at, p.last_useful
+            )
+            for p in self.peers.values()
+            if not p.closing
+        ]
+        victim = choose_eviction(candidates, self.limits)
+        if victim is None:
+            return False
+        peer = self.peers[victim.key]
+        self._log_throttled(
+            logging.INFO,
+            "evicted",
+            self._who(peer.host, peer.node_id),
+            "evicting %s to make room",
+            peer.label,
+        )
+        peer.close()
+        self._drop(peer)
+        return True
+
+    def _who(self, host: str, node_id: bytes | None = None) -> str:
+        """Whom a per-peer line is counted against: the IP, or on a shared host (the
+        simulation's loopback, many honest nodes) the IP and the proven node id."""
+        if node_id is None or not self.slots.exempt(host):
+            return host
+        return f"{host}/{node_id.hex()[:16]}"
+
+    def _log_throttled(self, level: int, kind: str, who: str, msg: str, *args: object) -> None:
+        """A per-peer log line, at most ``log_burst`` per kind and source per window."""
+        if log.isEnabledFor(level) and self.throttle.allow(kind, who, trio.current_time()):
+            log.log(level, msg, *args)
+
+    def emit_peer(self, name: str, who: str, **fields: object) -> None:
+        """A per-peer event, rate-limited per event name and source (count, summarise)."""
+        if self.throttle.allow("event:" + name, who, trio.current_time()):
+            self.emit(name, **fields)
+
+    def flush_suppressed(self) -> None:
+        """Write one summary per throttled key whose window has ended."""
+        for s in self.throttle.summaries(trio.current_time()):
+            if s.kind.startswith("event:"):
+                self.emit("events_suppressed", event=s.kind[6:], source=s.peer, count=s.count)
+            else:
+                log.info("%d more %r lines from %s suppressed", s.count, s.kind, s.peer)
 
     def _drop(self, peer: PeerConn) -> None:
         if self.peers.get(peer.node_id) is peer:
             del self.peers[peer.node_id]
-            self.emit("peer_disconnected", peer=peer.label, peer_id=peer.node_id.hex())
+            self.emit_peer(
+                "peer_disconnected",
+                self._who(peer.host, peer.node_id),
+                peer=peer.label,
+                peer_id=peer.node_id.hex(),
+            )
             self.peerbook.on_disconnected(peer.addr, trio.current_time())
             self.reports.on_peer_down(peer)
             if self.package_service is not None:
@@ -445,26 +624,58 @@ class Node:
             peer.post(Ping(self.rng.getrandbits(32)))
 
     def _strike(self, conn: Connection, reason: str) -> None:
-        if conn.hello is None:
-            return
-        addr = (conn.remote_host, conn.hello.listen_port)
-        self._strikes[addr] = self._strikes.get(addr, 0) + 1
-        if self._strikes[addr] >= MAX_STRIKES:
-            self.ban(addr, conn.hello.node_id, f"protocol errors: {reason}")
+        """A protocol offence: counted against the observed IP and the proven node id.
+
+        ``conn.hello`` is set only once the handshake proved the node id, so a peer
+        that fails the proof is charged to its IP alone. The claimed listen port is
+        never the key: rotating it evades nothing.
+        """
+        host = conn.remote_host
+        node_id = conn.hello.node_id if conn.hello is not None else None
+        now = trio.current_time()
+        verdict = self.peerbook.strike(host, node_id, now, shared=self.slots.exempt(host))
+        if verdict.ban_node and conn.hello is not None:
+            self.ban(conn.listen_addr, conn.hello.node_id, f"protocol errors: {reason}")
+        if verdict.ban_ip and not self.peerbook.is_ip_banned(host, now):
+            self.ban_ip(host, f"repeated protocol errors: {reason}")
 
     def strike(self, peer: PeerConn, reason: str) -> None:
-        """Count one strike against a connected peer (banned at MAX_STRIKES)."""
+        """Count one strike against a connected peer (banned at ``Limits.strikes_to_ban``)."""
         self._strike(peer.conn, reason)
 
     def ban(self, addr: Addr, node_id: bytes, reason: str) -> None:
         """Ban a peer's node id and (IP, listen port) for the ban period; close it."""
         until = trio.current_time() + self.options.ban_period
         self.peerbook.ban(addr, node_id, until)
-        log.warning("banning %s:%s (%s): %s", addr[0], addr[1], node_id.hex()[:16], reason)
-        self.emit("peer_banned", peer=format_addr(*addr), node=node_id.hex(), reason=reason)
+        self._log_throttled(
+            logging.WARNING,
+            "ban",
+            self._who(addr[0], node_id),
+            "banning %s (%s): %s",
+            format_addr(*addr),
+            node_id.hex()[:16],
+            reason,
+        )
+        self.emit_peer(
+            "peer_banned",
+            self._who(addr[0], node_id),
+            peer=format_addr(*addr),
+            node=node_id.hex(),
+            reason=reason,
+        )
         peer = self.peers.get(node_id)
         if peer is not None:
             peer.close()
+
+    def ban_ip(self, host: str, reason: str) -> None:
+        """Ban a whole IP (never a shared host; never our dials to configured peers)."""
+        until = trio.current_time() + self.options.ban_period
+        self.peerbook.ban_ip(host, until)
+        log.warning("banning every peer at %s: %s", host, reason)
+        self.emit("ip_banned", ip=host, reason=reason)
+        for peer in list(self.peers.values()):
+            if peer.host == host and not peer.configured:
+                peer.close()
 
     # -- messages ----------------------------------------------------------------
     async def _dispatch(self, peer: PeerConn, msg: Message) -> None:
@@ -473,7 +684,8 @@ class Node:
         elif isinstance(msg, Pong):
             pass
         elif isinstance(msg, Peers):
-            added = sum(self.peerbook.add(a) for a in msg.peers)
+            source = netgroup(peer.host)
+            added = sum(self.peerbook.add(a, source) for a in msg.peers)
             if added:
                 self._wake_dialer.set()
         elif isinstance(msg, Inventory):
@@ -502,6 +714,8 @@ class Node:
         if not decision.ok:
             self._refused(peer, ann, decision)
             return decision
+        if peer is not None:
+            peer.mark_useful(trio.current_time())
         # Forward first, persist at the same time: duplicates are harmless.
         self.broadcast(Announce(ann.encode()), exclude=peer)
         self.nursery.start_soon(self._persist_announcement, ann)
@@ -530,18 +744,31 @@ class Node:
                 body.version,
                 body.package_id.hex(),
             )
+        elif peer is not None:  # per peer: throttled (signing junk announcements is cheap)
+            self._log_throttled(
+                logging.INFO,
+                "refused_announcement",
+                self._who(peer.host, peer.node_id),
+                "not relaying %s %s: %s",
+                body.channel,
+                body.version,
+                decision.reason,
+            )
         else:
             log.info("not relaying %s %s: %s", body.channel, body.version, decision.reason)
         if decision.reason in ("bad_signature",) and peer is not None:
             self._strike(peer.conn, "bad signature")
-        self.emit(
-            "update_refused",
-            channel=body.channel,
-            version=body.version,
-            package_id=body.package_id.hex(),
-            reason=decision.reason,
-            relay=False,
-        )
+        fields: dict[str, object] = {
+            "channel": body.channel,
+            "version": body.version,
+            "package_id": body.package_id.hex(),
+            "reason": decision.reason,
+            "relay": False,
+        }
+        if peer is None:
+            self.emit("update_refused", **fields)
+        else:  # per peer: throttled, like the log line
+            self.emit_peer("update_refused", self._who(peer.host, peer.node_id), **fields)
 
     async def inject(self, ann: Announcement) -> Decision | None:
         """Accept an announcement from this process (publish, tests) and gossip it."""
@@ -576,6 +803,7 @@ class Node:
             for gone in self.book.expire(self.wall_clock()):
                 log.info("announcement %s %s expired", gone.body.channel, gone.body.version)
             self.peerbook.lift_expired_bans(trio.current_time())
+            self.flush_suppressed()
             if self.options.auto_check:
                 self.broadcast_all(Inventory(self.book.inventory()))
             if trio.current_time() - last_pex >= self.options.pex_interval and self.peers:

@@ -11,16 +11,24 @@ this connection only and goes on.
 from __future__ import annotations
 
 import contextlib
+import secrets
 
+import nacl.signing
 import trio
 
 from p2pupdate.config import DEFAULT_LIMITS, Limits
 from p2pupdate.core.codec import FrameDecoder, encode
+from p2pupdate.core.handshake import check_hello, check_proof, sign_proof
 from p2pupdate.core.membership import format_addr
-from p2pupdate.core.messages import Hello, Message
+from p2pupdate.core.messages import NONCE_LEN, Hello, HelloProof, Message
 from p2pupdate.errors import RemoteProtocolError, TransferError
 
-__all__ = ["Connection", "Timeouts"]
+__all__ = ["Connection", "Timeouts", "new_nonce"]
+
+
+def new_nonce() -> bytes:
+    """A fresh handshake challenge."""
+    return secrets.token_bytes(NONCE_LEN)
 
 
 class Timeouts:
@@ -117,18 +125,27 @@ class Connection:
             self.bytes_received += len(data)
             self._decoder.receive_data(data)
 
-    async def handshake(self, mine: Hello, protocol: int) -> Hello:
-        """Send our HELLO and read theirs, under the handshake timeout."""
+    async def handshake(self, mine: Hello, protocol: int, key: nacl.signing.SigningKey) -> Hello:
+        """HELLO each way, then HELLO_PROOF each way, under the handshake timeout.
+
+        ``mine`` must carry a fresh nonce (:func:`new_nonce`). Returns their HELLO
+        once their proof checks out: its node id is proven. Both sides send before
+        they wait, so the exchange takes two round trips at most and never deadlocks.
+        """
         try:
             with trio.fail_after(self.timeouts.handshake):
                 await self.send(mine)
                 msg = await self.receive(self.timeouts.handshake)
+                if not isinstance(msg, Hello):
+                    raise RemoteProtocolError(f"expected HELLO first, got {type(msg).__name__}")
+                check_hello(msg, protocol)
+                await self.send(sign_proof(key, mine, msg))
+                proof = await self.receive(self.timeouts.handshake)
         except trio.TooSlowError:
             raise TransferError(f"{self.label}: handshake timeout") from None
-        if not isinstance(msg, Hello):
-            raise RemoteProtocolError(f"expected HELLO first, got {type(msg).__name__}")
-        if msg.protocol != protocol:
-            raise RemoteProtocolError(f"incompatible protocol version {msg.protocol}")
+        if not isinstance(proof, HelloProof):
+            raise RemoteProtocolError(f"expected HELLO_PROOF, got {type(proof).__name__}")
+        check_proof(proof, mine, msg)
         self.hello = msg
         return msg
 

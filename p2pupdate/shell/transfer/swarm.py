@@ -60,6 +60,7 @@ from p2pupdate.core.messages import (
 )
 from p2pupdate.core.messages import Cancel as CancelMsg
 from p2pupdate.core.messages import Request as RequestMsg
+from p2pupdate.core.pending import PendingBitfields
 from p2pupdate.core.ratelimit import TokenBucket
 from p2pupdate.core.seeding import SuperSeeder
 from p2pupdate.core.tablefetch import TableFetch
@@ -71,12 +72,8 @@ __all__ = ["DownloadResult", "Swarm", "SwarmOptions"]
 
 log = logging.getLogger("p2pupdate.swarm")
 
-# Requests a peer may queue with us; more are REJECTed (no peer monopolises a node).
-UPLOAD_QUEUE_PER_PEER = 32
 # HAVE lists are flushed this often (about one loopback round trip or less).
 HAVE_FLUSH = 0.01
-# Bitfields of packages we do not know yet, kept for when their announcement arrives.
-MAX_PENDING_BITFIELDS = 256
 
 
 @dataclass
@@ -132,11 +129,29 @@ class _Package:
 
 
 class _Uploads:
-    """Per-peer queue of chunk requests to serve."""
+    """Per-peer queue of chunk requests to serve.
 
-    def __init__(self) -> None:
-        self.send, self.recv = trio.open_memory_channel[tuple[bytes, int]](UPLOAD_QUEUE_PER_PEER)
+    ``queued`` mirrors what is in the channel, so a CANCEL is recorded only for a
+    request that is really waiting: ``cancelled`` is a subset of ``queued`` and
+    both are bounded by the queue size (Limits.max_upload_queue).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.send, self.recv = trio.open_memory_channel[tuple[bytes, int]](size)
+        self.queued: set[tuple[bytes, int]] = set()
         self.cancelled: set[tuple[bytes, int]] = set()
+
+    def cancel(self, item: tuple[bytes, int]) -> None:
+        if item in self.queued:
+            self.cancelled.add(item)
+
+    def take(self, item: tuple[bytes, int]) -> bool:
+        """The request ``item`` left the queue; False if it was cancelled meanwhile."""
+        self.queued.discard(item)
+        if item in self.cancelled:
+            self.cancelled.discard(item)
+            return False
+        return True
 
 
 class Swarm:
@@ -155,7 +170,8 @@ class Swarm:
         self.options = options or SwarmOptions()
         self.rng = rng or random.Random()
         self.packages: dict[bytes, _Package] = {}
-        self._pending_bitfields: dict[bytes, dict[bytes, bitarray]] = {}
+        self.limits = node.options.limits
+        self.pending: PendingBitfields[bytes, bytes] = PendingBitfields(self.limits)
         self._uploads: dict[bytes, _Uploads] = {}
         self._slots = trio.Semaphore(self.options.upload_slots)
         now = trio.current_time()
@@ -184,7 +200,13 @@ class Swarm:
         pkg = self.packages.get(b.package_id)
         if pkg is None:
             pkg = _Package(b.package_id, b.size, b.table_root, b.critical, b.channel, b.version)
-            pkg.bitfields.update(self._pending_bitfields.pop(b.package_id, {}))
+            # Held before the announcement said how long the package is: keep the
+            # ones that fit (as a BITFIELD arriving now would be checked).
+            pkg.bitfields.update(
+                (nid, bits)
+                for nid, bits in self.pending.take(b.package_id).items()
+                if len(bits) == pkg.nchunks
+            )
             self.packages[b.package_id] = pkg
         return pkg
 
@@ -238,8 +260,7 @@ class Swarm:
 
     # -- peers ----------------------------------------------------------------------
     def on_peer_up(self, peer: PeerConn) -> None:
-        self._uploads[peer.node_id] = _Uploads()
-        self._labels[peer.node_id] = peer.label
+        self._uploads[peer.node_id] = _Uploads(self.limits.max_upload_queue)
         for pkg in self.packages.values():
             self._advertise(peer, pkg)
 
@@ -249,8 +270,22 @@ class Swarm:
         if uploads is not None:
             uploads.send.close()
         now = trio.current_time()
+        nid = peer.node_id
+        self.pending.drop_peer(nid)
+        # Its label outlives it only if a download counts it as a source (for the
+        # download_complete ``sources``); the oldest go first past the limit.
+        if any(
+            nid in pkg.downloader.sources()
+            for pkg in self.packages.values()
+            if pkg.downloader is not None
+        ):
+            self._labels[nid] = peer.label
+            while len(self._labels) > self.limits.max_peer_labels:
+                del self._labels[next(iter(self._labels))]
         for pkg in self.packages.values():
-            pkg.bitfields.pop(peer.node_id, None)
+            pkg.bitfields.pop(nid, None)
+            pkg.completes.discard(nid)
+            pkg.bad_table_peers.discard(nid)
             if pkg.downloader is not None and pkg.downloader.state in (
                 DownloadState.PENDING,
                 DownloadState.DOWNLOADING,
@@ -347,8 +382,7 @@ class Swarm:
         if uploads is None:
             return
         async for package_id, index in uploads.recv:
-            if (package_id, index) in uploads.cancelled:
-                uploads.cancelled.discard((package_id, index))
+            if not uploads.take((package_id, index)):
                 continue
             pkg = self.packages.get(package_id)
             if pkg is None or not self.can_serve(pkg, index):
@@ -382,7 +416,7 @@ class Swarm:
         elif isinstance(msg, CancelMsg):
             uploads = self._uploads.get(peer.node_id)
             if uploads is not None:
-                uploads.cancelled.add((msg.package_id, msg.index))
+                uploads.cancel((msg.package_id, msg.index))
         elif isinstance(msg, Chunk):
             await self._on_chunk(peer, msg)
         elif isinstance(msg, Have):
@@ -416,11 +450,18 @@ class Swarm:
         if pkg is None or uploads is None or not self.can_serve(pkg, msg.index):
             peer.post(Reject(msg.package_id, msg.index))
             return
-        uploads.cancelled.discard((msg.package_id, msg.index))
+        item = (msg.package_id, msg.index)
+        if item in uploads.queued:
+            # Already waiting: one CHUNK answers both (a re-request after a CANCEL
+            # revives it).
+            uploads.cancelled.discard(item)
+            return
         try:
-            uploads.send.send_nowait((msg.package_id, msg.index))
+            uploads.send.send_nowait(item)
         except (trio.WouldBlock, trio.ClosedResourceError):
             peer.post(Reject(msg.package_id, msg.index))
+            return
+        uploads.queued.add(item)
 
     def _on_bitfield(self, peer: PeerConn, msg: Bitfield) -> None:
         bits = bitarray(endian="big")
@@ -428,9 +469,7 @@ class Swarm:
         del bits[msg.nchunks :]
         pkg = self.packages.get(msg.package_id)
         if pkg is None:
-            pending = self._pending_bitfields
-            if msg.package_id in pending or len(pending) < MAX_PENDING_BITFIELDS:
-                pending.setdefault(msg.package_id, {})[peer.node_id] = bits
+            self.pending.keep(peer.node_id, msg.package_id, bits)
             return
         if msg.nchunks != pkg.nchunks:
             raise RemoteProtocolError("bitfield length does not match the package")
@@ -459,11 +498,7 @@ class Swarm:
     def _on_have(self, peer: PeerConn, msg: Have) -> None:
         pkg = self.packages.get(msg.package_id)
         if pkg is None:
-            pending = self._pending_bitfields.get(msg.package_id, {}).get(peer.node_id)
-            if pending is not None:
-                for i in msg.indices:
-                    if i < len(pending):
-                        pending[i] = 1
+            self.pending.have(peer.node_id, msg.package_id, msg.indices)
             return
         if any(i >= pkg.nchunks for i in msg.indices):
             raise RemoteProtocolError("HAVE index past the end of the package")
@@ -499,6 +534,8 @@ class Swarm:
             if delay > 0:
                 await trio.sleep(delay)
         actions = dl.on_chunk(peer.node_id, msg.index, msg.data, trio.current_time())
+        if any(isinstance(act, WriteChunk) for act in actions):
+            peer.mark_useful(trio.current_time())  # a verified chunk: eviction keeps it
         await self._run_actions_async(pkg, actions)
         pkg.poke()
 
