@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--events", type=Path, metavar="FILE", help="append JSON-lines events here (default: none)"
     )
     n.add_argument(
+        "--metrics-listen", metavar="HOST:PORT",
+        help="serve Prometheus metrics on this address (default: off)",
+    )  # fmt: skip
+    n.add_argument(
         "--events-max-size", metavar="SIZE",
         help="rotate the events file to FILE.1 at this size (default: 64MiB)",
     )  # fmt: skip

@@ -25,6 +25,7 @@ import nacl.signing
 import trio
 
 from p2pupdate import __version__
+from p2pupdate.commands.metrics import MetricsServer
 from p2pupdate.core.keys import format_pubkey
 from p2pupdate.core.policy import TrustConfig
 from p2pupdate.errors import UsageError
@@ -231,6 +232,16 @@ async def run_node(
             if updater is not None:
                 await nursery.start(updater.run)
             await nursery.start(agent.run)
+            if settings.metrics_listen is not None:
+                metrics = MetricsServer(agent, events)
+                host, port = settings.metrics_listen
+                try:
+                    metrics.start(host, port)
+                except OSError as exc:
+                    raise UsageError(
+                        f"cannot serve metrics on {host}:{port}: {exc.strerror}"
+                    ) from None
+                nursery.start_soon(_stop_metrics_on_exit, metrics)
             log.info(
                 "node %s listening on %s:%d",
                 format_pubkey(node.node_id),
@@ -346,3 +357,12 @@ async def _watchdog(interval: float) -> None:
     while True:
         sdnotify.notify("WATCHDOG=1")
         await trio.sleep(interval)
+
+
+async def _stop_metrics_on_exit(metrics: MetricsServer) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        # Shut down in a thread: shutdown() waits for the serving loop to notice.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(metrics.stop)

@@ -195,3 +195,37 @@ def test_broken_staged_release_aborts_after_its_first_stage_and_publish_wait_exi
         assert refused, node.name
     for path in paths:
         assert run_program(path) == "1.0.0"
+
+
+def test_metrics_endpoint_serves_prometheus_counters_and_the_fleet_view(
+    tmp_path: Path, authority: Authority, run_node: StartNode
+) -> None:
+    import urllib.request
+
+    from tests.e2e.conftest import free_port
+
+    port = free_port()
+    (tmp_path / "t1").mkdir()
+    path = tmp_path / "t1" / "app"
+    make_program(path, "1.0.0")
+    node = run_node(
+        "n1",
+        trust=[authority.pubkey],
+        targets=[f"{CHANNEL}={path}"],
+        extra=["--metrics-listen", f"127.0.0.1:{port}"],
+    )
+    pkg = tmp_path / "v110"
+    make_program(pkg, "1.1.0", 2 * CHUNK)
+    rc, out, err = publish_wait(authority, pkg, "1.1.0", node.addr)
+    assert rc == 0, (out, err)
+
+    def scrape() -> str | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text: str = resp.read().decode()
+        wanted = 'p2pupdate_fleet_nodes{channel="app/stable",state="healthy",version="1.1.0"} 1.0'
+        return text if wanted in text else None
+
+    text = wait_until("metrics show the node healthy on 1.1.0", scrape, timeout=30)
+    assert "p2pupdate_updates_applied_total 1.0" in text
+    assert "p2pupdate_bytes_downloaded_total" in text
+    assert "p2pupdate_peers_connected" in text
