@@ -255,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     yk.add_argument("--channel", required=True, metavar="CHANNEL", help="the channel")
     yk.add_argument("--version", dest="yank_version", required=True, metavar="VERSION",
                     help="the version to revoke")  # fmt: skip
-    yk.add_argument("--reason", default="", metavar="TEXT", help="why (shown on every node)")
+    yk.add_argument(
+        "--reason", default="", metavar="TEXT", help="why (shown on every node; default: none)"
+    )
     yk.add_argument(
         "--peer", action="append", default=[], metavar="HOST:PORT",
         help="a node to hand the revocation to (repeatable; at least one)",

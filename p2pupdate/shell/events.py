@@ -65,6 +65,8 @@ EVENT_NAMES = frozenset(
         "rolled_back",
         "quarantined",
         "peer_banned",
+        "rollout_aborted",
+        "yanked",
     }
 )
 """The event names docs/operations.md promises; the node may emit others too."""
