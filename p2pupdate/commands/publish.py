@@ -245,7 +245,8 @@ class _RolloutWatch:
 
     def tally(self) -> dict[bytes, tuple[str, str, str]]:
         b = self.ann.body
-        pct = b.rollout_at(time.time())
+        # A staged rollout is waited for to its end: the nodes of the last stage.
+        pct = b.stages[-1][0] if b.stages else b.rollout
         everyone = reports.rollout_tally(self.node.reports.book.all(), b.channel, b.version)
         return {nid: t for nid, t in everyone.items() if in_rollout(nid, b.version, pct)}
 

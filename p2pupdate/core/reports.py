@@ -649,6 +649,8 @@ def next_outcome(
         return (version, "quarantined", _reason(reason))
     if event == "yanked":
         return (version, "yanked", _reason(fields.get("reason")))
+    if same and prev is not None and prev[1] in ("applied", *FAILED_RESULTS):
+        return prev  # this node's own attempt says more than the fleet's abort
     failed, attempted = fields.get("failed"), fields.get("attempted")
     return (version, "aborted", _reason(f"{failed} of {attempted} failed"))
 

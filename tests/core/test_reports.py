@@ -243,6 +243,9 @@ def test_outcomes_follow_the_events() -> None:
     assert o == ("1.2.0", "applied", "")
     o = r.next_outcome(o, "rollout_aborted", {"version": "1.3.0", "failed": 2, "attempted": 3})
     assert o == ("1.3.0", "aborted", "2 of 3 failed")
+    # a node that attempted the version itself keeps its own outcome
+    mine = ("1.4.0", "rolled_back", "health_check")
+    assert r.next_outcome(mine, "rollout_aborted", {"version": "1.4.0"}) == mine
 
 
 def test_channel_state_from_what_the_node_knows() -> None:

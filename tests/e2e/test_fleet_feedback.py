@@ -164,7 +164,8 @@ def test_broken_staged_release_aborts_after_its_first_stage_and_publish_wait_exi
     tmp_path: Path, authority: Authority, run_node: StartNode
 ) -> None:
     nodes, paths = start_fleet(run_node, tmp_path, authority, 5)
-    # The first stage takes exactly two nodes in (node ids are random per run).
+    # The first stage takes exactly two nodes in (node ids are random per run); the
+    # rule fires once both attempted and both failed.
     order = sorted(nodes, key=lambda n: _position(node_id(n), "1.1.0"))
     first_pct = math.ceil(_position(node_id(order[1]), "1.1.0") + 1e-9)
     assert _position(node_id(order[2]), "1.1.0") >= first_pct, "two nodes too close; rerun"
@@ -175,7 +176,7 @@ def test_broken_staged_release_aborts_after_its_first_stage_and_publish_wait_exi
 
     rc, out, err = publish_wait(
         authority, pkg, "1.1.0", nodes[0].addr,
-        "--stages", f"{first_pct}%:40s,100%", "--abort-after", "50:2",
+        "--stages", f"{first_pct}%:40s,100%", "--abort-after", "100:2",
     )  # fmt: skip
 
     assert rc == 1, (out, err)
@@ -229,3 +230,31 @@ def test_metrics_endpoint_serves_prometheus_counters_and_the_fleet_view(
     assert "p2pupdate_updates_applied_total 1.0" in text
     assert "p2pupdate_bytes_downloaded_total" in text
     assert "p2pupdate_peers_connected" in text
+
+
+def test_staged_rollout_widens_as_scheduled(
+    tmp_path: Path, authority: Authority, run_node: StartNode
+) -> None:
+    nodes, paths = start_fleet(run_node, tmp_path, authority, 4)
+    order = sorted(nodes, key=lambda n: _position(node_id(n), "1.1.0"))
+    first_pct = math.ceil(_position(node_id(order[0]), "1.1.0") + 1e-9)
+    assert _position(node_id(order[1]), "1.1.0") >= first_pct, "two nodes too close; rerun"
+    pkg = tmp_path / "v110"
+    make_program(pkg, "1.1.0", 2 * CHUNK)
+
+    # A tiny schedule: one node for the first 8 s, then everyone.
+    rc, out, err = publish_wait(
+        authority, pkg, "1.1.0", nodes[0].addr, "--stages", f"{first_pct}%:8s,100%"
+    )
+
+    assert rc == 0, (out, err)
+    assert "4 of 4 applied" in out, out
+    first = order[0].wait_event("update_complete", new_version="1.1.0")
+    for node in order[1:]:
+        # Held back while its stage was closed: it said so, then applied when it opened.
+        node.wait_event("update_refused", version="1.1.0", reason="outside_rollout")
+        opened = node.wait_event("rollout_stage", version="1.1.0", rollout=100)
+        done = node.wait_event("update_complete", new_version="1.1.0")
+        assert first["t"] < opened["t"] < done["t"]
+    for path in paths:
+        assert run_program(path) == "1.1.0"
