@@ -65,6 +65,10 @@ class Limits:
     # enough that `fleet` shows a dead node within minutes, rare enough that a 1000-node
     # fleet sends about 1.7 reports a second in all.
     report_interval: float = 600.0
+    # A node with no connected peer for this long logs one WARNING naming the peers it
+    # cannot reach: long enough to ride out a restart of its neighbours, short enough
+    # that an operator sees a firewall or typo on the first minute.
+    isolation_warning: float = 60.0
     # Yanks (signed revocations) kept: each needs trusted signatures, so only the
     # authority makes them; 1000 is years of revoked releases and a few hundred KiB.
     max_yanks: int = 1000

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 
 import nacl.signing
+import pytest
 import trio
 import trio.testing
 
@@ -113,4 +115,22 @@ async def test_forged_and_replayed_reports_change_nothing_and_strike_the_sender(
         held = victim.reports.book.get(attacker.node_id)
         assert held is not None and held.report.seq == genuine.report.seq
         assert victim.reports.book.get(bytes(third.verify_key)) is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_alone_for_a_minute_warns_once_naming_the_peers_it_cannot_reach(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    net = MemoryNetwork()
+    clock = [T0]
+    caplog.set_level(logging.WARNING, logger="p2pupdate.node")
+    async with trio.open_nursery() as nursery:
+        node = make_node(net, 0, [("127.0.0.1", 9)], clock)
+        await nursery.start(node.run)
+        await trio.sleep(59)
+        assert not [r for r in caplog.records if "no connected peer" in r.getMessage()]
+        await trio.sleep(300)
+        warnings = [r for r in caplog.records if "no connected peer" in r.getMessage()]
+        assert len(warnings) == 1 and "cannot reach 127.0.0.1:9" in warnings[0].getMessage()
+        assert warnings[0].levelno == logging.WARNING
         nursery.cancel_scope.cancel()

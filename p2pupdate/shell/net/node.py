@@ -320,6 +320,7 @@ class Node:
                 nursery.start_soon(self._dial_loop)
                 nursery.start_soon(self._anti_entropy_loop)
                 nursery.start_soon(self.reports.run)
+                nursery.start_soon(self._isolation_watch)
                 task_status.started()
         finally:
             self._nursery = None
@@ -810,6 +811,29 @@ class Node:
                 last_pex = trio.current_time()
                 target = self.rng.choice(list(self.peers.values()))
                 target.post(Peers(tuple(self.peerbook.sample(32))))
+
+    async def _isolation_watch(self) -> None:
+        """One WARNING once the node has had no connected peer for a while (again only
+        after it had one in between): names the peers it cannot reach."""
+        alone_since = trio.current_time()
+        warned = False
+        while True:
+            await trio.sleep(1.0)
+            now = trio.current_time()
+            if self.peers:
+                alone_since, warned = now, False
+                continue
+            if not warned and now - alone_since >= self.options.limits.isolation_warning:
+                warned = True
+                known = sorted(format_addr(*a) for a in self.peerbook.known())
+                names = ", ".join(known[:10]) + (
+                    f" and {len(known) - 10} more" if len(known) > 10 else ""
+                )
+                log.warning(
+                    "no connected peer for %.0f s; cannot reach %s",
+                    now - alone_since,
+                    names or "any peer (none known: give --peer)",
+                )
 
     def broadcast_all(self, msg: Message) -> None:
         for p in list(self.peers.values()):
