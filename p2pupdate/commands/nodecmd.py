@@ -10,6 +10,7 @@ node is down.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
@@ -26,6 +27,7 @@ import trio
 
 from p2pupdate import __version__
 from p2pupdate.commands.metrics import MetricsServer
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.keys import format_pubkey
 from p2pupdate.core.policy import TrustConfig
 from p2pupdate.errors import UsageError
@@ -173,6 +175,8 @@ async def run_node(
         max_connections=settings.max_connections,
         target_connections=settings.target_connections,
         ban_period=settings.ban_period,
+        report_interval=settings.report_interval,
+        limits=dataclasses.replace(DEFAULT_LIMITS, max_reports=settings.max_reports),
     )
     node = Node(options, transport, key, emit=events.emit, rng=random.Random())
     store = DiskStore(settings.data_dir / "store", free_margin=settings.min_free_space)

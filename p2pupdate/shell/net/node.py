@@ -259,9 +259,9 @@ class Node:
         self.first_handshake = trio.Event()
         self.messages_sent: dict[str, int] = {}
         # Node reports: this node's own and everyone else's (shell.net.reports).
-        self.reports = ReportGossip(self, interval=options.report_interval)
+        self.reports = ReportGossip(self, limits=options.limits, interval=options.report_interval)
         # Signed revocations (shell.net.yanks).
-        self.yanks = YankGossip(self)
+        self.yanks = YankGossip(self, options.limits)
 
     # -- lifecycle ------------------------------------------------------------
     @property
