@@ -40,6 +40,7 @@ from p2pupdate.core.chunks import chunk_count
 from p2pupdate.core.policy import act_decision, valid_now
 from p2pupdate.core.retry import FREE_SPACE, NEW_SOURCE, Backoff, Retry, decide, reason_kind
 from p2pupdate.core.store import PIN_IN_PROGRESS, PIN_INSTALLED, PIN_NEWEST, CacheIndex
+from p2pupdate.core.yank import Yank
 from p2pupdate.errors import DiskFullError, P2PUpdateError
 from p2pupdate.shell.events import EventLog
 from p2pupdate.shell.install.applicator import Applicator, TargetSpec
@@ -713,7 +714,7 @@ class Agent:
                 attempted=attempted,
             )
 
-    def _on_yank(self, yank: Any) -> None:
+    def _on_yank(self, yank: Yank) -> None:
         b = yank.body
         st = self._chan(b.channel)
         if st.download is not None and st.download.body.version == b.version and st.scope:
