@@ -141,5 +141,66 @@ class Limits:
     # share one bucket per event name.
     max_log_keys: int = 256
 
+    # -- messages and gossip ---------------------------------------------------------
+    # PEERS and INVENTORY list lengths, chosen so that every valid message fits one frame
+    # even at the longest field sizes: 200 peers of 253-byte host names, 200 channels of
+    # 259 bytes with their ids.
+    max_peers_per_message: int = 200
+    max_inventory: int = 200
+    # Highest GET_TABLE / TABLE page number (page -1 asks for the page-hash list). A
+    # table of the largest package has 32 pages; the wire format allows up to 1024.
+    max_table_page: int = 1023
+    # Seen-set size: ids of every announcement looked at (good or bad), so a flood of
+    # distinct junk costs one verification each and memory stays bounded.
+    max_seen: int = 8192
+    # Outbox depth per connection: small control messages; a peer that lets this many
+    # pile up is too slow to keep and is dropped.
+    outbox_size: int = 2048
+    # Clock difference tolerated between an announcement's creator and us (seconds) for
+    # expiry and not-yet-valid: NTP-less hosts drift minutes, not hours.
+    clock_skew: float = 300.0
+
+    # -- control socket ----------------------------------------------------------------
+    # A request is a small JSON object (an op and a channel); 64 KiB is generous.
+    max_control_request: int = 64 * KiB
+    # A status answer lists cache entries and channels; 16 MiB bounds what a client
+    # buffers (and what a status snapshot file may be).
+    max_control_response: int = 16 * MiB
+    # At most this many control connections at once; more get a "busy" answer.
+    max_control_clients: int = 32
+
+    # -- files read back from disk (checked as if they came from the network) -----------
+    # A node key file is 64 hex digits and a newline; 4 KiB means it is not one.
+    max_keyfile: int = 4096
+    # A config file is a few dozen lines; 1 MiB means someone pointed --config at the
+    # wrong file.
+    max_config_file: int = 1 * MiB
+    # A channel's apply state is a few hundred bytes; 1 MiB leaves room for a long
+    # quarantine list while bounding what a corrupt file can make us read.
+    max_apply_state_file: int = 1 * MiB
+    # A download's bitmap file: one bit per chunk (8 KiB at most) plus a small header.
+    max_bitmap_file: int = 64 * KiB
+    # A managed install's state files (quarantine, boot records, registrations) are
+    # tiny. The stable launcher (stdlib only, it cannot import this) keeps the same
+    # number in selfupdate/launcher.py; a test checks they agree.
+    max_selfupdate_state: int = 256 * KiB
+
+    # -- installing -----------------------------------------------------------------------
+    # A directory target's archive with more members than this is refused (inode
+    # exhaustion).
+    max_archive_members: int = 200_000
+    # Symbolic links followed while resolving one link target, as the Linux kernel allows
+    # (ELOOP): bounds the work of hostile chains and refuses loops.
+    max_link_hops: int = 40
+    # Health-check output goes into one JSON event line: keep it short.
+    health_output_limit: int = 4096
+    # A self-update release (wheelhouse of p2pupdate and its dependencies) is ~6 MiB;
+    # 512 MiB means it is not one.
+    max_release_size: int = 512 * MiB
+    # A wheelhouse holds a few dozen wheels; more members than this is not a release.
+    max_release_members: int = 1000
+    # A release manifest is a few KiB.
+    max_release_manifest: int = 1 * MiB
+
 
 DEFAULT_LIMITS = Limits()

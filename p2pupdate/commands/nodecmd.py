@@ -43,7 +43,6 @@ from p2pupdate.shell.agent import Agent, AgentOptions
 from p2pupdate.shell.control import serve_control, write_status_snapshot
 from p2pupdate.shell.events import EventLog, setup_logging
 from p2pupdate.shell.install.applicator import Applicator
-from p2pupdate.shell.install.sentinel import BootSentinel
 from p2pupdate.shell.keyfile import load_or_create_node_key
 from p2pupdate.shell.net.node import Node, NodeOptions
 from p2pupdate.shell.net.transport import TcpTransport
@@ -83,31 +82,11 @@ def run_node_command(args: argparse.Namespace) -> int:
     stale = clean_node_tmp(settings.data_dir)
     if stale:
         log.info("removed %d temporary entries left by a previous run", len(stale))
-    # First thing, before networking: count this boot of a freshly swapped program.
-    sentinel = BootSentinel(
-        settings.data_dir / "self",
-        Path(sys.argv[0]).absolute(),
-        boot_attempts=settings.boot_attempts,
-        emit=lambda name, fields: log.warning("%s %s", name, fields),
-    )
-    outcome = sentinel.on_boot(__version__)
-    if outcome.exit_code is not None:
-        log.error(
-            "boot sentinel: %s %s (%s); exiting %d for the supervisor",
-            outcome.action,
-            outcome.version,
-            outcome.detail,
-            outcome.exit_code,
-        )
-        return outcome.exit_code
-    if outcome.action != "continue":
-        log.warning(
-            "boot sentinel: %s %s %s", outcome.action, outcome.version or "", outcome.detail
-        )
-    confirm = sentinel if outcome.action == "counted" else None
+    # The boot of a self-updated release was counted by the stable launcher before this
+    # process started (p2pupdate/selfupdate/launcher.py); the updater confirms it.
     updater = _self_updater(settings)
     try:
-        rc = trio.run(run_node, settings, key, confirm, updater)
+        rc = trio.run(run_node, settings, key, updater)
     except BaseExceptionGroup as group:
         usage = group.subgroup(UsageError)
         if usage is not None:
@@ -153,7 +132,6 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
 async def run_node(
     settings: NodeSettings,
     key: nacl.signing.SigningKey,
-    sentinel: BootSentinel | None = None,
     updater: SelfUpdater | None = None,
 ) -> int:
     node_hex = bytes(key.verify_key).hex()
@@ -254,11 +232,6 @@ async def run_node(
             )
             sdnotify.notify("READY=1")
             nursery.start_soon(_snapshots, settings.data_dir, agent)
-            if sentinel is not None:
-                confirm_sentinel = partial(_confirm_sentinel, sentinel)
-                nursery.start_soon(
-                    _confirm_when_healthy, confirm_sentinel, node, settings.confirm_window
-                )
             if updater is not None:
                 nursery.start_soon(
                     _confirm_when_healthy, updater.confirm_healthy, node, settings.confirm_window
@@ -301,10 +274,6 @@ async def _confirm_when_healthy(
         await node.first_handshake.wait()
     await confirm()
     log.info("boot of %s confirmed healthy", __version__)
-
-
-async def _confirm_sentinel(sentinel: BootSentinel) -> None:
-    await trio.to_thread.run_sync(sentinel.confirm, __version__)
 
 
 class _Stopper:

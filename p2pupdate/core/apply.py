@@ -1,27 +1,29 @@
 """Pure decisions of the applicator: what to install, when to retry, when to give up.
 
 Nothing here touches a file, a process or a clock. The shell
-(:mod:`p2pupdate.shell.install.applicator`, :mod:`p2pupdate.shell.install.sentinel`) asks these
+(:mod:`p2pupdate.shell.install.applicator`) asks these
 functions and state machines what to do, carries it out, and feeds the
 results back in, with ``now`` passed as a number.
 
-Three decisions live here:
+Two decisions live here (the upgrade gate is the one act gate,
+:func:`p2pupdate.core.policy.install_decision`):
 
-* :func:`should_install` -- the upgrade gate (newer? quarantined? size? min_version?);
 * :class:`ConfirmMachine` -- one install's attempts: swap, optional restart,
   health checks inside a confirmation window, a bounded number of attempts;
-* :func:`boot_decision` / :func:`recovery_decision` -- what to do on start when a
-  boot sentinel or an unconfirmed install was left behind.
+* :func:`recovery_decision` -- what to do on start when an unconfirmed
+  install was left behind.
 
-Plus :func:`check_archive`, the path rules for a directory target's tar archive.
+(The self-update launcher's boot counting is :mod:`p2pupdate.core.boot`.)
+
+The path rules for a directory target's tar archive are :mod:`p2pupdate.core.archive`.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
+from p2pupdate.core.reasons import Reason
 from p2pupdate.core.versions import (
     MAX_VERSION_LEN,
     compare_versions,
@@ -54,13 +56,6 @@ __all__ = [
     "ROLLBACK_FAILED",
     "TOO_LARGE",
     "TOO_MANY_ATTEMPTS",
-    "Accept",
-    "ArchiveMember",
-    "BootClear",
-    "BootContinue",
-    "BootCount",
-    "BootDecision",
-    "BootRollBack",
     "ConfirmAction",
     "ConfirmMachine",
     "ConfirmState",
@@ -72,13 +67,9 @@ __all__ = [
     "RecoverRetry",
     "RecoverWait",
     "RecoveryDecision",
-    "Refuse",
     "RunHealthCheck",
     "RunRestart",
-    "SentinelRecord",
     "WaitUntil",
-    "boot_decision",
-    "check_archive",
     "check_interval",
     "compare_versions",
     "is_newer",
@@ -86,95 +77,33 @@ __all__ = [
     "parse_version",
     "quarantines",
     "recovery_decision",
-    "should_install",
     "version_in",
 ]
 
 # ---------------------------------------------------------------------------
-# Reasons: short snake_case names that reach events and ``status``.
+# Reasons: codes of :class:`p2pupdate.core.reasons.Reason`, named here for the applicator.
 # ---------------------------------------------------------------------------
 
-NOT_NEWER = "not_newer"
-QUARANTINED = "quarantined"
-TOO_LARGE = "too_large"
-HASH_MISMATCH = "hash_mismatch"
-BELOW_MIN_VERSION = "below_min_version"
-BAD_VERSION = "bad_version"
-BAD_ARCHIVE = "bad_archive"
-HEALTH_CHECK_FAILED = "health_check_failed"
-HEALTH_TIMEOUT = "health_timeout"
-NOT_CONFIRMED = "not_confirmed"
-RESTART_FAILED = "restart_failed"
-# The restart command could not be started at all (missing, not executable): a fault
-# of the host, not of the release. Rolled back, never quarantined; tried again later.
-RESTART_NOT_STARTED = "restart_not_started"
-TOO_MANY_ATTEMPTS = "too_many_attempts"
-INTERRUPTED = "interrupted"
-ROLLBACK_FAILED = "rollback_failed"
-DISK_FULL = "disk_full"
-INSTALL_FAILED = "install_failed"
-PACKAGE_MISSING = "package_missing"
-NO_BACKUP = "no_backup"
-OPERATOR_ROLLBACK = "operator_rollback"
-
-
-# ---------------------------------------------------------------------------
-# The upgrade gate
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Accept:
-    """Install it."""
-
-
-@dataclass(frozen=True)
-class Refuse:
-    """Do not install it, for ``reason`` (one of the constants above)."""
-
-    reason: str
-    detail: str = ""
-
-
-def should_install(
-    installed_version: str | None,
-    new_version: str,
-    quarantined: Collection[str],
-    size: int,
-    max_size: int,
-    explicit_rollback: bool = False,
-    min_version: str | None = None,
-) -> Accept | Refuse:
-    """Decide whether ``new_version`` may replace ``installed_version``.
-
-    Checks, in this order (the first that fails names the reason):
-    ``bad_version``, ``quarantined``, ``too_large``, ``not_newer`` and
-    ``below_min_version``. An explicit rollback (an operator asked for this
-    version) skips the last two; it never skips quarantine.
-    """
-    try:
-        parse_version(new_version)
-    except ValueError as exc:
-        return Refuse(BAD_VERSION, str(exc))
-    if version_in(new_version, quarantined):
-        return Refuse(QUARANTINED, f"{new_version} is quarantined")
-    if size < 0 or size > max_size:
-        return Refuse(TOO_LARGE, f"{size} bytes, limit {max_size}")
-    if explicit_rollback:
-        return Accept()
-    if not is_newer(new_version, installed_version):
-        return Refuse(NOT_NEWER, f"{new_version} is not newer than {installed_version}")
-    if min_version is not None and installed_version is not None:
-        try:
-            below = parse_version(installed_version).compare(parse_version(min_version)) < 0
-        except ValueError:
-            below = False  # unknown installed version or bad min_version: not known to be below
-        if below:
-            return Refuse(
-                BELOW_MIN_VERSION,
-                f"installed {installed_version} is below min_version {min_version}",
-            )
-    return Accept()
+NOT_NEWER = Reason.NOT_NEWER
+QUARANTINED = Reason.QUARANTINED
+TOO_LARGE = Reason.TOO_LARGE
+HASH_MISMATCH = Reason.HASH_MISMATCH
+BELOW_MIN_VERSION = Reason.BELOW_MIN_VERSION
+BAD_VERSION = Reason.BAD_VERSION
+BAD_ARCHIVE = Reason.BAD_ARCHIVE
+HEALTH_CHECK_FAILED = Reason.HEALTH_CHECK_FAILED
+HEALTH_TIMEOUT = Reason.HEALTH_TIMEOUT
+NOT_CONFIRMED = Reason.NOT_CONFIRMED
+RESTART_FAILED = Reason.RESTART_FAILED
+RESTART_NOT_STARTED = Reason.RESTART_NOT_STARTED
+TOO_MANY_ATTEMPTS = Reason.TOO_MANY_ATTEMPTS
+INTERRUPTED = Reason.INTERRUPTED
+ROLLBACK_FAILED = Reason.ROLLBACK_FAILED
+DISK_FULL = Reason.DISK_FULL
+INSTALL_FAILED = Reason.INSTALL_FAILED
+PACKAGE_MISSING = Reason.PACKAGE_MISSING
+NO_BACKUP = Reason.NO_BACKUP
+OPERATOR_ROLLBACK = Reason.OPERATOR_ROLLBACK
 
 
 # ---------------------------------------------------------------------------
@@ -439,224 +368,3 @@ def recovery_decision(
     if not package_available:
         return RecoverWait()
     return RecoverRetry()
-
-
-# ---------------------------------------------------------------------------
-# Boot sentinel for the node's own program
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SentinelRecord:
-    """A freshly swapped program, not yet confirmed healthy."""
-
-    new_version: str
-    last_good_version: str | None
-    boot_attempts: int
-    armed_at: float
-    program: str = ""
-
-    def __post_init__(self) -> None:
-        if self.boot_attempts < 0:
-            raise ValueError("boot_attempts must not be negative")
-        parse_version(self.new_version)
-
-
-@dataclass(frozen=True)
-class BootContinue:
-    """No sentinel: start normally."""
-
-
-@dataclass(frozen=True)
-class BootCount:
-    """Persist ``attempt`` as the boot counter, then start normally (confirm when healthy)."""
-
-    attempt: int
-
-
-@dataclass(frozen=True)
-class BootRollBack:
-    """Too many boots: quarantine ``version``; if ``restore``, put the last good
-    program back and exit with code 3, else clear the sentinel and keep going."""
-
-    version: str
-    restore: bool
-
-
-@dataclass(frozen=True)
-class BootClear:
-    """The sentinel is corrupt or stale: delete it and start normally."""
-
-    reason: str
-
-
-BootDecision = BootContinue | BootCount | BootRollBack | BootClear
-
-
-def boot_decision(
-    record: SentinelRecord | None,
-    corrupt: bool,
-    running_version: str,
-    boot_attempts: int,
-    has_last_good: bool,
-    program: str = "",
-) -> BootDecision:
-    """Decide at the very start of a node what its boot sentinel means.
-
-    ``boot_attempts`` is the bound: the program may boot that many times
-    unconfirmed; the next boot rolls back. The counter is persisted before
-    the code it guards runs, so a crash still counts. A sentinel for another
-    version or another program (both known) is stale.
-    """
-    if corrupt:
-        return BootClear("corrupt")
-    if record is None:
-        return BootContinue()
-    if program and record.program and program != record.program:
-        return BootClear("stale")
-    try:
-        same = compare_versions(record.new_version, running_version) == 0
-    except ValueError:
-        same = False
-    if not same:
-        return BootClear("stale")
-    if record.boot_attempts >= boot_attempts:
-        return BootRollBack(record.new_version, restore=has_last_good)
-    return BootCount(record.boot_attempts + 1)
-
-
-# ---------------------------------------------------------------------------
-# Directory targets: what a release archive may contain
-# ---------------------------------------------------------------------------
-
-_MEMBER_KINDS = frozenset({"file", "dir", "symlink", "hardlink"})
-
-
-@dataclass(frozen=True)
-class ArchiveMember:
-    """One tar member as the shell read it: ``kind`` is file, dir, symlink,
-    hardlink, or anything else (device, fifo, sparse...) which is refused."""
-
-    name: str
-    kind: str
-    size: int = 0
-    linkname: str = ""
-
-
-def _normalize(path: str) -> list[str] | None:
-    """Lexically normalize a relative POSIX path; None if it climbs above the root."""
-    parts: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not parts:
-                return None
-            parts.pop()
-        else:
-            parts.append(part)
-    return parts
-
-
-# Symbolic links followed while resolving one link target, as the Linux kernel allows
-# (ELOOP): bounds the work of hostile chains and refuses loops.
-MAX_LINK_HOPS = 40
-
-
-def _resolve_link(base: list[str], target: str, links: dict[str, str]) -> list[str] | None:
-    """Where the link target ``target`` written in directory ``base`` leads, following the
-    archive's other symlinks (``links``: path -> target) like the kernel would.
-
-    None if it climbs above the root at any step, or needs more than
-    :data:`MAX_LINK_HOPS` link expansions (a loop, or a chain built to be expensive).
-    """
-    budget = [MAX_LINK_HOPS]
-
-    def walk(cur: list[str], path: str) -> list[str] | None:
-        for part in path.split("/"):
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if not cur:
-                    return None
-                cur.pop()
-                continue
-            cur.append(part)
-            nested = links.get("/".join(cur))
-            if nested is not None:
-                budget[0] -= 1
-                if budget[0] < 0 or nested.startswith("/"):
-                    return None
-                found = walk(cur[:-1], nested)
-                if found is None:
-                    return None
-                cur = found
-        return cur
-
-    return walk(list(base), target)
-
-
-def check_archive(
-    members: Iterable[ArchiveMember], max_total: int, max_members: int
-) -> Accept | Refuse:
-    """Refuse an archive that could write outside its release directory.
-
-    Rejected: absolute names, ``..`` in names, NUL bytes, links (symbolic or
-    hard) that point outside the tree or at an absolute path, members
-    written through an earlier symlink, duplicates of non-directories,
-    device files and other special kinds, more than ``max_members`` members,
-    and more than ``max_total`` bytes unpacked. Symlink targets are resolved
-    through the archive's other symlinks (in any order, as the unpacked tree
-    will have them all): ``x -> .`` then ``a -> x/..`` is refused, because ``a``
-    leads to the release directory's parent.
-    """
-    total = 0
-    count = 0
-    seen: dict[str, str] = {}
-    links: dict[str, str] = {}
-    for m in members:
-        count += 1
-        if count > max_members:
-            return Refuse(BAD_ARCHIVE, f"more than {max_members} members")
-        if m.kind not in _MEMBER_KINDS:
-            return Refuse(BAD_ARCHIVE, f"{m.name!r}: {m.kind} members are not allowed")
-        if not m.name or "\x00" in m.name or "\x00" in m.linkname:
-            return Refuse(BAD_ARCHIVE, f"bad member name {m.name!r}")
-        if m.name.startswith("/"):
-            return Refuse(BAD_ARCHIVE, f"{m.name!r}: absolute path")
-        if ".." in m.name.split("/"):
-            return Refuse(BAD_ARCHIVE, f"{m.name!r}: '..' in path")
-        parts = _normalize(m.name)
-        if parts is None:  # pragma: no cover - '..' was refused above
-            return Refuse(BAD_ARCHIVE, f"{m.name!r}: outside the tree")
-        if not parts:
-            if m.kind == "dir":
-                continue  # "./": the release directory itself
-            return Refuse(BAD_ARCHIVE, f"{m.name!r}: names the release directory")
-        key = "/".join(parts)
-        for i in range(1, len(parts)):
-            if seen.get("/".join(parts[:i])) in ("symlink", "file", "hardlink"):
-                return Refuse(BAD_ARCHIVE, f"{m.name!r}: written through a link or file")
-        if key in seen and (m.kind != "dir" or seen[key] != "dir"):
-            return Refuse(BAD_ARCHIVE, f"{m.name!r}: duplicate member")
-        if m.kind == "symlink":
-            if not m.linkname or m.linkname.startswith("/"):
-                return Refuse(BAD_ARCHIVE, f"{m.name!r}: link to an absolute path")
-            if _normalize("/".join([*parts[:-1], m.linkname])) is None:
-                return Refuse(BAD_ARCHIVE, f"{m.name!r}: link points outside the tree")
-            links[key] = m.linkname
-        elif m.kind == "hardlink":
-            target = _normalize(m.linkname) if not m.linkname.startswith("/") else None
-            if not target or seen.get("/".join(target)) != "file":
-                return Refuse(BAD_ARCHIVE, f"{m.name!r}: hard link outside the tree")
-        elif m.kind == "file":
-            if m.size < 0:
-                return Refuse(BAD_ARCHIVE, f"{m.name!r}: negative size")
-            total += m.size
-            if total > max_total:
-                return Refuse(BAD_ARCHIVE, f"unpacks to more than {max_total} bytes")
-        seen[key] = m.kind
-    for name, linkname in links.items():
-        if _resolve_link(name.split("/")[:-1], linkname, links) is None:
-            return Refuse(BAD_ARCHIVE, f"{name!r}: link leads outside the tree through other links")
-    return Accept()

@@ -16,19 +16,20 @@ from typing import TypeVar
 
 import blake3
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.policy import Decision, TrustConfig, relay_decision
+from p2pupdate.core.reasons import Reason
 
 __all__ = ["AnnouncementBook", "choose_fanout"]
 
 T = TypeVar("T")
 
 # Refusals that say who signed, not what was signed: they never settle a body id.
-_SIGNER_REASONS = frozenset({"untrusted", "bad_signature", "below_threshold"})
+_SIGNER_REASONS = frozenset({Reason.UNTRUSTED, Reason.BAD_SIGNATURE, Reason.BELOW_THRESHOLD})
 
-# Seen-set size: ids of every announcement looked at (good or bad), so a flood of
-# distinct junk costs one verification each and memory stays bounded.
-MAX_SEEN = 8192
+# Seen-set size (Limits.max_seen says why).
+MAX_SEEN = DEFAULT_LIMITS.max_seen
 
 
 class AnnouncementBook:

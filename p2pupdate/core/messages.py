@@ -51,10 +51,10 @@ NONCE_LEN = 32
 TABLE_PAGE_LIST = -1  # GET_TABLE page number asking for the list of page hashes
 _L = DEFAULT_LIMITS
 _MAX_INDEX = _L.max_package_size // _L.chunk_size  # chunk indices are below this
-# List lengths chosen so that every valid message fits one frame even at the longest
-# field sizes: 200 peers of 253-byte host names, 200 channels of 259 bytes with their ids.
-MAX_PEERS = 200
-MAX_INVENTORY = 200
+# List lengths and the page range: Limits (config.py) says why.
+MAX_PEERS = _L.max_peers_per_message
+MAX_INVENTORY = _L.max_inventory
+_MAX_PAGE = _L.max_table_page
 
 
 def _bytes(name: str, value: object, exact: int | None = None, maximum: int | None = None) -> None:
@@ -176,7 +176,7 @@ class GetTable(Message):
 
     def __post_init__(self) -> None:
         _bytes("package_id", self.package_id, exact=32)
-        _int("page", self.page, -1, 1023)
+        _int("page", self.page, -1, _MAX_PAGE)
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ class Table(Message):
 
     def __post_init__(self) -> None:
         _bytes("package_id", self.package_id, exact=32)
-        _int("page", self.page, -1, 1023)
+        _int("page", self.page, -1, _MAX_PAGE)
         _bytes("hashes", self.hashes, maximum=_L.table_page_entries * 32)
         if len(self.hashes) % 32:
             raise ValueError("hashes must be a multiple of 32 bytes")

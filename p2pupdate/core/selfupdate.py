@@ -21,6 +21,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from p2pupdate.core.apply import compare_versions
+from p2pupdate.core.reasons import Reason
 
 __all__ = [
     "FAILED_ON_OTHERS",
@@ -36,9 +37,9 @@ __all__ = [
     "rollback_notices",
 ]
 
-FAILED_ON_OTHERS = "failed_on_others"  # every other node that tried the release died on it
-QUARANTINED = "quarantined"  # a launcher (or another node) quarantined it meanwhile
-NOT_SEEN_HEALTHY = "not_seen_healthy"  # nobody ran it healthily, nobody failed, time is up
+FAILED_ON_OTHERS = Reason.FAILED_ON_OTHERS  # every other node that tried the release died on it
+QUARANTINED = Reason.QUARANTINED  # a launcher (or another node) quarantined it meanwhile
+NOT_SEEN_HEALTHY = Reason.NOT_SEEN_HEALTHY  # nobody ran it healthily, nobody failed, time is up
 
 
 class OtherState(enum.Enum):

@@ -2,7 +2,9 @@
 
 Layout of a managed install ``DIR``::
 
-    DIR/bin/p2pupdate               the stable launcher (stdlib only; updates never replace it)
+    DIR/bin/p2pupdate               the stable launcher's stub (updates never replace it)
+    DIR/lib/launcher/               the launcher (stdlib only): copies of
+                                    p2pupdate/selfupdate/launcher.py and p2pupdate/core/boot.py
     DIR/releases/<version>/         a venv with that release, built in place (venvs cannot move)
     DIR/releases/<version>.complete completion marker, written last: no marker, no release
     DIR/current -> releases/<v>     the release services run, switched atomically
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -47,9 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from p2pupdate.config import DEFAULT_LIMITS
+from p2pupdate.core import boot
 from p2pupdate.core.announcement import validate_version
 from p2pupdate.core.selfupdate import retention
 from p2pupdate.errors import ApplyError, StateFileError
+from p2pupdate.selfupdate import launcher
 from p2pupdate.selfupdate.release import ReleaseManifest, open_release
 from p2pupdate.shell.faults import fault
 from p2pupdate.shell.fsutil import (
@@ -91,9 +95,9 @@ __all__ = [
     "write_launcher",
 ]
 
-NODE_KEY_ENV = "P2PUPDATE_NODE_KEY"
-LAUNCHER_MARK = "# p2pupdate stable launcher"
-DEFAULT_BOOT_ATTEMPTS = 3
+NODE_KEY_ENV = launcher.NODE_KEY_ENV
+LAUNCHER_MARK = launcher.STUB_MARK
+DEFAULT_BOOT_ATTEMPTS = boot.DEFAULT_BOUND
 SELF_FAULT_POINTS = (
     "self_mid_install",
     "self_after_install",
@@ -101,7 +105,7 @@ SELF_FAULT_POINTS = (
     "self_after_switch",
 )
 _FORMAT = 1
-_MAX_STATE = 256 * 1024
+_MAX_STATE = DEFAULT_LIMITS.max_selfupdate_state  # Limits says why
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,10 @@ class Layout:
     @property
     def launcher(self) -> Path:
         return self.root / "bin" / "p2pupdate"
+
+    @property
+    def launcher_lib(self) -> Path:
+        return self.root / "lib" / "launcher"
 
     @property
     def releases(self) -> Path:
@@ -156,7 +164,7 @@ class Layout:
 
 def node_key(data_dir: Path | str) -> str:
     """The key of a node in an install's state: a hash of its absolute data dir."""
-    return hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:16]
+    return boot.node_key_of(os.path.abspath(data_dir))
 
 
 def base_python() -> str:
@@ -226,56 +234,29 @@ def is_complete(layout: Layout, version: str) -> bool:
 # ---------------------------------------------------------------- quarantine
 
 
-def _quarantine_entries(layout: Layout) -> list[dict[str, Any]]:
-    try:
-        obj = _read_json(layout.quarantine_path)
-    except StateFileError:
-        return []
-    entries = obj.get("versions") if isinstance(obj, dict) else None
-    if not isinstance(entries, list):
-        return []
-    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("version"), str)]
-
-
-@contextlib.contextmanager
-def _quarantine_lock(layout: Layout) -> Iterator[None]:
-    layout.state.mkdir(parents=True, exist_ok=True)
-    fd = os.open(layout.state / "quarantine.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+# One store, written by the launcher past the bound and by the installing node:
+# :mod:`p2pupdate.selfupdate.launcher` reads and writes it for both.
 
 
 def quarantined(layout: Layout) -> list[str]:
     """Quarantined release versions of this install, oldest first."""
-    return [e["version"] for e in _quarantine_entries(layout)]
+    return [e["version"] for e in launcher.quarantine_list(str(layout.root))]
 
 
 def quarantine_reasons(layout: Layout) -> dict[str, str]:
     """Quarantined release -> the reason it was quarantined for."""
-    return {e["version"]: str(e.get("reason", "")) for e in _quarantine_entries(layout)}
+    entries = launcher.quarantine_list(str(layout.root))
+    return {e["version"]: str(e.get("reason", "")) for e in entries}
 
 
 def quarantine(layout: Layout, version: str, reason: str, node: str = "") -> None:
     """Record ``version`` as quarantined for every node of the install."""
-    with _quarantine_lock(layout):
-        entries = _quarantine_entries(layout)
-        if version not in [e["version"] for e in entries]:
-            entries.append({"version": version, "reason": reason, "node": node, "at": time.time()})
-            _write_json(layout.quarantine_path, {"format": _FORMAT, "versions": entries})
+    launcher.add_quarantine(str(layout.root), version, reason, node)
 
 
 def quarantine_clear(layout: Layout, version: str) -> bool:
     """Lift the quarantine of ``version``; False if it was not quarantined."""
-    with _quarantine_lock(layout):
-        entries = _quarantine_entries(layout)
-        keep = [e for e in entries if e["version"] != version]
-        if len(keep) == len(entries):
-            return False
-        _write_json(layout.quarantine_path, {"format": _FORMAT, "versions": keep})
-        return True
+    return launcher.clear_quarantine(str(layout.root), version)
 
 
 # ---------------------------------------------------------------- installing
@@ -555,11 +536,19 @@ def boot_records(layout: Layout) -> dict[str, dict[str, Any]]:
 
 
 def write_launcher(layout: Layout, python: str) -> None:
-    """Write ``DIR/bin/p2pupdate`` (atomically); only ``self install`` does this."""
+    """Write the stable launcher (atomically); only ``self install`` does this.
+
+    Copies :mod:`p2pupdate.selfupdate.launcher` and :mod:`p2pupdate.core.boot`
+    into ``DIR/lib/launcher/``, then writes the stub ``DIR/bin/p2pupdate`` that
+    runs them with ``python`` (last: no stub, no launcher).
+    """
+    lib = layout.launcher_lib
+    lib.mkdir(parents=True, exist_ok=True)
+    for module, name in ((launcher, launcher.MODULE), (boot, launcher.BOOT_MODULE)):
+        source = Path(str(module.__file__)).read_bytes()
+        atomic_write_bytes(lib / f"{name}.py", source, mode=0o644)
     layout.launcher.parent.mkdir(parents=True, exist_ok=True)
-    text = _LAUNCHER.replace("@PYTHON@", python).replace("@MARK@", LAUNCHER_MARK)
-    text = text.replace("@BOUND@", str(DEFAULT_BOOT_ATTEMPTS))
-    atomic_write_bytes(layout.launcher, text.encode(), mode=0o755)
+    atomic_write_bytes(layout.launcher, launcher.stub(python).encode(), mode=0o755)
 
 
 def setup_install(root: Path, archive: Path) -> str:
@@ -573,205 +562,3 @@ def setup_install(root: Path, archive: Path) -> str:
         manifest, _ = install_release(layout, archive)
         switch_current(layout, manifest.version)
     return manifest.version
-
-
-# The launcher: stdlib only, so a release that cannot even import is counted and
-# rolled back. It keeps the same file formats as the functions above.
-_LAUNCHER = r'''#!@PYTHON@
-@MARK@ (written by `p2pupdate self install`; updates never replace it).
-# For `node`: counts this boot per node and release, switches `current` back past the
-# bound (quarantining the release), then execs DIR/current/bin/p2pupdate.
-import fcntl, hashlib, json, os, sys, time
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STATE = os.path.join(ROOT, "state")
-DEFAULT_BOUND = @BOUND@
-
-
-def say(msg):
-    sys.stderr.write("p2pupdate launcher: %s\n" % msg)
-    sys.stderr.flush()
-
-
-def history(line):
-    os.makedirs(STATE, exist_ok=True)
-    fd = os.open(os.path.join(STATE, "history.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, ("%.3f %s\n" % (time.time(), line)).encode())
-    finally:
-        os.close(fd)
-
-
-def read_json(path, default):
-    try:
-        with open(path, "rb") as f:
-            obj = json.loads(f.read(262144).decode("utf-8"))
-    except (OSError, ValueError):
-        return default
-    return obj if isinstance(obj, dict) else default
-
-
-def write_json(path, obj):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(obj, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def link(name):
-    try:
-        dest = os.readlink(os.path.join(ROOT, name))
-    except OSError:
-        return None
-    parts = dest.split("/")
-    return parts[1] if len(parts) == 2 and parts[0] == "releases" and parts[1] else None
-
-
-def complete(rel):
-    base = os.path.join(ROOT, "releases", rel)
-    program = os.path.join(base, "bin", "p2pupdate")
-    return os.path.isfile(base + ".complete") and os.path.exists(program)
-
-
-def locked(name):
-    os.makedirs(STATE, exist_ok=True)
-    fd = os.open(os.path.join(STATE, name), os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
-
-
-def quarantined():
-    q = read_json(os.path.join(STATE, "quarantine.json"), {})
-    return [e.get("version") for e in q.get("versions", []) if isinstance(e, dict)]
-
-
-def quarantine(rel, key):
-    fd = locked("quarantine.lock")
-    try:
-        path = os.path.join(STATE, "quarantine.json")
-        q = read_json(path, {})
-        entries = [e for e in q.get("versions", []) if isinstance(e, dict)]
-        if rel not in [e.get("version") for e in entries]:
-            entries.append(
-                {"version": rel, "reason": "too_many_attempts", "node": key, "at": time.time()}
-            )
-            write_json(path, {"format": 1, "versions": entries})
-    finally:
-        os.close(fd)
-
-
-def data_dir(args):
-    for i, a in enumerate(args):
-        if a == "--data-dir" and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith("--data-dir="):
-            return a.split("=", 1)[1]
-    for i, a in enumerate(args):
-        cfg = None
-        if a == "--config" and i + 1 < len(args):
-            cfg = args[i + 1]
-        elif a.startswith("--config="):
-            cfg = a.split("=", 1)[1]
-        if cfg:
-            try:
-                import tomllib
-                with open(cfg, "rb") as f:
-                    d = tomllib.load(f).get("data_dir")
-                if isinstance(d, str):
-                    base = os.path.dirname(os.path.abspath(cfg))
-                    return os.path.join(base, os.path.expanduser(d))
-            except (OSError, ValueError, ImportError):
-                pass
-    return "default"
-
-
-def roll_back(rel, key, rec):
-    """Past the bound: quarantine rel; switch current back if there is something to go back to."""
-    quarantine(rel, key)
-    prev = link("previous")
-    if prev is None or prev == rel or not complete(prev) or prev in quarantined():
-        rec["rolled_back"] = {"version": rel, "restored": None, "at": time.time()}
-        rec["releases"][rel]["gave_up"] = True
-        say("release %s failed %d boots and is quarantined; there is nothing to roll back "
-            "to (no good previous release); it is left in place and started as it is"
-            % (rel, rec["releases"][rel]["attempts"]))
-        history("rollback-impossible %s node=%s" % (rel, key))
-        return rel
-    fd = locked("install.lock")
-    try:
-        if link("current") == rel:
-            tmp = os.path.join(ROOT, ".current.%d.link" % os.getpid())
-            os.symlink("releases/" + prev, tmp)
-            os.replace(tmp, os.path.join(ROOT, "current"))
-            dfd = os.open(ROOT, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-    finally:
-        os.close(fd)
-    rec["rolled_back"] = {"version": rel, "restored": prev, "at": time.time()}
-    say("release %s failed %d boots: quarantined, current switched back to %s"
-        % (rel, rec["releases"][rel]["attempts"], prev))
-    history("rollback %s -> %s node=%s" % (rel, prev, key))
-    return link("current") or prev
-
-
-def main():
-    args = sys.argv[1:]
-    rel = link("current")
-    if rel is None or not complete(rel):
-        prev = link("previous")
-        if prev is not None and complete(prev):
-            say("current release %r is missing or incomplete; running the previous one, %s"
-                % (rel, prev))
-            rel = prev
-        else:
-            say("no runnable release in %s (current -> %r)" % (ROOT, rel))
-            return 1
-    env = dict(os.environ)
-    env["P2PUPDATE_LAUNCHER"] = os.path.abspath(__file__)
-    if args[:1] == ["node"]:
-        key = hashlib.sha256(os.path.abspath(data_dir(args)).encode()).hexdigest()[:16]
-        path = os.path.join(STATE, "boots", key + ".json")
-        rec = read_json(path, {})
-        if not isinstance(rec.get("releases"), dict):
-            rec["releases"] = {}
-        bound = rec.get("bound")
-        if not isinstance(bound, int) or bound < 1:
-            bound = DEFAULT_BOUND
-        for _ in range(3):
-            entry = rec["releases"].get(rel)
-            if not isinstance(entry, dict):
-                entry = rec["releases"][rel] = {"attempts": 0, "confirmed": False}
-            if entry.get("confirmed") or entry.get("gave_up"):
-                break
-            if entry.get("attempts", 0) >= bound:
-                new = roll_back(rel, key, rec)
-                write_json(path, rec)
-                if new == rel:
-                    break
-                rel = new
-                continue
-            entry["attempts"] = entry.get("attempts", 0) + 1
-            write_json(path, rec)  # counted before the release's code can fail
-            break
-        env["P2PUPDATE_NODE_KEY"] = key
-        attempt = rec["releases"][rel].get("attempts")
-        history("boot %s node=%s pid=%d attempt=%s" % (rel, key, os.getpid(), attempt))
-    program = os.path.join(ROOT, "releases", rel, "bin", "p2pupdate")
-    sys.stdout.flush()
-    os.execve(program, [program] + args, env)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-'''

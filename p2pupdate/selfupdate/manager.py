@@ -120,7 +120,15 @@ class SelfUpdateOptions:
 
 
 class SelfUpdater:
-    """Self-update of one node running from a managed install."""
+    """Self-update of one node running from a managed install.
+
+    Kept as one class over 300 lines on purpose: its methods are the steps of one
+    sequence (announcement, download, install, switch, wait for the others, re-exec,
+    confirm, report a rollback) sharing one state (``state``, ``restart_to``, the
+    registration) that a split would have to pass around; the decisions themselves are
+    already apart in :mod:`p2pupdate.core.selfupdate` and the file work in
+    :mod:`p2pupdate.selfupdate.install`.
+    """
 
     def __init__(
         self,
@@ -187,7 +195,7 @@ class SelfUpdater:
         fields = {"channel": b.channel, "version": b.version, "package_id": b.package_id.hex()}
         if reason is None:
             self._emit("self_update_available", {**fields, "running": self.running})
-        elif not (reason == "not_newer" and b.version == self.running):
+        elif b.version != self.running:  # the running release itself: nothing to say
             self._emit("update_refused", {**fields, "reason": reason})
 
     async def on_downloaded(self, ann: Announcement) -> None:

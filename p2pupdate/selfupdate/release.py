@@ -39,6 +39,7 @@ from pathlib import Path
 
 import blake3
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import validate_channel, validate_version
 from p2pupdate.errors import ApplyError, UsageError
 
@@ -56,12 +57,10 @@ __all__ = [
 
 MANIFEST_NAME = "release.json"
 _FORMAT = 1
-# A wheelhouse of p2pupdate and its dependencies is ~6 MiB; 512 MiB means it is not one.
-MAX_RELEASE_SIZE = 512 * 1024 * 1024
-# A wheelhouse holds a few dozen wheels; more members than this is not a release.
-_MAX_MEMBERS = 1000
-# The manifest is a few KiB.
-_MAX_MANIFEST = 1024 * 1024
+# Release size, members and manifest size: Limits (config.py) says why.
+MAX_RELEASE_SIZE = DEFAULT_LIMITS.max_release_size
+_MAX_MEMBERS = DEFAULT_LIMITS.max_release_members
+_MAX_MANIFEST = DEFAULT_LIMITS.max_release_manifest
 # A wheel file name: no path separators, no leading dot.
 _WHEEL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+!-]{0,200}\.whl", re.ASCII)
 _TRACK_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}", re.ASCII)

@@ -2,8 +2,8 @@
 
 It joins the gossip layer (``shell.net.node``), the swarm (``shell.transfer.swarm``) and
 the applicator (``shell.applicator``): for an announcement that concerns one
-of its targets it runs the act decision (``core.policy.act_decision`` plus the
-applicator's own refusals), downloads, and applies (or waits for
+of its targets it runs the one act gate (``core.policy.act_decision``, with the
+applicator's installed version, quarantine and size limit), downloads, and applies (or waits for
 ``p2pupdate apply`` when ``auto_apply`` is off). A node outside the rollout,
 or with no target for the channel, still downloads, caches and serves.
 A newer announcement for a channel supersedes an older download.
@@ -38,7 +38,8 @@ from p2pupdate.core import reports
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.chunks import chunk_count
 from p2pupdate.core.policy import act_decision, valid_now
-from p2pupdate.core.retry import FREE_SPACE, NEW_SOURCE, Backoff, Retry, decide, reason_kind
+from p2pupdate.core.reasons import Reason, split_reason
+from p2pupdate.core.retry import FREE_SPACE, NEW_SOURCE, Backoff, Retry, decide
 from p2pupdate.core.store import PIN_IN_PROGRESS, PIN_INSTALLED, PIN_NEWEST, CacheIndex
 from p2pupdate.core.yank import Yank
 from p2pupdate.errors import DiskFullError, P2PUpdateError
@@ -98,6 +99,9 @@ class _PendingRetry:
     due: float  # trio clock
     next_try: float  # unix time, for status
     wake_on: str | None
+    # FREE_SPACE: whether the free-space check failed when the step failed (judged then,
+    # not when the waiting task first runs: space freed in between must still count).
+    seen_full: bool = False
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     wake: trio.Event = field(default_factory=trio.Event)
 
@@ -208,7 +212,6 @@ class Agent:
         return None
 
     def _refusal(self, ann: Announcement, target: TargetSpec) -> str | None:
-        b = ann.body
         stopped = self._stopped(ann)
         if stopped is not None:
             return stopped
@@ -217,14 +220,12 @@ class Agent:
         valid = valid_now(ann, self.node.book.trust, self.node.wall_clock())
         if not valid.ok:
             return valid.reason
-        reason = self.applicator.check(target, b.version, b.size, min_version=b.min_version)
-        if reason is not None:
-            return reason
         decision = act_decision(
             ann,
             node_id=self.node.node_id,
             installed_version=self.applicator.installed_version(target),
             quarantined=self.applicator.quarantined(target.channel),
+            max_size=self.applicator.max_size,
             now=self.node.wall_clock(),
         )
         return None if decision.ok else decision.reason
@@ -331,20 +332,22 @@ class Agent:
                         ann, on_progress=progress, on_started=None if already else started_cb
                     )
                 except DiskFullError as exc:
-                    await self._download_failed(ann, target, apply_it, f"disk_full: {exc}")
+                    await self._download_failed(ann, target, apply_it, Reason.DISK_FULL, str(exc))
                     return
                 except OSError as exc:
-                    kind = "disk_full" if exc.errno in _NO_SPACE else "disk_error"
-                    await self._download_failed(ann, target, apply_it, f"{kind}: {exc}")
+                    kind = Reason.DISK_FULL if exc.errno in _NO_SPACE else Reason.DISK_ERROR
+                    await self._download_failed(ann, target, apply_it, kind, str(exc))
                     return
                 except P2PUpdateError as exc:
                     # A corrupt state file, a store that lost a file under us: this
                     # download fails, the node and every other download go on.
                     log.error("download of %s %s failed: %s", b.channel, b.version, exc)
-                    await self._download_failed(ann, target, apply_it, f"error: {exc}")
+                    await self._download_failed(ann, target, apply_it, Reason.ERROR, str(exc))
                     return
                 if not result.ok:
-                    await self._download_failed(ann, target, apply_it, result.reason)
+                    # The swarm still says "code: detail" in one string; split it here.
+                    code, detail = split_reason(result.reason)
+                    await self._download_failed(ann, target, apply_it, code, detail)
                     return
                 st.failures.pop((b.package_id, DOWNLOAD), None)
                 if not already:
@@ -442,7 +445,12 @@ class Agent:
 
     # -- trying again -----------------------------------------------------------------
     async def _download_failed(
-        self, ann: Announcement, target: TargetSpec | None, apply_it: bool, reason: str
+        self,
+        ann: Announcement,
+        target: TargetSpec | None,
+        apply_it: bool,
+        reason: str,
+        detail: str = "",
     ) -> None:
         b = ann.body
         self.events.emit(
@@ -451,8 +459,9 @@ class Agent:
             version=b.version,
             package_id=b.package_id.hex(),
             reason=reason,
+            detail=detail,
         )
-        if reason_kind(reason) == "package_hash_mismatch":
+        if reason == Reason.PACKAGE_HASH_MISMATCH:
             # Every chunk was verified when it arrived, so the partial file changed
             # under us (a bad disk): an empty bitmap makes the next try re-hash every
             # chunk from the file, keep the good ones and fetch the rest again.
@@ -497,6 +506,8 @@ class Agent:
             next_try=time.time() + decision.delay,
             wake_on=wake_on,
         )
+        if wake_on == FREE_SPACE:
+            retry.seen_full = not self._has_room(retry)
         st.retry = retry
         log.warning(
             "%s %s %s failed (%s); trying again in %.0f s (attempt %d)",
@@ -547,7 +558,7 @@ class Agent:
                     # disk seen full, then with room for the package. A write that
                     # failed while the numbers said there was room (a sparse file, a
                     # quota) waits out its back-off instead of failing in a loop.
-                    seen_full = False
+                    seen_full = r.seen_full
                     while True:
                         room = self._has_room(r)
                         if room and seen_full:

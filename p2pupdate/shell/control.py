@@ -46,6 +46,7 @@ from typing import Any
 
 import trio
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.errors import P2PUpdateError, StateFileError, UsageError
 from p2pupdate.shell.fsutil import atomic_write_bytes, read_bytes_limited, read_json_file
 
@@ -70,16 +71,14 @@ __all__ = [
 CONTROL_SOCKET_NAME = "control.sock"
 CONTROL_PATH_FILE = "control.path"
 STATUS_FILE = "status.json"
-# A request is a small JSON object (an op and a channel); 64 KiB is generous.
-MAX_REQUEST = 64 * 1024
-# A status answer lists cache entries and channels; 16 MiB bounds what a client buffers.
-MAX_RESPONSE = 16 * 1024 * 1024
+# Request and answer sizes, and concurrent clients: Limits (config.py) says why.
+MAX_REQUEST = DEFAULT_LIMITS.max_control_request
+MAX_RESPONSE = DEFAULT_LIMITS.max_control_response
 # A status snapshot file is a status answer plus a timestamp.
 MAX_STATUS_FILE = MAX_RESPONSE
 # sun_path is 108 bytes on Linux, including the terminating NUL we leave room for.
 _SUN_PATH_MAX = 107
-# At most this many control connections at once; more get a "busy" answer.
-_MAX_CLIENTS = 32
+_MAX_CLIENTS = DEFAULT_LIMITS.max_control_clients
 # A client that sends nothing for this long is disconnected.
 DEFAULT_READ_TIMEOUT = 10.0
 # Answers are small; a client that does not read one for this long is dropped.

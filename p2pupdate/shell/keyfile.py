@@ -12,13 +12,14 @@ from pathlib import Path
 
 import nacl.signing
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.keys import decode_secret_key, encode_secret_key
 from p2pupdate.errors import UsageError
 from p2pupdate.shell.fsutil import atomic_write_bytes, read_bytes_limited
 
 __all__ = ["load_or_create_node_key", "load_secret_key", "write_secret_key"]
 
-_MAX_KEYFILE = 4096
+_MAX_KEYFILE = DEFAULT_LIMITS.max_keyfile  # Limits says why
 
 
 def write_secret_key(path: Path, key: nacl.signing.SigningKey, *, force: bool = False) -> None:

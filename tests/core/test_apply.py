@@ -1,5 +1,5 @@
 """Pure applicator decisions: the upgrade gate, the attempt/confirm machine,
-recovery, the boot sentinel counter and the archive path rules."""
+recovery and the archive path rules."""
 
 from __future__ import annotations
 
@@ -8,24 +8,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pupdate.core import apply as core
+from p2pupdate.core import archive
 from p2pupdate.core.apply import (
-    Accept,
-    ArchiveMember,
-    BootClear,
-    BootContinue,
-    BootCount,
-    BootRollBack,
     Confirmed,
     ConfirmMachine,
     ConfirmState,
     GiveUp,
     PersistAttempt,
-    Refuse,
     RunHealthCheck,
     RunRestart,
-    SentinelRecord,
     WaitUntil,
 )
+from p2pupdate.core.archive import Accept, ArchiveMember, Refuse
+from p2pupdate.core.policy import install_decision
 from p2pupdate.errors import ApplyError
 
 MiB = 1024 * 1024
@@ -51,45 +46,46 @@ def test_parse_version_refuses_non_semver_and_long(bad: str) -> None:
 @pytest.mark.parametrize(
     ("installed", "new", "kwargs", "expected"),
     [
-        (None, "1.0.0", {}, Accept()),
-        ("1.0.0", "1.0.1", {}, Accept()),
-        ("1.0.0", "1.0.0", {}, Refuse(core.NOT_NEWER)),
-        ("1.0.0+b1", "1.0.0+b2", {}, Refuse(core.NOT_NEWER)),
-        ("1.1.0", "1.0.9", {}, Refuse(core.NOT_NEWER)),
-        ("1.0.0", "1.0.0-rc.1", {}, Refuse(core.NOT_NEWER)),
-        ("1.1.0", "1.0.9", {"explicit_rollback": True}, Accept()),
-        ("not semver", "1.0.0", {}, Accept()),  # unknown installed version: anything is newer
-        ("1.0.0", "2.0", {}, Refuse(core.BAD_VERSION)),
-        ("1.0.0", "2.0.0", {"quarantined": ["2.0.0"]}, Refuse(core.QUARANTINED)),
-        ("1.0.0", "2.0.0+b9", {"quarantined": ["2.0.0+b1"]}, Refuse(core.QUARANTINED)),
-        ("3.0.0", "2.0.0", {"quarantined": ["2.0.0"]}, Refuse(core.QUARANTINED)),
+        (None, "1.0.0", {}, None),
+        ("1.0.0", "1.0.1", {}, None),
+        ("1.0.0", "1.0.0", {}, core.NOT_NEWER),
+        ("1.0.0+b1", "1.0.0+b2", {}, core.NOT_NEWER),
+        ("1.1.0", "1.0.9", {}, core.NOT_NEWER),
+        ("1.0.0", "1.0.0-rc.1", {}, core.NOT_NEWER),
+        ("1.1.0", "1.0.9", {"explicit_rollback": True}, None),
+        ("not semver", "1.0.0", {}, None),  # unknown installed version: anything is newer
+        ("1.0.0", "2.0", {}, core.BAD_VERSION),
+        ("1.0.0", "2.0.0", {"quarantined": ["2.0.0"]}, core.QUARANTINED),
+        ("1.0.0", "2.0.0+b9", {"quarantined": ["2.0.0+b1"]}, core.QUARANTINED),
+        ("3.0.0", "2.0.0", {"quarantined": ["2.0.0"]}, core.QUARANTINED),
         (
             "1.0.0",
             "2.0.0",
             {"explicit_rollback": True, "quarantined": ["2.0.0"]},
-            Refuse(core.QUARANTINED),
+            core.QUARANTINED,
         ),
-        ("1.0.0", "2.0.0", {"size": 10 * MiB + 1}, Refuse(core.TOO_LARGE)),
-        ("1.0.0", "2.0.0", {"size": 10 * MiB}, Accept()),
-        ("1.0.0", "2.0.0", {"size": -1}, Refuse(core.TOO_LARGE)),
-        ("1.0.0", "2.0.0", {"min_version": "1.5.0"}, Refuse(core.BELOW_MIN_VERSION)),
-        ("1.5.0", "2.0.0", {"min_version": "1.5.0"}, Accept()),
-        (None, "2.0.0", {"min_version": "1.5.0"}, Accept()),  # unknown: not known to be below
-        ("1.0.0", "2.0.0", {"min_version": "1.5.0", "explicit_rollback": True}, Accept()),
+        ("1.0.0", "2.0.0", {"size": 10 * MiB + 1}, core.TOO_LARGE),
+        ("1.0.0", "2.0.0", {"size": 10 * MiB}, None),
+        ("1.0.0", "2.0.0", {"size": -1}, core.TOO_LARGE),
+        ("1.0.0", "2.0.0", {"min_version": "1.5.0"}, core.BELOW_MIN_VERSION),
+        ("1.5.0", "2.0.0", {"min_version": "1.5.0"}, None),
+        (None, "2.0.0", {"min_version": "1.5.0"}, None),  # unknown: not known to be below
+        ("1.0.0", "2.0.0", {"min_version": "1.5.0", "explicit_rollback": True}, None),
     ],
 )
-def test_should_install_table(
-    installed: str | None, new: str, kwargs: dict[str, object], expected: Accept | Refuse
+def test_install_decision_table(
+    installed: str | None, new: str, kwargs: dict[str, object], expected: str | None
 ) -> None:
+    """The one act gate (core.policy.install_decision), as the applicator asks it."""
     args: dict[str, object] = {"quarantined": [], "size": 1000, "max_size": 10 * MiB}
     args.update(kwargs)
-    decision = core.should_install(installed, new, **args)  # type: ignore[arg-type]
-    if isinstance(expected, Refuse):
-        assert isinstance(decision, Refuse)
-        assert decision.reason == expected.reason
-        assert decision.detail  # every refusal says why
+    decision = install_decision(new, installed_version=installed, **args)  # type: ignore[arg-type]
+    if expected is not None:
+        assert not decision.ok
+        assert decision.reason == expected
+        assert decision.detail  # every refusal says why, apart from the code
     else:
-        assert decision == Accept()
+        assert decision.ok
 
 
 versions = st.builds(
@@ -110,7 +106,7 @@ versions = st.builds(
     explicit=st.booleans(),
     min_version=st.none() | versions,
 )
-def test_should_install_refuses_exactly_when_a_rule_says_so(
+def test_install_decision_refuses_exactly_when_a_rule_says_so(
     installed: str | None,
     new: str,
     quarantined: list[str],
@@ -119,7 +115,15 @@ def test_should_install_refuses_exactly_when_a_rule_says_so(
     explicit: bool,
     min_version: str | None,
 ) -> None:
-    d = core.should_install(installed, new, quarantined, size, max_size, explicit, min_version)
+    d = install_decision(
+        new,
+        size=size,
+        installed_version=installed,
+        quarantined=quarantined,
+        max_size=max_size,
+        min_version=min_version,
+        explicit_rollback=explicit,
+    )
     q = any(core.compare_versions(new, v) == 0 for v in quarantined)
     big = size < 0 or size > max_size
     old = installed is not None and core.compare_versions(new, installed) <= 0
@@ -130,16 +134,16 @@ def test_should_install_refuses_exactly_when_a_rule_says_so(
     )
     # Priority: quarantined, too_large, then (unless explicit) not_newer, below_min_version.
     if q:
-        assert d == Refuse(core.QUARANTINED, d.detail if isinstance(d, Refuse) else "")
+        assert not d.ok and d.reason == core.QUARANTINED
     elif big:
-        assert isinstance(d, Refuse) and d.reason == core.TOO_LARGE
+        assert not d.ok and d.reason == core.TOO_LARGE
     elif not explicit and old:
-        assert isinstance(d, Refuse) and d.reason == core.NOT_NEWER
+        assert not d.ok and d.reason == core.NOT_NEWER
     elif not explicit and below:
-        assert isinstance(d, Refuse) and d.reason == core.BELOW_MIN_VERSION
+        assert not d.ok and d.reason == core.BELOW_MIN_VERSION
     else:
-        assert d == Accept()
-    if isinstance(d, Accept) and not explicit:
+        assert d.ok
+    if d.ok and not explicit:
         assert core.is_newer(new, installed)  # never a downgrade without an explicit request
 
 
@@ -377,60 +381,6 @@ def test_repeated_crashes_end_in_give_up_after_the_bound(max_attempts: int) -> N
 
 
 # ---------------------------------------------------------------------------
-# Boot sentinel
-# ---------------------------------------------------------------------------
-
-
-def record(attempts: int, version: str = "2.0.0", program: str = "/opt/p") -> SentinelRecord:
-    return SentinelRecord(version, "1.0.0", attempts, 0.0, program)
-
-
-def test_boot_decision_table() -> None:
-    assert core.boot_decision(None, False, "2.0.0", 3, True) == BootContinue()
-    assert core.boot_decision(None, True, "2.0.0", 3, True) == BootClear("corrupt")
-    assert core.boot_decision(record(0), False, "1.0.0", 3, True) == BootClear("stale")
-    assert core.boot_decision(record(0), False, "2.0.0+b1", 3, True) == BootCount(1)
-    assert core.boot_decision(record(2), False, "2.0.0", 3, True) == BootCount(3)
-    assert core.boot_decision(record(3), False, "2.0.0", 3, True) == BootRollBack("2.0.0", True)
-    assert core.boot_decision(record(5), False, "2.0.0", 3, False) == BootRollBack("2.0.0", False)
-    assert core.boot_decision(
-        record(0), False, "2.0.0", 3, True, program="/opt/other"
-    ) == BootClear("stale")
-    assert core.boot_decision(record(0), False, "garbage", 3, True) == BootClear("stale")
-
-
-def test_sentinel_record_validates() -> None:
-    with pytest.raises(ValueError):
-        SentinelRecord("2.0", None, 0, 0.0)
-    with pytest.raises(ValueError):
-        SentinelRecord("2.0.0", None, -1, 0.0)
-
-
-@given(bound=st.integers(1, 8), confirm_at=st.none() | st.integers(1, 10))
-def test_crash_loop_rolls_back_exactly_past_the_bound(bound: int, confirm_at: int | None) -> None:
-    """Boot over and over (crashing each time) until confirmed or rolled back."""
-    rec: SentinelRecord | None = record(0)
-    boots = 0
-    outcome = None
-    while rec is not None:
-        d = core.boot_decision(rec, False, "2.0.0", bound, True)
-        if isinstance(d, BootRollBack):
-            outcome = "rolled_back"
-            break
-        assert isinstance(d, BootCount)
-        assert d.attempt == rec.boot_attempts + 1 <= bound  # persisted before running
-        rec = SentinelRecord(rec.new_version, rec.last_good_version, d.attempt, 0.0, rec.program)
-        boots += 1
-        if confirm_at is not None and boots == confirm_at:
-            rec = None  # healthy: confirm removes the sentinel
-            outcome = "confirmed"
-    if confirm_at is not None and confirm_at <= bound:
-        assert outcome == "confirmed" and boots == confirm_at
-    else:
-        assert outcome == "rolled_back" and boots == bound
-
-
-# ---------------------------------------------------------------------------
 # Archive members
 # ---------------------------------------------------------------------------
 
@@ -452,7 +402,7 @@ def test_check_archive_accepts_an_ordinary_release() -> None:
         ("bin/app2", "hardlink", 0, "bin/app"),
         ("share/doc/link", "symlink", 0, "../../lib/x.so"),
     )
-    assert core.check_archive(ok, 1000, 100) == Accept()
+    assert archive.check_archive(ok, 1000, 100) == Accept()
 
 
 @pytest.mark.parametrize(
@@ -482,14 +432,14 @@ def test_check_archive_accepts_an_ordinary_release() -> None:
     ],
 )
 def test_check_archive_refuses_hostile_members(bad: list[ArchiveMember]) -> None:
-    d = core.check_archive(bad, 1000, 100)
+    d = archive.check_archive(bad, 1000, 100)
     assert isinstance(d, Refuse) and d.reason == core.BAD_ARCHIVE
 
 
 def test_check_archive_caps_member_count() -> None:
     many = [ArchiveMember(f"f{i}", "file", 0) for i in range(11)]
-    assert isinstance(core.check_archive(many, 1000, 10), Refuse)
-    assert core.check_archive(many[:10], 1000, 10) == Accept()
+    assert isinstance(archive.check_archive(many, 1000, 10), Refuse)
+    assert archive.check_archive(many[:10], 1000, 10) == Accept()
 
 
 _segment = st.sampled_from(["a", "b", "..", ".", "", "c"])
@@ -512,7 +462,7 @@ def test_accepted_archives_never_point_outside(
     specs: list[tuple[str, str, str, str]],
 ) -> None:
     ms = [ArchiveMember(p + name, kind, 1, link) for p, name, kind, link in specs]
-    if not isinstance(core.check_archive(ms, 10**6, 100), Accept):
+    if not isinstance(archive.check_archive(ms, 10**6, 100), Accept):
         return
     for m in ms:
         depth = 0
@@ -544,7 +494,7 @@ def test_accepted_archives_never_point_outside(
     ],
 )
 def test_check_archive_resolves_symlink_chains(bad: list[ArchiveMember]) -> None:
-    d = core.check_archive(bad, 1000, 100)
+    d = archive.check_archive(bad, 1000, 100)
     assert isinstance(d, Refuse) and d.reason == core.BAD_ARCHIVE, d
 
 
@@ -559,15 +509,15 @@ def test_check_archive_accepts_chains_that_stay_inside() -> None:
         ("d/up", "symlink", 0, ".."),
         ("d/lib", "symlink", 0, "up/lib"),
     )
-    assert core.check_archive(ok, 1000, 100) == Accept()
+    assert archive.check_archive(ok, 1000, 100) == Accept()
 
 
 def test_a_long_chain_of_links_is_bounded() -> None:
     chain = [ArchiveMember("l0", "symlink", 0, ".")]
     chain += [ArchiveMember(f"l{i}", "symlink", 0, f"l{i - 1}") for i in range(1, 60)]
-    d = core.check_archive(chain, 1000, 100)
+    d = archive.check_archive(chain, 1000, 100)
     assert isinstance(d, Refuse) and d.reason == core.BAD_ARCHIVE
-    assert core.check_archive(chain[: core.MAX_LINK_HOPS], 1000, 100) == Accept()
+    assert archive.check_archive(chain[: archive.MAX_LINK_HOPS], 1000, 100) == Accept()
 
 
 _link_target = st.lists(st.sampled_from(["a", "b", "c", "..", "."]), min_size=1, max_size=4).map(
@@ -598,7 +548,7 @@ def test_accepted_links_resolve_inside_on_a_real_filesystem(
         ArchiveMember(name, kind, 0, link if kind == "symlink" else "")
         for name, kind, link in specs
     ]
-    if not isinstance(core.check_archive(ms, 10**6, 100), Accept):
+    if not isinstance(archive.check_archive(ms, 10**6, 100), Accept):
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.realpath(os.path.join(tmp, "release"))

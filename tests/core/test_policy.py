@@ -74,6 +74,8 @@ def test_reasons_are_the_documented_set() -> None:
         "quarantined",
         "below_min_version",
         "outside_rollout",
+        "bad_version",
+        "too_large",
         "yanked",
         "rollout_aborted",
     } == REASONS
@@ -313,15 +315,28 @@ def test_act_below_min_version() -> None:
     assert act(ann, installed=None).ok
 
 
+def test_act_too_large_only_with_a_limit() -> None:
+    ann = signed(AUTHORITY)
+    size = ann.body.size
+    limited = act_decision(
+        ann, node_id=NODE, installed_version=None, quarantined=(), max_size=size - 1
+    )
+    assert refused(limited, "too_large") and limited.detail
+    assert act_decision(ann, node_id=NODE, installed_version=None, quarantined=(), max_size=size).ok
+    assert act(ann).ok
+
+
 def test_act_outside_rollout() -> None:
     assert refused(act(signed(AUTHORITY, rollout=0)), "outside_rollout")
     assert act(signed(AUTHORITY, rollout=100)).ok
 
 
 def test_act_check_order() -> None:
-    # not newer wins over quarantine, quarantine over min_version, min_version over rollout
+    # The one act gate's order (the applicator's, which the agent always asked first):
+    # quarantine over not newer, not newer over min_version, min_version over rollout.
     ann = signed(AUTHORITY, rollout=0, min_version="1.3.0")
-    assert refused(act(ann, "1.4.0", ("1.4.0",)), "not_newer")
+    assert refused(act(ann, "1.4.0", ("1.4.0",)), "quarantined")
+    assert refused(act(ann, "1.4.0"), "not_newer")
     assert refused(act(ann, "1.0.0", ("1.4.0",)), "quarantined")
     assert refused(act(ann, "1.0.0"), "below_min_version")
     assert refused(act(ann, "1.3.0"), "outside_rollout")

@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from p2pupdate.core import boot
 from p2pupdate.selfupdate import install as inst
+from p2pupdate.selfupdate import launcher
 
 
 def _fake_release(layout: inst.Layout, version: str, rc: int) -> None:
@@ -104,3 +106,70 @@ def test_quarantine_file_is_shared_and_clearable(tmp_path: Path) -> None:
     assert [e["version"] for e in data["versions"]] == ["1.1.0"]
     assert inst.quarantine_clear(layout, "1.1.0")
     assert not inst.quarantine_clear(layout, "1.1.0")
+
+
+def test_installed_launcher_runs_without_p2pupdate_importable(tmp_path: Path) -> None:
+    """The launcher runs under the base interpreter before any release is trusted: with site
+    packages off (-S) and isolated (-I), nothing but its own copies and the stdlib loads."""
+    layout = _setup(tmp_path)
+    lib = layout.launcher_lib
+    assert (lib / f"{launcher.MODULE}.py").read_bytes() == Path(launcher.__file__).read_bytes()
+    assert (lib / f"{launcher.BOOT_MODULE}.py").read_bytes() == Path(boot.__file__).read_bytes()
+    probe = (
+        f"import sys; sys.path.insert(0, {str(lib)!r}); import {launcher.MODULE}; "
+        "print(sorted(m for m in sys.modules if 'p2pupdate' in m))"
+    )
+    res = subprocess.run(
+        [inst.base_python(), "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(sorted([launcher.MODULE, launcher.BOOT_MODULE]))
+    node = tmp_path / "n1"
+    res = subprocess.run(
+        [inst.base_python(), "-I", "-S", str(layout.launcher), "node", "--data-dir", str(node)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0 and res.stdout.startswith("ran 1.0.0"), res.stderr
+    key = inst.node_key(node)
+    assert inst.read_boot_record(layout, key)["releases"]["1.0.0"]["attempts"] == 1
+
+
+def test_data_dir_of_reads_flags_and_config(tmp_path: Path) -> None:
+    assert launcher.data_dir_of(["node", "--data-dir", "/d"]) == "/d"
+    assert launcher.data_dir_of(["node", "--data-dir=/e"]) == "/e"
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('data_dir = "data"\n')
+    assert launcher.data_dir_of(["node", "--config", str(cfg)]) == str(tmp_path / "data")
+    cfg.write_text("not toml [")
+    assert launcher.data_dir_of(["node", f"--config={cfg}"]) == "default"
+    assert launcher.data_dir_of(["node"]) == "default"
+
+
+def test_no_rollback_target_gives_up_and_starts_the_release(tmp_path: Path) -> None:
+    """Past the bound with no good previous: quarantined, marked given up, started as it is,
+    and not counted any more."""
+    layout = _setup(tmp_path)
+    node = tmp_path / "n1"
+    key = inst.node_key(node)
+    with inst.install_lock(layout):
+        inst.switch_current(layout, "1.1.0")
+    inst.quarantine(layout, "1.0.0", "manual", "k")  # previous is no good
+    for _ in range(3):
+        assert _boot(layout, node).stdout.startswith("ran 1.1.0")
+    res = _boot(layout, node)
+    assert res.stdout.startswith("ran 1.1.0") and "nothing to roll back to" in res.stderr
+    record = inst.read_boot_record(layout, key)
+    assert record["releases"]["1.1.0"] == {"attempts": 3, "confirmed": False, "gave_up": True}
+    assert record["rolled_back"]["restored"] is None
+    assert inst.quarantined(layout) == ["1.0.0", "1.1.0"]
+    assert _boot(layout, node).stdout.startswith("ran 1.1.0")
+    assert inst.read_boot_record(layout, key)["releases"]["1.1.0"]["attempts"] == 3
+
+
+def test_launcher_state_cap_is_the_configured_limit() -> None:
+    """The launcher cannot import config.py; its copy of the limit must agree."""
+    from p2pupdate.config import DEFAULT_LIMITS
+
+    assert DEFAULT_LIMITS.max_selfupdate_state == launcher._MAX_STATE

@@ -133,7 +133,7 @@ async def test_disk_full_backs_off_doubling_and_resumes_as_soon_as_room_is_back(
         for r, (low, high) in zip(retries, [(22.5, 30), (45, 60), (75, 100)], strict=True):
             assert low <= r["delay"] <= high
         failed = events.named("download_failed")
-        assert all(f["reason"].startswith("disk_full: ") for f in failed)
+        assert all(f["reason"] == "disk_full" and f["detail"] for f in failed)
         # Each try came only after the wait it announced.
         fail_times = events.times("download_failed")
         for i in range(2):
@@ -179,7 +179,8 @@ async def test_disk_full_while_writing_waits_out_its_back_off_and_keeps_chunks(
         await nursery.start(agent.run)
         await events.wait_for(lambda: bool(events.named("download_retry")), 10_000, poll=0.5)
         failed = events.named("download_failed")[0]
-        assert failed["reason"].startswith("disk_full: disk full writing chunk")
+        assert failed["reason"] == "disk_full"
+        assert failed["detail"].startswith("disk full writing chunk")
         retry = events.named("download_retry")[0]
         assert (retry["reason"], retry["wake_on"]) == ("disk_full", "free_space")
         store.fail_writes_after = None  # the disk recovers; nothing tells the node
@@ -308,6 +309,62 @@ async def test_hash_mismatch_from_a_bad_disk_is_retried_when_a_new_source_joins(
 # ---------------------------------------------------------------------------
 # Install steps: a full disk while staging is the host's fault
 # ---------------------------------------------------------------------------
+
+
+class FreesSpace(Recorder):
+    """Frees the disk (``full[0] = False``) the moment the install retry is scheduled:
+    before the agent's waiting task first looks at the free space."""
+
+    def __init__(self, full: list[bool]) -> None:
+        super().__init__()
+        self.full = full
+
+    def emit(self, name: str, **fields: Any) -> dict[str, Any]:
+        if name == "install_retry":
+            self.full[0] = False
+        return super().emit(name, **fields)
+
+
+async def test_space_freed_before_the_retry_task_runs_still_wakes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race of a loaded machine, made certain: the space comes back between the
+    failure and the first free-space poll. The disk was seen full at the failure, so
+    the retry runs at once (it used to wait out its hour-long back-off)."""
+    appdir = tmp_path / "opt"
+    appdir.mkdir()
+    target_path = appdir / "app.conf"
+    target_path.write_bytes(b"config 1\n")
+    spec = TargetSpec(CHANNEL, target_path, version="1.0.0", health_timeout=5.0)
+    data, info, ann = package(3 * 65536 + 1, seed=9)
+    full = [True]
+    events = FreesSpace(full)
+    real_check = targets.check_free_space
+
+    def check_free_space(directory: Path, needed: int, margin: int = 0) -> None:
+        if full[0]:
+            raise DiskFullError(f"not enough free space in {directory}")
+        real_check(directory, needed, margin)
+
+    monkeypatch.setattr(targets, "check_free_space", check_free_space)
+    async with trio.open_nursery() as nursery:
+        seed = await start_peer(nursery, 0, [])
+        await seed_with(seed, ann, info, data)
+        peer = await start_peer(nursery, 1, [seed.node.listen_addr])
+        agent = make_agent(
+            peer,
+            tmp_path,
+            events,
+            targets_=(spec,),
+            retry_min=3600,
+            retry_max=3600,
+            free_space_poll=0.05,
+        )
+        await nursery.start(agent.run)
+        await events.wait_for(lambda: bool(events.named("update_complete")))
+        assert [f["reason"] for f in events.named("update_failed")] == ["disk_full"]
+        assert target_path.read_bytes() == data
+        nursery.cancel_scope.cancel()
 
 
 async def test_disk_full_while_staging_does_not_quarantine_and_is_retried(
@@ -451,7 +508,7 @@ async def test_small_filesystem_fills_mid_download_and_completes_once_grown(
         await trio.to_thread.run_sync(fill, small_fs)
         await events.wait_for(lambda: bool(events.named("download_retry")))
         failed = events.named("download_failed")[0]
-        assert failed["reason"].startswith("disk_full: ")
+        assert failed["reason"] == "disk_full" and failed["detail"]
         retry = events.named("download_retry")[0]
         assert (retry["reason"], retry["attempt"], retry["wake_on"]) == (
             "disk_full",

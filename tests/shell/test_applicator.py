@@ -8,10 +8,12 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 import trio
 
 from p2pupdate.core import apply as core
+from p2pupdate.core.policy import install_decision
 from p2pupdate.errors import DiskFullError
 from p2pupdate.shell.install import targets
 from p2pupdate.shell.install.applicator import Applicator, TargetSpec
@@ -59,6 +61,21 @@ class Env:
         return sorted(p.name for p in self.appdir.iterdir() if p.name != "app")
 
 
+def refusal(
+    app: Applicator, spec: TargetSpec, version: str, size: int, min_version: str | None = None
+) -> str | None:
+    """The act gate as the agent asks it for ``spec``, with the applicator's state."""
+    d = install_decision(
+        version,
+        size=size,
+        installed_version=app.installed_version(spec),
+        quarantined=app.quarantined(spec.channel),
+        max_size=app.max_size,
+        min_version=min_version,
+    )
+    return None if d.ok else d.reason
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
     return Env(tmp_path)
@@ -67,6 +84,32 @@ def env(tmp_path: Path) -> Env:
 # ---------------------------------------------------------------------------
 # Installing
 # ---------------------------------------------------------------------------
+
+
+async def test_an_install_hashes_the_package_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The package is hashed as it is staged, not also before: every BLAKE3 byte the
+    install feeds is the package once plus the old target once (its backup copy)."""
+    v1 = env.install_v1()
+    pkg, pid = env.package("2.0.0")
+    hashed = [0]
+    real = blake3.blake3
+
+    class Counting:
+        def __init__(self) -> None:
+            self._h = real()
+
+        def update(self, data: bytes | memoryview) -> None:
+            hashed[0] += len(data)
+            self._h.update(data)
+
+        def digest(self) -> bytes:
+            return bytes(self._h.digest())
+
+    monkeypatch.setattr(blake3, "blake3", Counting)
+    assert await env.app.apply(env.spec(), "2.0.0", pkg, pid)
+    assert hashed[0] == pkg.stat().st_size + len(v1)
 
 
 async def test_good_update_is_installed_with_backup_and_events(env: Env) -> None:
@@ -158,8 +201,15 @@ async def test_refusals_leave_the_target_alone(
     refused = env.events.one("update_refused")
     assert refused["reason"] == reason
     assert refused["channel"] == CHANNEL and refused["package_id"] == pid.hex()
-    assert "applying" not in env.events.names()
-    assert not env.backups.exists()
+    if tamper:
+        # Hashed once, as it is staged: the backup made before it is dropped again.
+        assert env.events.names() == ["verifying", "applying", "update_refused"]
+        assert refused["detail"] == "package changed while it was copied"
+        assert not list(env.backups.rglob("*.bak"))
+        assert env.app.status()["channels"][CHANNEL].get("attempts", {}) == {}
+    else:
+        assert "applying" not in env.events.names()
+        assert not env.backups.exists()
     last = env.app.status()["channels"][CHANNEL]["last"]
     assert (last["result"], last["reason"]) == ("refused", reason)
 
@@ -182,10 +232,10 @@ async def test_explicit_rollback_may_install_an_older_version(env: Env) -> None:
 
 async def test_check_gives_the_reason_before_download(env: Env) -> None:
     spec = env.spec()
-    assert env.app.check(spec, "2.0.0", 10) is None
-    assert env.app.check(spec, "1.0.0", 10) == core.NOT_NEWER
-    assert env.app.check(spec, "2.0.0", 1 << 31) == core.TOO_LARGE
-    assert env.app.check(spec, "2.0.0", 10, min_version="1.5.0") == core.BELOW_MIN_VERSION
+    assert refusal(env.app, spec, "2.0.0", 10) is None
+    assert refusal(env.app, spec, "1.0.0", 10) == core.NOT_NEWER
+    assert refusal(env.app, spec, "2.0.0", 1 << 31) == core.TOO_LARGE
+    assert refusal(env.app, spec, "2.0.0", 10, min_version="1.5.0") == core.BELOW_MIN_VERSION
 
 
 # ---------------------------------------------------------------------------
@@ -217,7 +267,7 @@ async def test_failing_health_check_rolls_back_and_quarantines(env: Env) -> None
     assert env.app.installed_version(spec) == "1.0.0"
     assert env.app.quarantined(CHANNEL) == ["2.0.0"]
     assert env.app.is_quarantined(CHANNEL, "2.0.0+rebuilt")
-    assert env.app.check(spec, "2.0.0", 10) == core.QUARANTINED
+    assert refusal(env.app, spec, "2.0.0", 10) == core.QUARANTINED
     # Quarantine persists across restarts, and a quarantined version is never applied.
     app2 = env.new_applicator()
     assert app2.quarantined(CHANNEL) == ["2.0.0"]
@@ -228,7 +278,7 @@ async def test_failing_health_check_rolls_back_and_quarantines(env: Env) -> None
     # Until an operator clears it.
     assert app2.quarantine_clear(CHANNEL, "2.0.0")
     assert not app2.quarantine_clear(CHANNEL, "2.0.0")
-    assert app2.check(spec, "2.0.0", 10) is None
+    assert refusal(app2, spec, "2.0.0", 10) is None
     assert env.new_applicator().quarantined(CHANNEL) == []
 
 

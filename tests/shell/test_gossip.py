@@ -10,11 +10,17 @@ from pathlib import Path
 import nacl.signing
 import pytest
 import trio
+import trio.testing
 
 from p2pupdate.core.policy import TrustConfig
 from p2pupdate.shell.net.node import Node, NodeOptions
 from p2pupdate.shell.net.peer import Timeouts
-from p2pupdate.shell.net.transport import MemoryNetwork, TcpTransport, Transport
+from p2pupdate.shell.net.transport import (
+    MemoryNetwork,
+    MemoryTransport,
+    TcpTransport,
+    Transport,
+)
 from tests.helpers import make_announcement
 
 AUTHORITY = nacl.signing.SigningKey(b"\x01" * 32)
@@ -81,7 +87,7 @@ async def test_line_of_ten_reaches_all_and_pex_makes_a_mesh(transport: str) -> N
     )
     async with running_nodes(10, line, factory) as nodes:
         ann = make_announcement([AUTHORITY], version="1.0.0")
-        await trio.sleep(0.3)
+        await wait_until(lambda: all(nd.peers for nd in nodes))
         decision = await nodes[-1].inject(ann)
         assert decision is not None and decision.ok
         await wait_all(nodes, "app/stable", "1.0.0")
@@ -129,56 +135,88 @@ async def test_late_node_gets_it_by_anti_entropy(transport: str) -> None:
 async def test_restarted_node_keeps_its_announcements(tmp_path: Path) -> None:
     async with running_nodes(1, line, tcp_factory, tmp_path) as nodes:
         await nodes[0].inject(make_announcement([AUTHORITY], version="3.1.0"))
-        with trio.fail_after(5):
-            while not (tmp_path / "n0" / "announcements").exists():
-                await trio.sleep(0.02)
-        await trio.sleep(0.2)
+        stored = tmp_path / "n0" / "announcements"
+        # Written atomically (temp file, rename): a file without a leading dot is whole.
+        await wait_until(
+            lambda: stored.is_dir() and any(not f.name.startswith(".") for f in stored.iterdir())
+        )
     async with running_nodes(1, line, tcp_factory, tmp_path) as nodes:
         ann = nodes[0].book.newest("app/stable")
         assert ann is not None and ann.body.version == "3.1.0"
 
 
-async def test_simultaneous_dials_leave_exactly_one_connection_per_pair() -> None:
-    # Both nodes know each other from the start, so both dial at once.
-    import socket
+async def wait_until(cond: Callable[[], bool], timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while not cond():
+            await trio.sleep(0.02)
 
-    ports = []
-    for _ in range(2):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    async with trio.open_nursery() as nursery:
-        nodes = []
-        for i in range(2):
-            options = NodeOptions(
-                listen=("127.0.0.1", ports[i]),
+
+async def test_simultaneous_dials_leave_exactly_one_connection_per_pair(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Both nodes know each other from the start and start together, so both dial at once.
+    net = MemoryNetwork()
+    addrs = [("10.0.0.1", 4000), ("10.0.0.2", 4000)]
+    nodes = [
+        Node(
+            NodeOptions(
+                listen=addrs[i],
                 trust=TRUST,
-                peers=(("127.0.0.1", ports[1 - i]),),
+                peers=(addrs[1 - i],),
                 timeouts=FAST,
                 check_interval=0.2,
-            )
-            nd = Node(options, TcpTransport(), nacl.signing.SigningKey(bytes([50 + i]) * 32))
-            await nursery.start(nd.run)
-            nodes.append(nd)
-        await trio.sleep(1.5)
+            ),
+            net.transport(addrs[i][0]),
+            nacl.signing.SigningKey(bytes([50 + i]) * 32),
+        )
+        for i in range(2)
+    ]
+    async with trio.open_nursery() as nursery:
+        for nd in nodes:
+            nursery.start_soon(nd.run)
+        await wait_until(lambda: all(len(nd.peers) == 1 for nd in nodes))
+        # Virtual time: every dial round, keepalive and duplicate check of 10 s has run.
+        await trio.sleep(10)
         assert [len(nd.peers) for nd in nodes] == [1, 1]
         a, b = nodes
-        # Both kept the same TCP connection: one side outbound, the other inbound.
+        # Both kept the same connection: one side outbound, the other inbound.
         assert a.peers[b.node_id].conn.outbound != b.peers[a.node_id].conn.outbound
         nursery.cancel_scope.cancel()
 
 
-async def test_connection_to_self_is_closed_and_not_redialed() -> None:
+class CountingTransport(MemoryTransport):
+    """The in-memory transport, remembering every address it dialled."""
+
+    def __init__(self, network: MemoryNetwork, host: str) -> None:
+        super().__init__(network, host)
+        self.dialled: list[tuple[str, int]] = []
+
+    async def connect(self, host: str, port: int) -> trio.abc.Stream:
+        self.dialled.append((host, port))
+        return await super().connect(host, port)
+
+
+async def test_connection_to_self_is_closed_and_not_redialed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork()
+    transport = CountingTransport(net, "10.0.0.1")
+    alias = ("self.example", 4000)
     async with trio.open_nursery() as nursery:
         probe = Node(
-            NodeOptions(listen=("127.0.0.1", 0), trust=TRUST, timeouts=FAST),
-            TcpTransport(),
+            NodeOptions(listen=("10.0.0.1", 4000), trust=TRUST, timeouts=FAST, check_interval=0.2),
+            transport,
             nacl.signing.SigningKey(b"\x33" * 32),
         )
         await nursery.start(probe.run)
-        probe.peerbook.add(("localhost", probe.listen_port))  # ourselves, by another name
+        # Another name for ourselves: the network routes it to our own listener.
+        net._listeners[alias] = net._listeners[("10.0.0.1", 4000)]
+        probe.peerbook.add(alias)
         probe._wake_dialer.set()
-        await trio.sleep(1.0)
+        await wait_until(lambda: alias in transport.dialled and alias not in probe.peerbook.known())
+        # Virtual time: many dial rounds later it still has not dialled itself again.
+        await trio.sleep(60)
+        assert transport.dialled.count(alias) == 1
         assert probe.peers == {}
-        assert ("localhost", probe.listen_port) not in probe.peerbook.known()
+        assert alias not in probe.peerbook.known()
         nursery.cancel_scope.cancel()

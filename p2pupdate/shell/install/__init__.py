@@ -1,1 +1,1 @@
-"""Installing: the applicator, its state, target file operations, health checks, boot sentinel."""
+"""Installing: the applicator, its state, target file operations, health checks."""

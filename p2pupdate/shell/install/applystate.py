@@ -27,6 +27,7 @@ from urllib.parse import quote, unquote
 
 import blake3
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import validate_channel as check_channel
 from p2pupdate.errors import StateFileError
 from p2pupdate.shell.fsutil import atomic_write_bytes, fsync_dir, read_bytes_limited
@@ -45,9 +46,7 @@ __all__ = [
 ]
 
 FORMAT = 1
-# A channel's state is a few hundred bytes; 1 MiB leaves room for a long
-# quarantine list while bounding what a corrupt file can make us read.
-MAX_STATE_FILE = 1024 * 1024
+MAX_STATE_FILE = DEFAULT_LIMITS.max_apply_state_file  # Limits says why
 # A quoted channel name longer than this is hashed instead, so a file name fits NAME_MAX.
 _MAX_QUOTED = 200
 

@@ -29,6 +29,7 @@ from typing import IO
 
 import trio
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.apply import HEALTH_CHECK_FAILED, HEALTH_TIMEOUT
 
 __all__ = [
@@ -41,8 +42,7 @@ __all__ = [
     "run_target_command",
 ]
 
-# Health-check output goes into one JSON event line: keep it short.
-OUTPUT_LIMIT = 4096
+OUTPUT_LIMIT = DEFAULT_LIMITS.health_output_limit  # Limits says why
 
 
 @dataclass(frozen=True)

@@ -36,17 +36,17 @@ from typing import BinaryIO
 
 import blake3
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.apply import (
     BAD_ARCHIVE,
     HASH_MISMATCH,
     INSTALL_FAILED,
     ROLLBACK_FAILED,
-    ArchiveMember,
-    Refuse,
-    check_archive,
 )
+from p2pupdate.core.archive import ArchiveMember, Refuse, check_archive
 from p2pupdate.errors import ApplyError
 from p2pupdate.shell.faults import fault
+from p2pupdate.shell.filehash import BLOCK, hash_file, no_check
 from p2pupdate.shell.fsutil import check_free_space, fsync_dir
 from p2pupdate.shell.install.applystate import Pending, validate_channel
 
@@ -82,11 +82,7 @@ __all__ = [
     "version_label",
 ]
 
-# Copy and hash in blocks of 1 MiB: big enough to be fast, small enough that a
-# cancelled install notices within milliseconds.
-BLOCK = 1024 * 1024
-# A release archive with more members than this is refused (inode exhaustion).
-MAX_ARCHIVE_MEMBERS = 200_000
+MAX_ARCHIVE_MEMBERS = DEFAULT_LIMITS.max_archive_members  # Limits says why
 
 
 @dataclass(frozen=True)
@@ -130,10 +126,6 @@ def resolved_target(target: TargetSpec) -> TargetSpec:
         return target
     path = resolve_file_target(target.path)
     return target if path == target.path else dataclasses.replace(target, path=path)
-
-
-def no_check() -> None:
-    """A ``check`` for callers outside trio: never cancelled."""
 
 
 def staging_path(target: Path, kind: str = "staging") -> Path:
@@ -184,24 +176,6 @@ def cleanup_backup_leftovers(backup_dir: Path) -> list[Path]:
     return removed
 
 
-def hash_file(path: Path, check: Callable[[], None] = no_check) -> tuple[bytes, int]:
-    """BLAKE3 of the whole file and its size, read in blocks."""
-    hasher = blake3.blake3()
-    size = 0
-    buf = bytearray(BLOCK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            check()
-            n = f.readinto(buf)
-            if not n:
-                break
-            hasher.update(view[:n])
-            size += n
-    digest: bytes = hasher.digest()
-    return digest, size
-
-
 def copy_to_staging(
     source: Path,
     dest: Path,
@@ -217,28 +191,20 @@ def copy_to_staging(
     cancellation the staging file is removed.
     """
     tmp = staging_path(dest)
-    hasher = blake3.blake3()
-    buf = bytearray(BLOCK)
-    view = memoryview(buf)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def write(block: memoryview, offset: int) -> None:
+        out = block
+        while out:
+            written = os.write(fd, out)
+            out = out[written:]
+        if offset == 0 and fault_mid is not None:
+            os.fsync(fd)
+            fault(fault_mid)
+
     try:
         try:
-            with open(source, "rb", buffering=0) as f:
-                first = True
-                while True:
-                    check()
-                    n = f.readinto(buf)
-                    if not n:
-                        break
-                    hasher.update(view[:n])
-                    out = view[:n]
-                    while out:
-                        written = os.write(fd, out)
-                        out = out[written:]
-                    if first and fault_mid is not None:
-                        os.fsync(fd)
-                        fault(fault_mid)
-                    first = False
+            digest, _ = hash_file(source, check, write)
             if owner is not None:
                 os.fchown(fd, owner[0], owner[1])
             os.fchmod(fd, mode)
@@ -248,7 +214,6 @@ def copy_to_staging(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    digest: bytes = hasher.digest()
     return tmp, digest
 
 
@@ -513,7 +478,7 @@ def extract_release(
 
     Raises ApplyError(``bad_archive``) for a hostile or unreadable archive,
     before anything is written when the member list shows it (see
-    :func:`p2pupdate.core.apply.check_archive`); tarfile's ``data`` filter and a
+    :func:`p2pupdate.core.archive.check_archive`); tarfile's ``data`` filter and a
     final look at every link guard the extraction itself. The release is
     built in its final directory (venvs cannot move) and marked complete by a
     ``<release>.complete`` file written last.

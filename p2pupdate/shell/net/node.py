@@ -68,9 +68,8 @@ log = logging.getLogger("p2pupdate.node")
 
 EmitFn = Callable[..., object]
 
-# Outbox depth per connection: small control messages; a peer that lets this many
-# pile up is too slow to keep and is dropped.
-OUTBOX_SIZE = 2048
+# Outbox depth per connection (Limits.outbox_size says why).
+OUTBOX_SIZE = DEFAULT_LIMITS.outbox_size
 # Queued frames are coalesced into writes of up to this many bytes.
 WRITE_BATCH = 64 * 1024
 

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import blake3
 import trio
 from bitarray import bitarray
 
@@ -43,6 +42,7 @@ from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.bitmapfile import decode_bitmap, encode_bitmap
 from p2pupdate.core.chunks import HASH_LEN, chunk_count, chunk_length, hash_chunk
 from p2pupdate.errors import DiskFullError, StateFileError
+from p2pupdate.shell.filehash import hash_file
 from p2pupdate.shell.fsutil import atomic_write_bytes, fsync_dir, read_bytes_limited
 
 __all__ = [
@@ -64,14 +64,11 @@ CHUNK_SIZE = DEFAULT_LIMITS.chunk_size
 # Room left free beyond the package itself, so a download never fills the disk
 # to the last block (logs, state files and other programs need some too).
 DEFAULT_FREE_MARGIN = 64 * 1024 * 1024
-# Whole-file hashing and copying read this much at a time into one reused buffer.
-_IO_BLOCK = 1024 * 1024
 # scan_unclaimed hashes this many chunks per worker-thread call (16 MiB), so a
 # long scan stays cancellable between batches.
 _SCAN_BATCH = 256
 MAX_TABLE_BYTES = chunk_count(DEFAULT_LIMITS.max_package_size) * HASH_LEN
-# A bitmap file: one bit per chunk plus a small header; 64 KiB is far above that.
-_MAX_BITMAP = 64 * 1024
+_MAX_BITMAP = DEFAULT_LIMITS.max_bitmap_file  # Limits says why
 _ZERO_CHUNK = memoryview(bytes(CHUNK_SIZE))
 
 
@@ -201,19 +198,6 @@ def _pread_exact(fd: int, length: int, off: int) -> bytes:
         parts.append(more)
         got += len(more)
     return b"".join(parts)
-
-
-def _hash_file(path: Path) -> tuple[bytes, int]:
-    """BLAKE3 of a whole file and its length, in bounded memory (run in a thread)."""
-    h = blake3.blake3()
-    buf = bytearray(_IO_BLOCK)
-    view = memoryview(buf)
-    total = 0
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-            total += n
-    return h.digest(), total
 
 
 @dataclass(frozen=True)
@@ -505,7 +489,7 @@ class DiskStore:
             fd, part_size = self._partial_fd(package_id)
             await trio.to_thread.run_sync(self._fsync, fd, package_id.hex())
             part = self._part_path(package_id)
-            digest, length = await trio.to_thread.run_sync(_hash_file, part)
+            digest, length = await trio.to_thread.run_sync(hash_file, part)
             if length != size or part_size != size or digest != package_id:
                 log.warning("partial %s does not hash to its package id", part)
                 return False
@@ -537,7 +521,7 @@ class DiskStore:
         path = self._cache_path(package_id)
         async with self._lock(package_id):
             try:
-                digest, _ = await trio.to_thread.run_sync(_hash_file, path)
+                digest, _ = await trio.to_thread.run_sync(hash_file, path)
             except FileNotFoundError:
                 return False
             except IsADirectoryError:
@@ -575,22 +559,18 @@ class DiskStore:
         """Copy ``src`` to ``dest`` durably if it hashes to ``package_id`` (in a thread)."""
         self._check_free(src.stat().st_size)
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-        h = blake3.blake3()
-        buf = bytearray(_IO_BLOCK)
-        view = memoryview(buf)
         try:
-            with open(src, "rb", buffering=0) as f_in:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                try:
-                    off = 0
-                    while n := f_in.readinto(buf):
-                        h.update(view[:n])
-                        _pwrite_all(self._ops.pwrite, fd, view[:n], off)
-                        off += n
-                    self._ops.fsync(fd)
-                finally:
-                    os.close(fd)
-            if h.digest() != package_id:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+
+                def write(block: memoryview, offset: int) -> None:
+                    _pwrite_all(self._ops.pwrite, fd, block, offset)
+
+                digest, _ = hash_file(src, sink=write)
+                self._ops.fsync(fd)
+            finally:
+                os.close(fd)
+            if digest != package_id:
                 raise ValueError(f"{src} does not hash to package id {package_id.hex()}")
             os.replace(tmp, dest)
         except BaseException:
