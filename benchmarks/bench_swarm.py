@@ -14,6 +14,8 @@ Prints one table, every figure measured in this run:
 - libtorrent 2.x (the PyPI wheel, benchmark-only) on the same package, node count and
   limits, 64 KiB pieces, 127.0.0.0/8 in the global peer class (see ``_lt_peer.py``); the
   column is skipped with a note when ``import libtorrent`` fails;
+- TLS: the p2pupdate runs again with ``--encrypt`` on every node and on publish (TLS 1.3
+  on every connection), for the ratio encrypted / plain;
 - kill -9 restart: the upload-limited swarm again, one node is killed with SIGKILL when its
   progress passes 50% and restarted from its data dir at once; refetched chunks = chunks
   it fetched after the restart (its ``download_complete`` sources) minus chunks its partial
@@ -150,6 +152,15 @@ def vm_hwm(pid: int) -> int:
     return int(m.group(1)) * 1024 if m else 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process so far (0 if unknown)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read_events(path: Path) -> list[dict[str, object]]:
     out = []
     try:
@@ -197,7 +208,13 @@ def kumar_ross(size: int, nodes: int, rate: int) -> float | None:
 
 
 def run_p2pupdate(
-    st: Setup, name: str, limit: int, *, central: bool = False, kill_at: float | None = None
+    st: Setup,
+    name: str,
+    limit: int,
+    *,
+    central: bool = False,
+    kill_at: float | None = None,
+    encrypt: bool = False,
 ) -> Result:
     run = st.work / name.replace(" ", "-")
     run.mkdir()
@@ -230,6 +247,8 @@ def run_p2pupdate(
                     argv += ["--peer", other]
         if limit:
             argv += ["--upload-limit", str(limit)]
+        if encrypt:
+            argv += ["--encrypt"]
         if i == 0 and os.environ.get("BENCH_PROFILE"):  # developer aid: cProfile node 0
             prof = str(d / "node.prof")
             argv[:1] = [sys.executable, "-m", "cProfile", "-o", prof, "-m", "p2pupdate"]
@@ -257,6 +276,8 @@ def run_p2pupdate(
             pub_argv += ["--peer", addr]
         if limit:
             pub_argv += ["--upload-limit", str(limit)]
+        if encrypt:
+            pub_argv += ["--encrypt"]
         pub_out = run / "publish.out"
         pub = spawn(pub_argv, stdout=pub_out)
         deadline = time.monotonic() + st.timeout + 30
@@ -288,6 +309,8 @@ def run_p2pupdate(
             time.sleep(0.02 if kill_at is not None else 0.1)
         # Peak RSS before anything is stopped.
         res.rss = max(vm_hwm(p.pid) for p in procs)
+        # CPU the nodes spent (start-up included): what encryption costs, whatever the load.
+        res.extra["cpu"] = sum(cpu_seconds(p.pid) for p in procs)
         stop(pub)
         out = pub_out.read_text()
         m = re.search(r"uploaded (\d+) bytes", out)
@@ -454,8 +477,8 @@ def main() -> int:
     ap.add_argument("--limit", default="10MiB/s", help="upload limit of every peer")
     ap.add_argument(
         "--only",
-        default="swarm,central,libtorrent,kill",
-        help="comma list of: swarm, central, libtorrent, kill (default all)",
+        default="swarm,central,libtorrent,kill,tls",
+        help="comma list of: swarm, central, libtorrent, kill, tls (default all)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, events)")
     a = ap.parse_args()
@@ -492,6 +515,13 @@ def main() -> int:
                 )
             if "libtorrent" in only:
                 plan.append(("libtorrent unlimited", lambda: run_libtorrent(st, "lt-unl", 0)))
+            if "tls" in only:
+                plan.append(
+                    (
+                        "p2pupdate unlimited, TLS",
+                        lambda: run_p2pupdate(st, "tls-unl", 0, encrypt=True),
+                    )
+                )
             if "swarm" in only:
                 plan.append((f"p2pupdate {lim}", lambda: run_p2pupdate(st, "p2p-lim", limit)))
             if "central" in only:
@@ -503,6 +533,13 @@ def main() -> int:
                 )
             if "libtorrent" in only:
                 plan.append((f"libtorrent {lim}", lambda: run_libtorrent(st, "lt-lim", limit)))
+            if "tls" in only:
+                plan.append(
+                    (
+                        f"p2pupdate {lim}, TLS",
+                        lambda: run_p2pupdate(st, "tls-lim", limit, encrypt=True),
+                    )
+                )
             if "kill" in only:
                 plan.append(
                     (
@@ -532,14 +569,15 @@ def print_table(results: list[Result], size: int, nodes: int, suffixes: list[str
     print()
     print(
         f"{'run':<34} {'time s':>8} {'x bound':>8} {'goodput MiB/s':>14} "
-        f"{'seed up x':>10} {'peak RSS MiB':>13}  note"
+        f"{'seed up x':>10} {'peak RSS MiB':>13} {'nodes CPU s':>12}  note"
     )
     for r in results:
         xb = r.seconds / r.bound if r.seconds and r.bound else None
         gp = nodes * size / r.seconds / 2**20 if r.seconds else None
         print(
             f"{r.name:<34} {fmt(r.seconds, '8.2f')} {fmt(xb, '8.2f')} {fmt(gp, '14.1f')} "
-            f"{fmt(r.seed_ratio, '10.2f')} {r.rss / 2**20:13.1f}  {r.note}"
+            f"{fmt(r.seed_ratio, '10.2f')} {r.rss / 2**20:13.1f} "
+            f"{fmt(r.extra.get('cpu'), '12.2f')}  {r.note}"
         )
     print()
 
@@ -551,6 +589,10 @@ def print_table(results: list[Result], size: int, nodes: int, suffixes: list[str
     for suffix in suffixes:
         ratio(f"centralized {suffix}", f"p2pupdate {suffix}", f"centralized / p2pupdate, {suffix}")
         ratio(f"p2pupdate {suffix}", f"libtorrent {suffix}", f"p2pupdate / libtorrent, {suffix}")
+        ratio(f"p2pupdate {suffix}, TLS", f"p2pupdate {suffix}", f"TLS / plain, {suffix}")
+        ta, tb = by.get(f"p2pupdate {suffix}, TLS"), by.get(f"p2pupdate {suffix}")
+        if ta and tb and ta.extra.get("cpu") and tb.extra.get("cpu"):
+            print(f"TLS / plain nodes CPU, {suffix}: {ta.extra['cpu'] / tb.extra['cpu']:.2f}")
     for r in results:
         if "refetched" in r.extra:
             n = -(-size // CHUNK)

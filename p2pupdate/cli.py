@@ -106,6 +106,55 @@ def build_parser() -> argparse.ArgumentParser:
     pk = _sub(sub, "pubkey", "print the public key of a key file")
     pk.add_argument("keyfile", type=Path, metavar="KEYFILE", help="a secret key file")
 
+    adm = _sub(
+        sub,
+        "admit",
+        "sign a fleet admission certificate for a node",
+        "example:\n  p2pupdate admit --fleet-key fleet.key --node ed25519:... --out node1.cert\n",
+    )
+    adm.add_argument(
+        "--fleet-key", required=True, type=Path, metavar="KEYFILE",
+        help="the fleet's secret key (made with keygen); required",
+    )  # fmt: skip
+    adm.add_argument(
+        "--node", action="append", default=[], metavar="NODE_ID",
+        help="the node's id, as its status or `p2pupdate pubkey DATA_DIR/node.key` shows "
+        "(repeatable)",
+    )  # fmt: skip
+    adm.add_argument(
+        "--nodes-file", type=Path, metavar="FILE",
+        help="node ids, one a line; --out is then a directory (NODE_ID.cert each)",
+    )  # fmt: skip
+    adm.add_argument(
+        "--expires", default="365d", metavar="DURATION",
+        help="how long the admission is valid (default: 365d; at most 3650d)",
+    )  # fmt: skip
+    adm.add_argument(
+        "--out", required=True, type=Path, metavar="FILE",
+        help="where to write the certificate; required",
+    )  # fmt: skip
+    adm.add_argument("--force", action="store_true", help="overwrite existing files")
+
+    rv = _sub(
+        sub,
+        "revoke",
+        "sign the fleet's revocation list (it replaces earlier lists)",
+        "example:\n  p2pupdate revoke --fleet-key fleet.key --node ed25519:... --out revoked\n",
+    )
+    rv.add_argument(
+        "--fleet-key", required=True, type=Path, metavar="KEYFILE",
+        help="the fleet's secret key; required",
+    )  # fmt: skip
+    rv.add_argument(
+        "--node", action="append", default=[], metavar="NODE_ID",
+        help="a revoked node id (repeatable; list every node still revoked)",
+    )  # fmt: skip
+    rv.add_argument("--nodes-file", type=Path, metavar="FILE", help="revoked node ids, one a line")
+    rv.add_argument(
+        "--out", required=True, type=Path, metavar="FILE", help="where to write the list; required"
+    )
+    rv.add_argument("--force", action="store_true", help="overwrite an existing file")
+
     n = _sub(sub, "node", "run a node", _NODE_EPILOG)
     n.add_argument("--data-dir", type=Path, metavar="DIR", help=_DATA_DIR_HELP)
     n.add_argument(
@@ -170,6 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     n.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     n.add_argument(
+        "--fleet", action="append", default=[], metavar="PUBKEY",
+        help="accept only members of this fleet (repeatable, for a key rotation); "
+        "turns on encryption; needs --admission",
+    )  # fmt: skip
+    n.add_argument(
+        "--admission", type=Path, metavar="FILE",
+        help="this node's admission certificate (p2pupdate admit)",
+    )  # fmt: skip
+    n.add_argument(
+        "--revocations", type=Path, metavar="FILE",
+        help="a fleet revocation list to start with (p2pupdate revoke); gossiped to members",
+    )  # fmt: skip
+    n.add_argument(
+        "--encrypt", action=argparse.BooleanOptionalAction, default=None,
+        help="TLS 1.3 on every connection (default: on with --fleet, off without)",
+    )  # fmt: skip
+    n.add_argument(
         "--check-config", action="store_true",
         help="validate the config file and flags, print the result and exit (0 valid, 2 not)",
     )  # fmt: skip
@@ -214,6 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the announcement is valid (default: 30d)",
     )  # fmt: skip
     pub.add_argument("--upload-limit", metavar="RATE", help="max upload speed (default: unlimited)")
+    pub.add_argument(
+        "--fleet-key", type=Path, metavar="KEYFILE",
+        help="publish into a fleet: this run admits itself with the fleet's secret key "
+        "(for one day) and talks only to members; turns on encryption",
+    )  # fmt: skip
+    pub.add_argument(
+        "--encrypt", action=argparse.BooleanOptionalAction, default=None,
+        help="TLS 1.3 to the peers (default: on with --fleet-key); must match the nodes",
+    )  # fmt: skip
     pub.add_argument(
         "--timeout", type=float, default=600.0, metavar="SECONDS",
         help="give up (exit 1) after this long (default: 600)",
@@ -378,6 +453,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_keygen(args)
     if cmd == "pubkey":
         return _cmd_pubkey(args)
+    if cmd == "admit":
+        from p2pupdate.commands.admitcmd import run_admit_command
+
+        return run_admit_command(args)
+    if cmd == "revoke":
+        from p2pupdate.commands.admitcmd import run_revoke_command
+
+        return run_revoke_command(args)
     if cmd == "node":
         from p2pupdate.commands.nodecmd import run_node_command
 

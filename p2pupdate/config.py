@@ -132,6 +132,18 @@ class Limits:
     max_known_addrs: int = 1024
     max_addrs_per_source: int = 64
 
+    # -- fleet membership (docs/security.md "Fleet membership") ---------------------
+    # An admission certificate is two keys, two times and a signature (~150 bytes);
+    # 512 bytes bounds the signature-checking work a handshake can cause.
+    max_admission: int = 512
+    # Node ids in one revocation list: 1024 x 32 bytes fits one frame with room to
+    # spare; a fleet that must revoke more than that rotates its fleet key instead.
+    max_revoked: int = 1024
+    # Members remembered (node id -> admission expiry) to judge relayed reports.
+    max_fleet_members_seen: int = 4096
+    # ``status`` warns this many days before the node's admission expires.
+    admission_warn_days: int = 7
+
     # -- logs ----------------------------------------------------------------------------
     # Repeated per-peer events and log lines: the first few per window pass, the rest
     # are counted and summarised once per window (a flood cannot fill the disk).

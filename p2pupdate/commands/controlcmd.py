@@ -237,6 +237,7 @@ def format_status(status: dict[str, Any], *, running: bool) -> str:
     add(f"  listen  {_get(status, 'listen', str, '?')}")
     peers = [p for p in _get(status, "peers", list, []) if isinstance(p, str)]
     add(f"  peers   {len(peers)}" + (": " + ", ".join(peers) if peers else ""))
+    _format_fleet(status, add)
     self_update = _get(status, "self_update", str)
     if self_update:
         add(f"  self-update  {self_update}")
@@ -265,6 +266,33 @@ def format_status(status: dict[str, Any], *, running: bool) -> str:
                 line += "  pinned: " + ", ".join(pinned)
             add(line)
     return "\n".join(out) + "\n"
+
+
+def _format_fleet(status: dict[str, Any], add: Callable[[str], None]) -> None:
+    """Membership: the fleet, our admission's expiry, the 7-day warning."""
+    fleet = _get(status, "fleet", dict)
+    if fleet is None:
+        wire = "encrypted" if status.get("encrypted") is True else "plain"
+        add(f"  fleet   none (open swarm; {wire} connections)")
+        return
+    keys = [k for k in _get(fleet, "fleet_keys", list, []) if isinstance(k, str)]
+    expires = _get(fleet, "admission_expires", int)
+    own = _get(fleet, "admission_fleet", str, "?")
+    when = "?"
+    if expires is not None:
+        try:
+            stamp = datetime.datetime.fromtimestamp(expires).astimezone()
+            when = stamp.strftime("%Y-%m-%d %H:%M %Z")
+        except (OverflowError, OSError, ValueError):
+            pass
+    add(f"  fleet   {', '.join('ed25519:' + k[:16] for k in keys)}")
+    add(f"  admission  by ed25519:{str(own)[:16]}, expires {when}")
+    revoked = _get(fleet, "revoked", int, 0)
+    if revoked:
+        add(f"  revoked nodes  {revoked}")
+    warning = _get(fleet, "warning", str)
+    if warning:
+        add(f"  WARNING: {warning}")
 
 
 def _format_channel(name: str, ch: Any, add: Callable[[str], None]) -> None:

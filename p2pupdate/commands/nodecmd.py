@@ -17,6 +17,7 @@ import os
 import random
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -42,6 +43,7 @@ from p2pupdate.shell import sdnotify
 from p2pupdate.shell.agent import Agent, AgentOptions
 from p2pupdate.shell.control import serve_control, write_status_snapshot
 from p2pupdate.shell.events import EventLog, setup_logging
+from p2pupdate.shell.fleetfiles import load_admission, load_revocations
 from p2pupdate.shell.install.applicator import Applicator
 from p2pupdate.shell.keyfile import load_or_create_node_key
 from p2pupdate.shell.net.node import Node, NodeOptions
@@ -74,10 +76,13 @@ def describe_settings(settings: NodeSettings) -> str:
 def run_node_command(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     if getattr(args, "check_config", False):
+        if (settings.data_dir / "node.key").exists():
+            _check_admission(settings, load_or_create_node_key(settings.data_dir))
         print(describe_settings(settings))
         return 0
     setup_logging(settings.log_level, settings.log_json)
     key = load_or_create_node_key(settings.data_dir)
+    _check_admission(settings, key)
     # Temporary dirs a previous run left (killed, crashed): nothing of this run exists yet.
     stale = clean_node_tmp(settings.data_dir)
     if stale:
@@ -101,6 +106,21 @@ def run_node_command(args: argparse.Namespace) -> int:
             print(f"p2pupdate: re-exec failed: {exc}; exiting 3", file=sys.stderr)
             return 3
     return rc
+
+
+def _check_admission(settings: NodeSettings, key: nacl.signing.SigningKey) -> None:
+    """The admission must be this node's (a certificate for another node is a mistake
+    to stop at, not to find out from every peer's refusal)."""
+    if settings.admission is None:
+        return
+    adm = load_admission(settings.admission)
+    if adm.node_id != bytes(key.verify_key):
+        raise UsageError(
+            f"admission certificate {settings.admission} is for node "
+            f"{format_pubkey(adm.node_id)}, not this node ({format_pubkey(bytes(key.verify_key))})"
+        )
+    if adm.expires <= time.time():
+        log.warning("admission %s has expired: peers will refuse this node", settings.admission)
 
 
 def _self_updater(settings: NodeSettings) -> SelfUpdater | None:
@@ -155,6 +175,10 @@ async def run_node(
         ban_period=settings.ban_period,
         report_interval=settings.report_interval,
         limits=dataclasses.replace(DEFAULT_LIMITS, max_reports=settings.max_reports),
+        fleet=tuple(sorted(settings.fleet)),
+        admission=load_admission(settings.admission).raw if settings.admission else b"",
+        revocations=((load_revocations(settings.revocations).raw,) if settings.revocations else ()),
+        encrypt=settings.encrypt,
     )
     node = Node(options, transport, key, emit=events.emit, rng=random.Random())
     store = DiskStore(settings.data_dir / "store", free_margin=settings.min_free_space)

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import nacl.signing
 import trio
@@ -41,6 +42,7 @@ from p2pupdate.core.announcement import (
     validate_version,
 )
 from p2pupdate.core.chunks import chunk_count
+from p2pupdate.core.fleet import sign_admission
 from p2pupdate.core.messages import Announce, Chunk, Message, Reject
 from p2pupdate.core.messages import Request as RequestMsg
 from p2pupdate.core.policy import TrustConfig, in_rollout
@@ -116,11 +118,27 @@ def _check_args(args: argparse.Namespace) -> list[nacl.signing.SigningKey]:
     except OSError as exc:
         raise UsageError(f"cannot read package file {path}: {exc.strerror}") from None
     keys = [load_secret_key(k) for k in args.key]
+    if getattr(args, "fleet_key", None) is not None:
+        load_secret_key(args.fleet_key)  # a wrong key file is a usage error, now
     if len({bytes(k.verify_key) for k in keys}) != len(keys):
         raise UsageError("the same key was given twice")
     if len(keys) > 5:
         raise UsageError("at most 5 --key")
     return keys
+
+
+def _fleet_options(args: argparse.Namespace, key: nacl.signing.SigningKey) -> dict[str, Any]:
+    """Membership of this publish run: ``--fleet-key`` admits its one-off node key for a
+    day (docs/security.md); ``--encrypt`` as for a node."""
+    out: dict[str, Any] = {"encrypt": getattr(args, "encrypt", None)}
+    fleet_key_file = getattr(args, "fleet_key", None)
+    if fleet_key_file is not None:
+        fleet_key = load_secret_key(fleet_key_file)
+        now = int(time.time())
+        adm = sign_admission(fleet_key, bytes(key.verify_key), now - 60, now + 86400)
+        out["fleet"] = (bytes(fleet_key.verify_key),)
+        out["admission"] = adm.raw
+    return out
 
 
 def run_publish_command(args: argparse.Namespace) -> int:
@@ -312,6 +330,7 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
             check_interval=1.0,
             agent="p2pupdate-publish",
             report_self=False,  # it listens to the nodes' reports (--wait), says nothing
+            **_fleet_options(args, key),
         )
         node = Node(options, TcpTransport(), key, rng=random.Random())
         store = DiskStore(Path(tmp) / "store")

@@ -41,6 +41,7 @@ __all__ = [
     "Report",
     "ReportSummary",
     "Request",
+    "Revoke",
     "Table",
     "Yank",
 ]
@@ -311,9 +312,29 @@ class HelloProof(Message):
 
     TYPE: ClassVar[int] = 17
     signature: bytes
+    # The sender's fleet admission certificate (``core.fleet``), when it runs with one.
+    # Left out of the encoding when empty, so a node without membership sends exactly
+    # the protocol-2 HELLO_PROOF.
+    admission: bytes = b""
 
     def __post_init__(self) -> None:
         _bytes("signature", self.signature, exact=64)
+        _bytes("admission", self.admission, maximum=_L.max_admission)
+
+    def to_fields(self) -> list[object]:
+        return [self.signature, self.admission] if self.admission else [self.signature]
+
+
+@dataclass(frozen=True)
+class Revoke(Message):
+    """A fleet revocation list (``core.fleet``), gossiped between members like an
+    announcement: the latest list of each fleet key wins. Type 30 leaves room below."""
+
+    TYPE: ClassVar[int] = 30
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _bytes("revocation list", self.data, maximum=_L.max_revoked * 35 + 128)
 
 
 # Entries per REPORT_SUMMARY: (8-byte node id prefix, sequence) is at most 20 bytes
@@ -390,6 +411,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Pong,
         Complete,
         HelloProof,
+        Revoke,
         Report,
         ReportSummary,
         Yank,

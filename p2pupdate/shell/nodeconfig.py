@@ -93,6 +93,7 @@ from p2pupdate.shell.configvalues import (
     parse_hostport,
 )
 from p2pupdate.shell.datadir import resolve_data_dir
+from p2pupdate.shell.fleetfiles import load_admission, load_revocations
 from p2pupdate.shell.fsutil import read_bytes_limited
 from p2pupdate.shell.install.applicator import TargetSpec
 
@@ -157,6 +158,13 @@ class NodeSettings:
     min_free_space: int = 64 * MiB
     # Longest announcement validity (expires - created) accepted: Limits.max_validity.
     max_announcement_validity: float = float(DEFAULT_LIMITS.max_validity)
+    # Fleet membership (docs/security.md): fleet public keys (empty: an open swarm),
+    # this node's admission certificate, a revocation list to start with, and TLS
+    # (None: on exactly when fleet is set).
+    fleet: frozenset[bytes] = frozenset()
+    admission: Path | None = None
+    revocations: Path | None = None
+    encrypt: bool | None = None
     log_level: str = "info"
     log_json: bool = False
     control_socket: Path | None = None  # None: DATA_DIR/control.sock or a runtime dir
@@ -212,6 +220,9 @@ _SCALARS: dict[str, tuple[Callable[[object, _Src], Any], str | None]] = {
     "retry_max": (_duration, None),
     "min_free_space": (_size, None),
     "max_announcement_validity": (_duration, None),
+    "admission": (_path, "--admission"),
+    "revocations": (_path, "--revocations"),
+    "encrypt": (_bool, "--encrypt"),
     "log_level": (_log_level, "--log-level"),
     "log_json": (_bool, "--log-json"),
     "control_socket": (_path, None),
@@ -351,7 +362,9 @@ def load_settings(args: argparse.Namespace) -> NodeSettings:
             "no trusted key: give --trust PUBKEY (the publisher's `p2pupdate pubkey` line) "
             "or trust = [...] in the config file"
         )
+    fleet = ld.listed("fleet", "--fleet", _pubkey)
     values = {key: ld.scalar(key) for key in _SCALARS}
+    _check_fleet(fleet, values)
     if values["trust_threshold"] > len(trust):
         raise UsageError(
             f"trust_threshold {values['trust_threshold']} is more than the "
@@ -382,9 +395,32 @@ def load_settings(args: argparse.Namespace) -> NodeSettings:
         listen=listen,
         peers=tuple(peers),
         trust=frozenset(trust),
+        fleet=frozenset(fleet),
         targets=targets,
         **values,
     )
+
+
+def _check_fleet(fleet: list[bytes], values: dict[str, Any]) -> None:
+    """Membership needs an admission from one of the fleet keys; files are checked now
+    (form and signature) so a wrong file is a start-up error, not a silent refusal."""
+    admission, revocations = values["admission"], values["revocations"]
+    if not fleet:
+        if admission is not None or revocations is not None:
+            raise UsageError("admission and revocations need fleet keys (--fleet PUBKEY)")
+        return
+    if admission is None:
+        raise UsageError(
+            "--fleet needs this node's admission certificate: --admission FILE "
+            "(made with p2pupdate admit), or admission in the config file"
+        )
+    adm = load_admission(admission)
+    if adm.fleet_key not in fleet:
+        raise UsageError(
+            f"admission certificate {admission}: signed by a fleet key not given with --fleet"
+        )
+    if revocations is not None and load_revocations(revocations).fleet_key not in fleet:
+        raise UsageError(f"revocation list {revocations}: signed by a fleet key not in --fleet")
 
 
 # ---------------------------------------------------------------- targets

@@ -55,12 +55,14 @@ from p2pupdate.shell.fsutil import pid_alive
 from p2pupdate.shell.keyfile import write_secret_key
 from p2pupdate.sim.adversary import Adversary
 from p2pupdate.sim.app import APP_NAME, app_bytes
+from p2pupdate.sim.intruder import Intruder
 from p2pupdate.sim.netns import NetnsNetwork
 from p2pupdate.sim.procs import Child, Supervisor
 from p2pupdate.sim.report import FaultRecord, PublishRecord, RunRecord
 from p2pupdate.sim.scenario import (
     AdversaryFault,
     BadReleaseFault,
+    IntruderFault,
     Kill9Fault,
     LateJoinFault,
     PublisherKillFault,
@@ -179,6 +181,9 @@ class Harness:
         self.faults: list[tuple[Any, FaultRecord]] = []
         self.restart_due: dict[int, float] = {}
         self.adversary: Adversary | None = None
+        self.intruder: Intruder | None = None
+        self.fleet_key: Path | None = None  # the fleet's secret key (scenario fleet = true)
+        self.fleet_pub = ""
         self.su: SelfUpdateRun | None = None  # a [self_update] scenario
         self.rec = RunRecord(scenario, self.tracks, self.addresses, started=self.started)
         self._stop_signal: int | None = None
@@ -239,6 +244,9 @@ class Harness:
             adv = self.sc.faults_of(AdversaryFault)
             if adv:
                 await self._start_adversary(nursery, adv[0])
+            intruders = self.sc.faults_of(IntruderFault)
+            if intruders:
+                await self._start_intruder(nursery, intruders[0])
             await self._loop()
             nursery.cancel_scope.cancel()
 
@@ -350,6 +358,8 @@ class Harness:
             track = NodeTrack(spec.index, spec.name, spec.address, version=sc.initial_version)
             self.tracks.append(track)
             self.tails.append(EventTail(spec.events))
+        if sc.fleet:
+            self._prepare_fleet()
         for fault in sc.faults:
             node = getattr(fault, "node", None)
             self.faults.append((fault, FaultRecord(fault.kind, node=node)))
@@ -424,6 +434,41 @@ class Harness:
                 rec.detail = f"{fault.mode} at {self.adversary.address}"
         self.view.note(f"adversary ({fault.mode}) listening on {self.adversary.address}")
 
+    async def _start_intruder(self, nursery: trio.Nursery, fault: IntruderFault) -> None:
+        self.intruder = Intruder([(s.host, s.port) for s in self.nodes], foreign=fault.foreign)
+        await nursery.start(self.intruder.run)
+        for f, rec in self.faults:
+            if f is fault:
+                rec.fired, rec.fired_at = True, time.time()
+                rec.detail = "no admission" if not fault.foreign else "another fleet's admission"
+        self.view.note("intruder (a node key, no admission to this fleet) dials every node")
+
+    def _prepare_fleet(self) -> None:
+        """A fleet key and one admission per node, made through the CLI like a person
+        would: the node keys are made first (keygen into each data dir)."""
+        assert self.work is not None
+        self.fleet_key = self.work / "fleet.key"
+        self.fleet_pub = self._cli("keygen", "--out", str(self.fleet_key))
+        ids = [self._cli("keygen", "--out", str(s.data_dir / "node.key")) for s in self.nodes]
+        (self.work / "node-ids").write_text("\n".join(ids) + "\n")
+        certs = self.work / "certs"
+        certs.mkdir()
+        self._cli(
+            "admit", "--fleet-key", str(self.fleet_key),
+            "--nodes-file", str(self.work / "node-ids"), "--out", str(certs),
+        )  # fmt: skip
+        for spec, node_id in zip(self.nodes, ids, strict=True):
+            cert = certs / f"{node_id.removeprefix('ed25519:')}.cert"
+            spec.argv += ["--fleet", self.fleet_pub, "--admission", str(cert)]
+
+    def _cli(self, *args: str) -> str:
+        out = subprocess.run(
+            self._cmd(*args), capture_output=True, text=True, env=self._env, check=False
+        )
+        if out.returncode != 0:
+            raise P2PUpdateError(f"p2pupdate {args[0]} failed: {out.stderr.strip()}")
+        return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+
     def _publish(self, index: int) -> None:
         sc = self.sc
         pub = sc.publications[index]
@@ -450,6 +495,8 @@ class Harness:
             argv += ["--abort-after", pub.abort_after]
         if sc.upload_limit and sc.network == "loopback":
             argv += ["--upload-limit", str(sc.upload_limit)]
+        if self.fleet_key is not None:
+            argv += ["--fleet-key", str(self.fleet_key)]
         if self.net is not None:
             argv = self.net.wrap(0, argv)
         record = PublishRecord(
@@ -788,6 +835,8 @@ class Harness:
                     rec.alive_at_end[spec.name] = child.alive()
             if self.adversary is not None:
                 rec.adversary = self.adversary.stats.as_dict()
+            if self.intruder is not None:
+                rec.intruder = self.intruder.stats.as_dict()
             if self.su is not None:  # before the nodes stop: they deregister
                 pids = self._pids()
                 rec.self_update = self.su.snapshot([s.name for s in self.nodes], pids)

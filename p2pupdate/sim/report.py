@@ -80,6 +80,7 @@ class RunRecord:
     publishes: list[PublishRecord] = field(default_factory=list)
     faults: list[FaultRecord] = field(default_factory=list)
     adversary: dict[str, Any] | None = None
+    intruder: dict[str, Any] | None = None  # the membership scenario's non-member
     final_versions: dict[str, str] = field(default_factory=dict)  # node -> version of its target
     alive_at_end: dict[str, bool] = field(default_factory=dict)
     started: float = 0.0
@@ -293,6 +294,7 @@ def build_report(rec: RunRecord) -> dict[str, Any]:
         "bad_chunks": bad,
         "bans": _bans(rec),
         "adversary": rec.adversary,
+        "intruder": rec.intruder,
         "faults": [f.__dict__ for f in rec.faults],
         "publish_runs": [p.__dict__ for p in rec.publishes],
         "addresses": rec.addresses,
@@ -423,6 +425,23 @@ def check_expectations(rec: RunRecord, report: dict[str, Any]) -> list[dict[str,
             detail += f"; served bad chunks but did not ban: {', '.join(not_banning)}"
         out.append(
             _exp("adversary_banned", exp.adversary_banned, ok, ok == exp.adversary_banned, detail)
+        )
+    if exp.intruder_got_nothing is not None:
+        intr = rec.intruder or {}
+        ok = bool(intr) and int(intr.get("tls_ok", 0)) > 0 and int(intr.get("leaked", 1)) == 0
+        detail = (
+            f"{intr.get('tls_ok', 0)} connections, received {intr.get('received', {})}"
+            if intr
+            else "no intruder ran"
+        )
+        out.append(
+            _exp(
+                "intruder_got_nothing",
+                exp.intruder_got_nothing,
+                ok,
+                ok == exp.intruder_got_nothing,
+                detail,
+            )
         )
     if exp.no_honest_bans is not None:
         ok = not bans["of_honest"]

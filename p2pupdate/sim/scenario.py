@@ -42,6 +42,7 @@ __all__ = [
     "BadReleaseFault",
     "Expect",
     "Fault",
+    "IntruderFault",
     "Kill9Fault",
     "LateJoinFault",
     "Publication",
@@ -56,7 +57,7 @@ __all__ = [
 
 TOPOLOGIES = ("ring", "random-k", "star")
 NETWORKS = ("loopback", "netns")
-FAULT_KINDS = ("kill9", "late_join", "adversary", "bad_release", "kill_publisher")
+FAULT_KINDS = ("kill9", "late_join", "adversary", "bad_release", "kill_publisher", "intruder")
 SELF_UPDATE_DEFECTS = ("crash", "noimport")
 ADVERSARY_MODES = ("bad-chunks", "bad-tables")
 # One /24 per run in netns mode: .1 is the bridge, .2 the authority, then nodes.
@@ -127,7 +128,23 @@ class PublisherKillFault:
     kind: str = "kill_publisher"
 
 
-Fault = Kill9Fault | LateJoinFault | AdversaryFault | BadReleaseFault | PublisherKillFault
+@dataclass(frozen=True)
+class IntruderFault:
+    """A peer with a real node key but no admission (or, ``foreign``, one from another
+    fleet) that dials every node over TLS and asks for data (``membership``)."""
+
+    foreign: bool = True
+    kind: str = "intruder"
+
+
+Fault = (
+    Kill9Fault
+    | LateJoinFault
+    | AdversaryFault
+    | BadReleaseFault
+    | PublisherKillFault
+    | IntruderFault
+)
 
 
 @dataclass(frozen=True)
@@ -165,6 +182,7 @@ class Expect:
     aborted: bool | None = None
     # At most this many nodes attempted the release (applying) before it aborted.
     max_attempted: int | None = None
+    intruder_got_nothing: bool | None = None
 
     def items(self) -> list[tuple[str, object]]:
         """The keys that are set, in declaration order."""
@@ -193,6 +211,9 @@ class Scenario:
     expect: Expect = field(default_factory=lambda: Expect(all_applied=True))
     source: str = ""
     self_update: SelfUpdate | None = None
+    # Fleet membership: the harness makes a fleet key, admits every node and the
+    # publisher, and runs the nodes with --fleet (and so TLS).
+    fleet: bool = False
 
     def faults_of(self, kind: type[Any]) -> list[Any]:
         return [f for f in self.faults if isinstance(f, kind)]
@@ -436,6 +457,8 @@ def _parse_fault(table: object, where: str, nodes: int) -> Fault:
             fault = LateJoinFault(node, r.float_("at", 0.0, 0.0, 86400.0))
     elif kind == "adversary":
         fault = AdversaryFault(r.str_("mode", "bad-chunks", ADVERSARY_MODES))
+    elif kind == "intruder":
+        fault = IntruderFault(bool(r.bool_("foreign", True)))
     elif kind == "kill_publisher":
         at_progress = r.float_("at_progress", 0.4, 0.0, 1.0)
         if at_progress is None or not 0.0 < at_progress < 1.0:
@@ -472,6 +495,7 @@ def _parse_expect(table: object, where: str) -> Expect:
         self_update_rolled_back=r.bool_("self_update_rolled_back", None),
         aborted=r.bool_("aborted", None),
         max_attempted=(r.int_("max_attempted", 0, 0, 100_000) if r.has("max_attempted") else None),
+        intruder_got_nothing=r.bool_("intruder_got_nothing", None),
     )
     r.done()
     return exp
@@ -504,6 +528,7 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
     check_interval = r.float_("check_interval", 1.0, 0.05, 3600.0) or 1.0
     timeout = r.float_("timeout", 300.0, 1.0, 86400.0) or 300.0
     description = r.str_("description", "")
+    fleet = bool(r.bool_("fleet", False))
 
     pubs_raw = r.get("publications")
     if pubs_raw is None:
@@ -578,6 +603,8 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
         raise r.fail("faults", "at least one node must start at the beginning")
     if sum(isinstance(f, AdversaryFault) for f in faults) > 1:
         raise r.fail("faults", "one adversary per scenario at most")
+    if sum(isinstance(f, IntruderFault) for f in faults) > 1:
+        raise r.fail("faults", "one intruder per scenario at most")
 
     expect_raw = r.get("expect")
     expect = (
@@ -612,6 +639,7 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
         expect=expect,
         source=source,
         self_update=self_update,
+        fleet=fleet,
     )
 
 

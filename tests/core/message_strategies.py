@@ -26,6 +26,7 @@ from p2pupdate.core.messages import (
     Report,
     ReportSummary,
     Request,
+    Revoke,
     Table,
     Yank,
 )
@@ -58,7 +59,8 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
         st.text(max_size=40).filter(lambda s: len(s.encode()) <= 128),
         st.binary(max_size=32),
     ),
-    HelloProof: st.builds(HelloProof, st.binary(min_size=64, max_size=64)),
+    HelloProof: st.builds(HelloProof, st.binary(min_size=64, max_size=64), st.binary(max_size=512)),
+    Revoke: st.builds(Revoke, st.binary(max_size=2000)),
     Peers: st.builds(
         Peers,
         st.lists(
@@ -120,6 +122,8 @@ def sample_messages() -> list[Message]:
         Pong(0),
         Complete(pid),
         HelloProof(b"\x08" * 64),
+        HelloProof(b"\x08" * 64, b"\x09" * 512),
+        Revoke(b"\x0a" * (1024 * 35 + 128)),
         Report(b"\x92" + b"\x00" * 1000),
         ReportSummary(tuple((i.to_bytes(8, "big"), 2**63 - 1) for i in range(2000)), True),
         Yank(b"\x92" + b"\x00" * 500),

@@ -54,3 +54,17 @@ def test_a_node_id_that_is_not_a_valid_key_fails_cleanly() -> None:
     junk = hello(M, b"m" * 32, claim=b"\xff" * 32)
     with pytest.raises(RemoteProtocolError):
         check_proof(sign_proof(M, junk, mine), mine, junk)
+
+
+def test_a_bound_proof_holds_only_for_the_channel_it_signed() -> None:
+    mine, theirs = hello(A, b"a" * 32), hello(B, b"b" * 32)
+    channel, other = b"\x11" * 32, b"\x22" * 32
+    proof = sign_proof(B, theirs, mine, binding=channel, admission=b"cert")
+    assert proof.admission == b"cert"
+    check_proof(proof, mine, theirs, binding=channel)
+    with pytest.raises(RemoteProtocolError):
+        check_proof(proof, mine, theirs, binding=other)  # a relay's TLS certificate
+    with pytest.raises(RemoteProtocolError):
+        check_proof(proof, mine, theirs)  # bound proofs are not plain proofs
+    with pytest.raises(RemoteProtocolError):
+        check_proof(sign_proof(B, theirs, mine), mine, theirs, binding=channel)

@@ -35,6 +35,7 @@ from p2pupdate.core.messages import (
     Report,
     ReportSummary,
     Request,
+    Revoke,
     Table,
     Yank,
 )
@@ -62,12 +63,19 @@ def test_type_codes_are_stable() -> None:
         15: "Pong",
         16: "Complete",
         17: "HelloProof",
+        30: "Revoke",
         40: "Report",
         41: "ReportSummary",
         42: "Yank",
     }
     assert PROTOCOL_VERSION == 2
     assert TABLE_PAGE_LIST == -1
+
+
+def test_hello_proof_without_admission_is_the_protocol_2_encoding() -> None:
+    # A node without membership must stay byte-compatible with protocol-2 nodes.
+    body = encode(HelloProof(b"\x08" * 64))[4:]
+    assert body == b"\x92\x11\xc4\x40" + b"\x08" * 64
 
 
 @pytest.mark.parametrize("msg", sample_messages(), ids=lambda m: type(m).__name__)
@@ -181,7 +189,8 @@ def test_largest_valid_message_of_every_type_fits_a_frame() -> None:
     channel = "/".join(c * 64 for c in "abcd")
     largest = [
         Hello(2**16, PID, 65535, "x" * 128, b"n" * 32),
-        HelloProof(b"s" * 64),
+        HelloProof(b"s" * 64, b"a" * 512),
+        Revoke(b"r" * (1024 * 35 + 128)),
         Peers((("h" * 253, 65535),) * MAX_PEERS),
         Announce(b"x" * 1024),
         Inventory(((channel, PID),) * MAX_INVENTORY),

@@ -42,6 +42,7 @@ SHIPPED = {
     "self-update",
     "bad-self-update",
     "publisher-restart",
+    "membership",
     "staged-rollout-abort",
 }
 

@@ -168,6 +168,21 @@ def test_sim_corrupt_peer_small(tmp_path: Path) -> None:
     assert all(n["final_version"] == "2.0.0" for n in report["nodes"])
 
 
+def test_sim_membership_small(tmp_path: Path) -> None:
+    proc, report = run_sim(tmp_path, "membership", **SMALL)
+    assert_passed(proc, report)
+    intruder = report["intruder"]
+    assert intruder["tls_ok"] > 0
+    assert intruder["leaked"] == 0
+    assert set(intruder["received"]) <= {"Hello", "HelloProof"}
+    assert all(n["final_version"] == "2.0.0" for n in report["nodes"])
+    # Members did connect (over TLS) and every node refused the intruder.
+    refused = [
+        n["name"] for n in report["nodes"] if any(e["event"] == "peer_refused" for e in n["events"])
+    ]
+    assert refused, "no node refused the intruder"
+
+
 def test_sim_corrupt_peer_bad_tables_small(tmp_path: Path) -> None:
     proc, report = run_sim(
         tmp_path, "corrupt-peer", faults=[{"kind": "adversary", "mode": "bad-tables"}], **SMALL

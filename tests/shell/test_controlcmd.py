@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -392,3 +394,27 @@ def test_format_status_shows_a_pending_retry() -> None:
     line = next(x for x in text.splitlines() if x.strip().startswith("retry"))
     assert "2.0.0 download failed (disk_full), attempt 3; next try at " in line
     assert line.endswith("or as soon as there is room")
+
+
+def test_status_shows_the_admission_and_warns_before_expiry() -> None:
+    soon = time.time() + 3 * 86400
+    status = {
+        "node_id": "ed25519:ab",
+        "peers": [],
+        "encrypted": True,
+        "fleet": {
+            "fleet_keys": ["aa" * 32],
+            "admission_fleet": "aa" * 32,
+            "admission_expires": int(soon),
+            "warning": "admission expires in 3.0 days: renew it (p2pupdate admit)",
+            "revoked": 2,
+        },
+    }
+    text = format_status(status, running=True)
+    assert "fleet   ed25519:aaaaaaaaaaaaaaaa" in text
+    stamp = datetime.datetime.fromtimestamp(int(soon)).astimezone().strftime("%Y-%m-%d")
+    assert f"expires {stamp}" in text
+    assert "WARNING: admission expires in 3.0 days" in text
+    assert "revoked nodes  2" in text
+    open_swarm = format_status({"node_id": "x", "fleet": None, "encrypted": False}, running=True)
+    assert "fleet   none (open swarm; plain connections)" in open_swarm

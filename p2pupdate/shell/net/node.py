@@ -37,6 +37,7 @@ from p2pupdate.core.admission import (
 )
 from p2pupdate.core.announcement import Announcement, decode_announcement
 from p2pupdate.core.codec import encode
+from p2pupdate.core.fleet import Admission, FleetPolicy, decode_admission, decode_revocations
 from p2pupdate.core.gossip import AnnouncementBook, choose_fanout
 from p2pupdate.core.membership import Addr, PeerBook, format_addr
 from p2pupdate.core.messages import (
@@ -51,6 +52,7 @@ from p2pupdate.core.messages import (
     Pong,
     Report,
     ReportSummary,
+    Revoke,
     Yank,
 )
 from p2pupdate.core.policy import Decision, TrustConfig
@@ -59,6 +61,7 @@ from p2pupdate.errors import IncompatiblePeerError, RemoteProtocolError, Transfe
 from p2pupdate.shell.fsutil import atomic_write_bytes
 from p2pupdate.shell.net.peer import Connection, Timeouts, new_nonce
 from p2pupdate.shell.net.reports import ReportGossip
+from p2pupdate.shell.net.tls import TlsIdentity
 from p2pupdate.shell.net.transport import Listener, Transport
 from p2pupdate.shell.net.yanks import YankGossip
 
@@ -101,6 +104,19 @@ class NodeOptions:
     # 127.0.0.1): no per-IP/netgroup caps and never an IP ban for them. Tests turn
     # it off to play a single-IP attacker.
     shared_loopback: bool = True
+    # Fleet membership (core.fleet; docs/security.md): the fleet public keys whose
+    # admissions this node accepts (empty: an open swarm), this node's own admission
+    # certificate (raw bytes) and revocation lists to start with.
+    fleet: tuple[bytes, ...] = ()
+    admission: bytes = b""
+    revocations: tuple[bytes, ...] = ()
+    # TLS 1.3 on every connection (shell.net.tls). None: on exactly when ``fleet`` is
+    # set. Every node of one swarm must agree (a TLS node and a plain one cannot talk).
+    encrypt: bool | None = None
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.fleet) if self.encrypt is None else self.encrypt
 
 
 class PeerConn:
@@ -116,6 +132,7 @@ class PeerConn:
         self.configured = configured
         self.connected_at = now
         self.last_useful = 0.0  # when it last gave us a new announcement or good chunks
+        self.admission: Admission | None = None  # its fleet admission (membership on)
         self.node_id = conn.node_id
         self.label = format_addr(*addr)
         self._out_send, self._out_recv = trio.open_memory_channel[bytes | Message](OUTBOX_SIZE)
@@ -241,6 +258,11 @@ class Node:
             limits=options.limits,
         )
         self.throttle = Throttle(options.limits)
+        self.fleet = FleetPolicy(options.fleet, options.limits)
+        self.admission: Admission | None = (
+            decode_admission(options.admission, options.limits) if options.admission else None
+        )
+        self.tls: TlsIdentity | None = TlsIdentity() if options.encrypted else None
         # Inbound handshakes in progress: when every slot is busy the oldest goes.
         self._pending: dict[object, tuple[float, trio.CancelScope]] = {}
         self.peers: dict[bytes, PeerConn] = {}
@@ -308,6 +330,7 @@ class Node:
         """Listen, dial, gossip until cancelled. ``task_status.started()`` once listening."""
         self.load_announcements()
         self.yanks.load()
+        self.load_revocations()
         listener = await self.transport.listen(*self.options.listen)
         self.listener = listener
         self.listen_port = listener.port
@@ -415,7 +438,7 @@ class Node:
                 self._pending[token] = (trio.current_time(), scope)
                 try:
                     with scope:
-                        hello = await conn.handshake(self._hello(), PROTOCOL_VERSION, self.key)
+                        hello = await self._handshake(conn)
                 finally:
                     self._pending.pop(token, None)
                     self.slots.end_handshake(host)
@@ -423,7 +446,7 @@ class Node:
                     log.debug("%s: pending handshake dropped for a newer one", conn.label)
                     return
             else:
-                hello = await conn.handshake(self._hello(), PROTOCOL_VERSION, self.key)
+                hello = await self._handshake(conn)
             peer = self._admit(conn, hello, dialed)
             if peer is None:
                 return
@@ -459,6 +482,21 @@ class Node:
                 self._drop(peer)
             await conn.aclose()
 
+    async def _handshake(self, conn: Connection) -> Hello:
+        """TLS first when encryption is on, then HELLO/HELLO_PROOF bound to the channel."""
+        binding = b""
+        if self.tls is not None:
+            conn.stream, binding = await self.tls.wrap(
+                conn.stream, server_side=not conn.outbound, seconds=self.options.timeouts.handshake
+            )
+        return await conn.handshake(
+            self._hello(),
+            PROTOCOL_VERSION,
+            self.key,
+            binding=binding,
+            admission=self.admission.raw if self.admission is not None else b"",
+        )
+
     def _hello(self) -> Hello:
         return Hello(
             PROTOCOL_VERSION, self.node_id, self.listen_port, self.options.agent, new_nonce()
@@ -479,6 +517,14 @@ class Node:
             log.debug("%s: banned peer, closing", conn.label)
             return None
         # The node id is proven (HELLO_PROOF): only its key holder gets this far.
+        admission: Admission | None = None
+        if self.fleet.enabled:
+            admission, reason = self._membership(conn.admission, hello.node_id)
+            if reason is not None:
+                self._refuse_member(conn, hello.node_id, reason)
+                if dialed is not None:
+                    self.peerbook.on_dial_failed(dialed, now)
+                return None
         existing = self.peers.get(hello.node_id)
         if existing is not None:
             # One connection per pair: keep the one dialed by the smaller node id.
@@ -503,6 +549,7 @@ class Node:
                 )
                 return None
         peer = PeerConn(conn, addr, configured=configured, now=now)
+        peer.admission = admission
         self.peers[hello.node_id] = peer
         if hello.listen_port:
             self.peerbook.add(addr)
@@ -524,6 +571,105 @@ class Node:
             peer_id=hello.node_id.hex(),
         )
         return peer
+
+    # -- fleet membership ------------------------------------------------------------
+    def _membership(self, raw: bytes, node_id: bytes) -> tuple[Admission | None, str | None]:
+        """The peer's admission and None, or why it is not a member."""
+        if not raw:
+            return None, "no_admission"
+        try:
+            admission = decode_admission(raw, self.limits)
+        except RemoteProtocolError:
+            return None, "malformed_admission"
+        return admission, self.fleet.check(admission, node_id, self.wall_clock())
+
+    def _refuse_member(self, conn: Connection, node_id: bytes, reason: str) -> None:
+        who = self._who(conn.remote_host, node_id)
+        self._log_throttled(
+            logging.INFO, "not_member", who, "refusing %s: not a member (%s)", conn.label, reason
+        )
+        self.emit_peer("peer_refused", who, peer=conn.label, peer_id=node_id.hex(), reason=reason)
+
+    def is_member(self, node_id: bytes) -> bool:
+        """Whether reports from or about ``node_id`` count: always in an open swarm; with
+        membership on, only a node that showed a valid admission, not expired or revoked
+        since. The hook for the fleet-report relay (issue 14)."""
+        return node_id == self.node_id or self.fleet.is_member(node_id, self.wall_clock())
+
+    def _pex_sample(self) -> tuple[Addr, ...]:
+        """Addresses we share: any known one in an open swarm, only those of connected
+        members when membership is on (we never hand out a non-member's address)."""
+        if not self.fleet.enabled:
+            return tuple(self.peerbook.sample(32))
+        addrs = [p.addr for p in self.peers.values() if p.addr[1] and not p.closing]
+        self.rng.shuffle(addrs)
+        return tuple(addrs[:32])
+
+    def recheck_members(self) -> None:
+        """Close peers whose admission expired or was revoked since they connected."""
+        if not self.fleet.enabled:
+            return
+        now = self.wall_clock()
+        for peer in list(self.peers.values()):
+            reason = self.fleet.check(peer.admission, peer.node_id, now)
+            if reason is not None:
+                self._refuse_member(peer.conn, peer.node_id, reason)
+                peer.close()
+                self._drop(peer)
+
+    def load_revocations(self) -> None:
+        """Revocation lists from the options and the data dir, checked as if from a peer."""
+        if not self.fleet.enabled:
+            return
+        datas = list(self.options.revocations)
+        directory = self.options.data_dir / "revocations" if self.options.data_dir else None
+        if directory is not None and directory.is_dir():
+            datas += [p.read_bytes() for p in sorted(directory.glob("*.rev"))]
+        for data in datas:
+            try:
+                rev = decode_revocations(data, self.limits)
+            except RemoteProtocolError as exc:
+                log.warning("ignoring a stored revocation list: %s", exc)
+                continue
+            if self.fleet.offer(rev) is None:
+                self._persist_revocations(rev.fleet_key, rev.raw)
+
+    def _persist_revocations(self, fleet_key: bytes, raw: bytes) -> None:
+        if self.options.data_dir is None:
+            return
+        directory = self.options.data_dir / "revocations"
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(directory / (fleet_key.hex() + ".rev"), raw)
+
+    async def _on_revoke(self, peer: PeerConn | None, data: bytes) -> bool:
+        """A revocation list: taken if newer for one of our fleet keys, then relayed to
+        every member and acted on (revoked peers are disconnected)."""
+        if not self.fleet.enabled:
+            return False
+        rev = decode_revocations(data, self.limits)  # RemoteProtocolError closes the peer
+        reason = self.fleet.offer(rev)
+        if reason is not None:
+            if reason == "bad_signature" and peer is not None:
+                self._strike(peer.conn, "bad revocation signature")
+            return False
+        log.info(
+            "revocation list of %s: %d node(s) revoked", rev.fleet_key.hex()[:16], len(rev.revoked)
+        )
+        self.emit(
+            "revocations_received",
+            fleet=rev.fleet_key.hex(),
+            issued=rev.issued,
+            revoked=len(rev.revoked),
+            via=peer.label if peer is not None else None,
+        )
+        self.broadcast_all(Revoke(rev.raw), exclude=peer)
+        await trio.to_thread.run_sync(self._persist_revocations, rev.fleet_key, rev.raw)
+        self.recheck_members()
+        return True
+
+    async def inject_revocations(self, data: bytes) -> bool:
+        """Take a revocation list from this process (a file, tests) and gossip it."""
+        return await self._on_revoke(None, data)
 
     def _evict_inbound(self) -> bool:
         """Inbound slots are full: drop the least useful inbound peer (if any may go)."""
@@ -601,7 +747,9 @@ class Node:
                 nursery.start_soon(self._writer, peer)
                 nursery.start_soon(self._keepalive, peer)
                 peer.post(Inventory(self.book.inventory()))
-                peer.post(Peers(tuple(self.peerbook.sample(32))))
+                peer.post(Peers(self._pex_sample()))
+                for rev in self.fleet.lists.values():
+                    peer.post(Revoke(rev.raw))
                 self.reports.on_peer_up(peer)
                 self.yanks.on_peer_up(peer)
                 if self.package_service is not None:
@@ -701,6 +849,8 @@ class Node:
             await self.reports.handle(peer, msg)
         elif isinstance(msg, Yank):
             await self.yanks.handle(peer, msg.data)
+        elif isinstance(msg, Revoke):
+            await self._on_revoke(peer, msg.data)
         elif isinstance(msg, Hello):
             raise RemoteProtocolError("HELLO after the handshake")
         elif self.package_service is None or not await self.package_service.handle(peer, msg):
@@ -803,13 +953,14 @@ class Node:
             for gone in self.book.expire(self.wall_clock()):
                 log.info("announcement %s %s expired", gone.body.channel, gone.body.version)
             self.peerbook.lift_expired_bans(trio.current_time())
+            self.recheck_members()
             self.flush_suppressed()
             if self.options.auto_check:
                 self.broadcast_all(Inventory(self.book.inventory()))
             if trio.current_time() - last_pex >= self.options.pex_interval and self.peers:
                 last_pex = trio.current_time()
                 target = self.rng.choice(list(self.peers.values()))
-                target.post(Peers(tuple(self.peerbook.sample(32))))
+                target.post(Peers(self._pex_sample()))
 
     async def _isolation_watch(self) -> None:
         """One WARNING once the node has had no connected peer for a while (again only
@@ -834,9 +985,10 @@ class Node:
                     names or "any peer (none known: give --peer)",
                 )
 
-    def broadcast_all(self, msg: Message) -> None:
+    def broadcast_all(self, msg: Message, *, exclude: PeerConn | None = None) -> None:
         for p in list(self.peers.values()):
-            p.post(msg)
+            if p is not exclude:
+                p.post(msg)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -844,4 +996,20 @@ class Node:
             "listen": format_addr(*self.listen_addr),
             "peers": sorted(p.label for p in self.peers.values()),
             "known_peers": len(self.peerbook.known()),
+            "encrypted": self.tls is not None,
+            "fleet": self.fleet_status(),
+        }
+
+    def fleet_status(self) -> dict[str, Any] | None:
+        """Membership for ``status``: fleet keys, our admission, an expiry warning."""
+        if not self.fleet.enabled:
+            return None
+        adm = self.admission
+        now = self.wall_clock()
+        return {
+            "fleet_keys": sorted(k.hex() for k in self.fleet.fleet_keys),
+            "admission_fleet": adm.fleet_key.hex() if adm else None,
+            "admission_expires": adm.expires if adm else None,
+            "warning": self.fleet.expiry_warning(adm, now) if adm else "no admission",
+            "revoked": sum(len(r.revoked) for r in self.fleet.lists.values()),
         }

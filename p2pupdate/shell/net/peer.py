@@ -64,6 +64,8 @@ class Connection:
         self.outbound = outbound
         self.timeouts = timeouts
         self.hello: Hello | None = None
+        # Their HELLO_PROOF's admission certificate (raw bytes; empty if none).
+        self.admission = b""
         self._decoder = FrameDecoder(limits)
         self._limits = limits
         self._send_lock = trio.Lock()
@@ -125,12 +127,23 @@ class Connection:
             self.bytes_received += len(data)
             self._decoder.receive_data(data)
 
-    async def handshake(self, mine: Hello, protocol: int, key: nacl.signing.SigningKey) -> Hello:
+    async def handshake(
+        self,
+        mine: Hello,
+        protocol: int,
+        key: nacl.signing.SigningKey,
+        *,
+        binding: bytes = b"",
+        admission: bytes = b"",
+    ) -> Hello:
         """HELLO each way, then HELLO_PROOF each way, under the handshake timeout.
 
         ``mine`` must carry a fresh nonce (:func:`new_nonce`). Returns their HELLO
         once their proof checks out: its node id is proven. Both sides send before
         they wait, so the exchange takes two round trips at most and never deadlocks.
+        ``binding`` (encrypted connections) is the TLS channel binding both proofs
+        sign; ``admission`` is our fleet certificate, sent in our proof. Theirs is
+        left in :attr:`admission` for the node to judge.
         """
         try:
             with trio.fail_after(self.timeouts.handshake):
@@ -139,13 +152,14 @@ class Connection:
                 if not isinstance(msg, Hello):
                     raise RemoteProtocolError(f"expected HELLO first, got {type(msg).__name__}")
                 check_hello(msg, protocol)
-                await self.send(sign_proof(key, mine, msg))
+                await self.send(sign_proof(key, mine, msg, binding=binding, admission=admission))
                 proof = await self.receive(self.timeouts.handshake)
         except trio.TooSlowError:
             raise TransferError(f"{self.label}: handshake timeout") from None
         if not isinstance(proof, HelloProof):
             raise RemoteProtocolError(f"expected HELLO_PROOF, got {type(proof).__name__}")
-        check_proof(proof, mine, msg)
+        check_proof(proof, mine, msg, binding=binding)
+        self.admission = proof.admission
         self.hello = msg
         return msg
 
