@@ -706,9 +706,12 @@ class Agent:
                 continue
             if signed.report.channel(b.channel) is None:
                 continue
-            failed, attempted = reports.abort_tally(
-                self.node.reports.book.all(), b.channel, b.version
-            )
+            # With fleet membership on, only members' reports count toward an abort
+            # (docs/security.md); the fleet view still shows every report.
+            counted = [
+                r for r in self.node.reports.book.all() if self.node.is_member(r.report.node_id)
+            ]
+            failed, attempted = reports.abort_tally(counted, b.channel, b.version)
             if not reports.AbortRule(*b.abort).fired(failed, attempted):
                 continue
             self.aborted.add((b.channel, b.version))
