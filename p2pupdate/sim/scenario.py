@@ -28,6 +28,7 @@ from typing import Any
 import semver
 
 from p2pupdate.core.announcement import validate_channel, validate_version
+from p2pupdate.core.rollout import parse_abort, parse_stages
 from p2pupdate.core.units import parse_rate, parse_size
 from p2pupdate.errors import UsageError
 from p2pupdate.selfupdate.release import platform_channel
@@ -87,6 +88,9 @@ class Publication:
     version: str
     at: float = 0.0
     healthy: bool = True  # False: the release fails its health check (bad_release fault)
+    # A staged rollout and an abort rule, as publish's --stages / --abort-after take them.
+    stages: str | None = None
+    abort_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,11 @@ class Expect:
     all_running: bool | None = None
     self_updated: bool | None = None
     self_update_rolled_back: bool | None = None
+    # The rollout aborted: every node that did not attempt the release saw the abort
+    # (rollout_aborted) and never applied it.
+    aborted: bool | None = None
+    # At most this many nodes attempted the release (applying) before it aborted.
+    max_attempted: int | None = None
     intruder_got_nothing: bool | None = None
     max_hops: int | None = None  # virtual: announcement hops to the farthest node
     max_spread: float | None = None  # virtual: p99 / p50 of the completion times
@@ -527,6 +536,8 @@ def _parse_expect(table: object, where: str) -> Expect:
         all_running=r.bool_("all_running", None),
         self_updated=r.bool_("self_updated", None),
         self_update_rolled_back=r.bool_("self_update_rolled_back", None),
+        aborted=r.bool_("aborted", None),
+        max_attempted=(r.int_("max_attempted", 0, 0, 100_000) if r.has("max_attempted") else None),
         intruder_got_nothing=r.bool_("intruder_got_nothing", None),
         max_hops=r.int_("max_hops", -1, 0, 1000) if r.has("max_hops") else None,
         max_spread=r.float_("max_spread", None, 1.0),
@@ -593,13 +604,30 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
             raise pr.fail("version", "missing")
         version = _version(pr, "version", "")
         at = pr.float_("at", 0.0, 0.0, 86400.0) or 0.0
+        stages = pr.str_("stages", "") or None
+        abort_after = pr.str_("abort_after", "") or None
+        try:
+            if stages is not None:
+                parse_stages(stages)
+            if abort_after is not None:
+                parse_abort(abort_after)
+        except ValueError as exc:
+            raise pr.fail("stages" if stages else "abort_after", str(exc)) from None
         pr.done()
         if semver.Version.parse(version) <= previous:
             raise pr.fail("version", f"{version} must be newer than {previous} before it")
         if at < last_at:
             raise pr.fail("at", "publications must be in time order")
         previous, last_at = semver.Version.parse(version), at
-        pubs.append(Publication(version, at, healthy=version not in bad_versions))
+        pubs.append(
+            Publication(
+                version,
+                at,
+                healthy=version not in bad_versions,
+                stages=stages,
+                abort_after=abort_after,
+            )
+        )
     for f in faults:
         if isinstance(f, PublisherKillFault) and f.version is None:
             faults = tuple(replace(x, version=pubs[0].version) if x is f else x for x in faults)

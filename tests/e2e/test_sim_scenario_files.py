@@ -45,6 +45,7 @@ SHIPPED = {
     "membership",
     "thousand-nodes",
     "gossip-10k",
+    "staged-rollout-abort",
 }
 
 
