@@ -23,6 +23,7 @@ import nacl.signing
 import semver
 
 from p2pupdate.config import DEFAULT_LIMITS, Limits
+from p2pupdate.core.signedwire import signature_pairs, unpack_limited
 from p2pupdate.errors import RemoteProtocolError
 
 __all__ = [
@@ -265,21 +266,14 @@ def sign_announcement(
 
 
 def _unpack(data: bytes, limits: Limits) -> object:
-    try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            # The body's strings are a channel and two versions; the envelope has none.
-            max_str_len=MAX_CHANNEL_LEN,
-            max_bin_len=limits.max_announcement,
-            max_array_len=max(_BODY_FIELDS_V2, MAX_STAGES),
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # msgpack raises many types; translate them all once
-        raise RemoteProtocolError(f"malformed announcement: {exc}") from exc
+    # The body's strings are a channel and two versions; the envelope has none.
+    return unpack_limited(
+        data,
+        "announcement",
+        max_str=MAX_CHANNEL_LEN,
+        max_bin=limits.max_announcement,
+        max_array=max(_BODY_FIELDS_V2, MAX_STAGES),
+    )
 
 
 def decode_announcement(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Announcement:
@@ -295,20 +289,7 @@ def decode_announcement(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Announc
     body_bytes, sig_list = outer
     if not isinstance(body_bytes, bytes) or not isinstance(sig_list, list):
         raise RemoteProtocolError("announcement must be [bin body, [signatures]]")
-    if not 1 <= len(sig_list) <= limits.max_signatures:
-        raise RemoteProtocolError(f"announcement needs 1..{limits.max_signatures} signatures")
-    sigs: list[tuple[bytes, bytes]] = []
-    for item in sig_list:
-        if not (
-            isinstance(item, list)
-            and len(item) == 2
-            and isinstance(item[0], bytes)
-            and len(item[0]) == 32
-            and isinstance(item[1], bytes)
-            and len(item[1]) == 64
-        ):
-            raise RemoteProtocolError("a signature entry must be [32-byte key id, 64-byte sig]")
-        sigs.append((item[0], item[1]))
+    sigs = signature_pairs(sig_list, "announcement", limits.max_signatures)
     fields = _unpack(body_bytes, limits)
     if not (isinstance(fields, list) and len(fields) in (_BODY_FIELDS, _BODY_FIELDS_V2)):
         raise RemoteProtocolError(f"announcement body must be an array of {_BODY_FIELDS}")

@@ -32,6 +32,7 @@ import nacl.signing
 
 from p2pupdate.config import DEFAULT_LIMITS, Limits
 from p2pupdate.core.announcement import validate_channel, validate_version
+from p2pupdate.core.signedwire import unpack_limited
 from p2pupdate.errors import RemoteProtocolError
 
 __all__ = [
@@ -265,20 +266,13 @@ def fit_report(
 
 
 def _unpack(data: bytes, limits: Limits) -> object:
-    try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_str_len=limits.max_report,
-            max_bin_len=limits.max_report,
-            max_array_len=limits.max_report,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # msgpack raises many types; translate them all once
-        raise RemoteProtocolError(f"malformed report: {exc}") from exc
+    return unpack_limited(
+        data,
+        "report",
+        max_str=limits.max_report,
+        max_bin=limits.max_report,
+        max_array=limits.max_report,
+    )
 
 
 def _channel_from(item: object, limits: Limits) -> ChannelReport:

@@ -23,6 +23,7 @@ import nacl.signing
 from p2pupdate.config import DEFAULT_LIMITS, Limits
 from p2pupdate.core.announcement import validate_channel, validate_version
 from p2pupdate.core.policy import Decision, TrustConfig, check_signers
+from p2pupdate.core.signedwire import signature_pairs
 from p2pupdate.errors import RemoteProtocolError
 
 __all__ = ["YANK_DOMAIN", "Yank", "YankBody", "decode_yank", "sign_yank", "yank_decision"]
@@ -101,20 +102,7 @@ def decode_yank(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Yank:
         if not (isinstance(fields, list) and len(fields) == 6 and fields[:2] == [1, "yank"]):
             raise ValueError("yank body must be [1, 'yank', channel, version, created, reason]")
         body = YankBody(fields[2], fields[3], fields[4], fields[5])
-        if not isinstance(sig_list, list) or not 1 <= len(sig_list) <= limits.max_signatures:
-            raise ValueError("1..5 signatures")
-        sigs: list[tuple[bytes, bytes]] = []
-        for item in sig_list:
-            if not (
-                isinstance(item, list)
-                and len(item) == 2
-                and isinstance(item[0], bytes)
-                and len(item[0]) == 32
-                and isinstance(item[1], bytes)
-                and len(item[1]) == 64
-            ):
-                raise ValueError("a signature entry is [32-byte key, 64-byte signature]")
-            sigs.append((item[0], item[1]))
+        sigs = signature_pairs(sig_list, "yank", limits.max_signatures)
     except Exception as exc:  # msgpack raises many types; translate them all once
         raise RemoteProtocolError(f"malformed yank: {exc}") from exc
     yank = Yank(body, body_bytes, tuple(sigs))
