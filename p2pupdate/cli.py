@@ -199,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--events", type=Path, metavar="FILE", help="append JSON-lines events here (default: none)"
     )
     n.add_argument(
+        "--metrics-listen", metavar="HOST:PORT",
+        help="serve Prometheus metrics on this address (default: off)",
+    )  # fmt: skip
+    n.add_argument(
         "--events-max-size", metavar="SIZE",
         help="rotate the events file to FILE.1 at this size (default: 64MiB)",
     )  # fmt: skip
@@ -292,6 +296,50 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument(
         "--listen", default="127.0.0.1:0", metavar="HOST:PORT",
         help="address the publisher serves chunks on (default: 127.0.0.1:0)",
+    )  # fmt: skip
+
+    pub.add_argument(
+        "--wait", choices=("applied", "downloaded"), metavar="applied|downloaded",
+        help="keep following the nodes' reports until every node in the rollout applied "
+        "(or downloaded) it; exit 1 if any refused or rolled back, or the rollout aborted",
+    )  # fmt: skip
+    pub.add_argument(
+        "--wait-for", type=float, default=100.0, metavar="PCT",
+        help="with --wait: succeed once this percentage of those nodes got there (default: 100)",
+    )  # fmt: skip
+    pub.add_argument(
+        "--stages", metavar="PCT:DURATION,...",
+        help="staged rollout signed into the announcement, e.g. 5%%:30m,25%%:1h,100%%",
+    )  # fmt: skip
+    pub.add_argument(
+        "--abort-after", metavar="PCT[:MIN]",
+        help="nodes stop the rollout once MIN (default 1) attempted it and PCT%% of them failed",
+    )  # fmt: skip
+
+    fl = _sub(sub, "fleet", "the fleet as this node sees it (from node reports)",
+              _CONTROL_EPILOG.format(cmd="fleet"))  # fmt: skip
+    fl.add_argument("--channel", metavar="CHANNEL", help="only this channel (default: all)")
+    fl.add_argument("--json", action="store_true", help="print JSON (documented, stable)")
+    _control_args(fl)
+
+    yk = _sub(sub, "yank", "revoke a released version: nodes refuse it and roll it back")
+    yk.add_argument(
+        "--key", action="append", required=True, type=Path, metavar="KEYFILE",
+        help="a trusted authority key (repeat for a threshold)",
+    )  # fmt: skip
+    yk.add_argument("--channel", required=True, metavar="CHANNEL", help="the channel")
+    yk.add_argument("--version", dest="yank_version", required=True, metavar="VERSION",
+                    help="the version to revoke")  # fmt: skip
+    yk.add_argument(
+        "--reason", default="", metavar="TEXT", help="why (shown on every node; default: none)"
+    )
+    yk.add_argument(
+        "--peer", action="append", default=[], metavar="HOST:PORT",
+        help="a node to hand the revocation to (repeatable; at least one)",
+    )  # fmt: skip
+    yk.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS",
+        help="give up (exit 1) when no peer took it within this long (default: 60)",
     )  # fmt: skip
 
     st = _sub(sub, "status", "show a node's state (exit 3 when it is not running)",
@@ -425,6 +473,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from p2pupdate.commands.controlcmd import run_control_command
 
         return run_control_command(args)
+    if cmd == "fleet":
+        from p2pupdate.commands.fleetcmd import run_fleet_command
+
+        return run_fleet_command(args)
+    if cmd == "yank":
+        from p2pupdate.commands.yankcmd import run_yank_command
+
+        return run_yank_command(args)
     if cmd == "release":
         from p2pupdate.commands.selfupdatecmd import run_release_command
 

@@ -51,6 +51,29 @@ class Limits:
     # A BITFIELD identical to the last one from that peer asks for ours again; answered at
     # most this often per peer and package, so two stalled nodes cannot ping-pong.
     bitfield_refresh_interval: float = 5.0
+    # A node report (docs/protocol.md, "Node reports") is one small signed record per node:
+    # 1 KiB holds a dozen followed channels with their versions and a short reason each,
+    # bounds the signature check, and keeps a heartbeat of the whole fleet cheap.
+    max_report: int = 1024
+    # Reports kept (one per node id): the whole fleet view for a 100,000-node fleet is at
+    # most 100 MiB, and a flood of made-up node ids cannot grow memory past that.
+    max_reports: int = 100_000
+    # A report not renewed for this long is dropped (the node is gone); also the oldest
+    # signed time a report may carry when it arrives (an older one is a replay).
+    report_ttl: float = 24 * 3600.0
+    # How often a node re-issues its report when nothing changed (the heartbeat): often
+    # enough that `fleet` shows a dead node within minutes, rare enough that a 1000-node
+    # fleet sends about 1.7 reports a second in all.
+    report_interval: float = 600.0
+    # A node with no connected peer for this long logs one WARNING naming the peers it
+    # cannot reach: long enough to ride out a restart of its neighbours, short enough
+    # that an operator sees a firewall or typo on the first minute.
+    isolation_warning: float = 60.0
+    # Yanks (signed revocations) kept: each needs trusted signatures, so only the
+    # authority makes them; 1000 is years of revoked releases and a few hundred KiB.
+    max_yanks: int = 1000
+    # Longest reason text carried in a report (the rest is cut): the record must fit 1 KiB.
+    max_report_reason: int = 64
 
     # -- per-peer state (docs/security.md lists each with the attack it stops) ------
     # Everything below is something a remote peer can make the node hold. Each is
@@ -86,6 +109,8 @@ class Limits:
     # Connections from one IP address, and from one netgroup (IPv4 /24, IPv6 /64):
     # one host or one cheap subnet cannot fill the node's slots. Loopback peers are
     # exempt by default (the simulation runs every node on 127.0.0.1); see NodeOptions.
+    # The netgroup caps apply to public addresses only: on a private network a /24 of
+    # peers is the fleet itself (core/admission.py).
     max_conns_per_ip: int = 4
     max_conns_per_netgroup: int = 8
     # Handshakes in progress from one IP / netgroup: 16 silent sockets from one host

@@ -10,6 +10,7 @@ node is down.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
@@ -26,6 +27,8 @@ import nacl.signing
 import trio
 
 from p2pupdate import __version__
+from p2pupdate.commands.metrics import MetricsServer
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.keys import format_pubkey
 from p2pupdate.core.policy import TrustConfig
 from p2pupdate.errors import UsageError
@@ -170,6 +173,8 @@ async def run_node(
         max_connections=settings.max_connections,
         target_connections=settings.target_connections,
         ban_period=settings.ban_period,
+        report_interval=settings.report_interval,
+        limits=dataclasses.replace(DEFAULT_LIMITS, max_reports=settings.max_reports),
         fleet=tuple(sorted(settings.fleet)),
         admission=load_admission(settings.admission).raw if settings.admission else b"",
         revocations=((load_revocations(settings.revocations).raw,) if settings.revocations else ()),
@@ -233,6 +238,16 @@ async def run_node(
             if updater is not None:
                 await nursery.start(updater.run)
             await nursery.start(agent.run)
+            if settings.metrics_listen is not None:
+                metrics = MetricsServer(agent, events)
+                host, port = settings.metrics_listen
+                try:
+                    metrics.start(host, port)
+                except OSError as exc:
+                    raise UsageError(
+                        f"cannot serve metrics on {host}:{port}: {exc.strerror}"
+                    ) from None
+                nursery.start_soon(_stop_metrics_on_exit, metrics)
             log.info(
                 "node %s listening on %s:%d",
                 format_pubkey(node.node_id),
@@ -339,3 +354,12 @@ async def _watchdog(interval: float) -> None:
     while True:
         sdnotify.notify("WATCHDOG=1")
         await trio.sleep(interval)
+
+
+async def _stop_metrics_on_exit(metrics: MetricsServer) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        # Shut down in a thread: shutdown() waits for the serving loop to notice.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(metrics.stop)

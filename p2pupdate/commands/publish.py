@@ -31,7 +31,11 @@ import nacl.signing
 import trio
 
 from p2pupdate.config import DEFAULT_LIMITS
+from p2pupdate.core import reports
 from p2pupdate.core.announcement import (
+    FORMAT_STAGED,
+    FORMAT_VERSION,
+    Announcement,
     AnnouncementBody,
     sign_announcement,
     validate_channel,
@@ -41,8 +45,9 @@ from p2pupdate.core.chunks import chunk_count
 from p2pupdate.core.fleet import sign_admission
 from p2pupdate.core.messages import Announce, Chunk, Message, Reject
 from p2pupdate.core.messages import Request as RequestMsg
-from p2pupdate.core.policy import TrustConfig
+from p2pupdate.core.policy import TrustConfig, in_rollout
 from p2pupdate.core.replicas import ReplicaProof
+from p2pupdate.core.rollout import WaitVerdict, parse_abort, parse_stages, wait_verdict
 from p2pupdate.core.units import format_size, parse_duration, parse_rate
 from p2pupdate.errors import P2PUpdateError, TransferError, UsageError
 from p2pupdate.shell.keyfile import load_secret_key
@@ -79,6 +84,15 @@ def _check_args(args: argparse.Namespace) -> list[nacl.signing.SigningKey]:
         raise UsageError(f"--rollout must be 0..100 (got {args.rollout})")
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    if not 0 < args.wait_for <= 100:
+        raise UsageError(f"--wait-for must be in 0..100 (got {args.wait_for:g})")
+    try:
+        args.stage_list = parse_stages(args.stages) if args.stages else ()
+        args.abort_rule = parse_abort(args.abort_after) if args.abort_after else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.stage_list and args.rollout != 100:
+        raise UsageError("give --stages or --rollout, not both (--rollout N is one stage)")
     try:
         args.expires_seconds = parse_duration(args.expires)
         args.upload_rate = parse_rate(args.upload_limit) if args.upload_limit else 0
@@ -236,6 +250,56 @@ class _ProofService:
         return await self.swarm.handle(peer, msg)
 
 
+class _RolloutWatch:
+    """``--wait``: follows the reports of the nodes in the rollout (core.rollout decides)."""
+
+    def __init__(self, node: Node, ann: Announcement, args: argparse.Namespace) -> None:
+        self.node = node
+        self.ann = ann
+        self.goal: str = args.wait
+        self.percent: float = args.wait_for
+        self._last_line = 0.0
+        self.tty = sys.stderr.isatty()
+
+    def tally(self) -> dict[bytes, tuple[str, str, str]]:
+        b = self.ann.body
+        # A staged rollout is waited for to its end: the nodes of the last stage.
+        pct = b.stages[-1][0] if b.stages else b.rollout
+        everyone = reports.rollout_tally(self.node.reports.book.all(), b.channel, b.version)
+        return {nid: t for nid, t in everyone.items() if in_rollout(nid, b.version, pct)}
+
+    def aborted(self) -> bool:
+        b = self.ann.body
+        if b.abort is None:
+            return False
+        failed, attempted = reports.abort_tally(self.node.reports.book.all(), b.channel, b.version)
+        return reports.AbortRule(*b.abort).fired(failed, attempted)
+
+    def verdict(self) -> WaitVerdict:
+        return wait_verdict(
+            self.tally(), goal=self.goal, percent=self.percent, aborted=self.aborted()
+        )
+
+    def finished(self) -> bool:
+        return self.verdict().finished
+
+    def live(self, rate: float) -> None:
+        now = time.monotonic()
+        if now - self._last_line < 1.0:
+            return
+        self._last_line = now
+        c = self.verdict().counts
+        total = sum(c.values())
+        line = (
+            f"publish: {c.get('applied', 0)}/{total} applied, "
+            f"{c.get('downloading', 0) + c.get('downloaded', 0)} downloading, "
+            f"{c.get('refused', 0)} refused, {c.get('failed', 0)} rolled back, "
+            f"{c.get('aborted', 0)} aborted, {rate / 1e6:.1f} MB/s"
+        )
+        end = "\r" if self.tty else "\n"
+        print(line, file=sys.stderr, end=end, flush=True)
+
+
 async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]) -> int:
     started = time.monotonic()
     info = await hash_file_async(args.file)
@@ -251,6 +315,9 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
         min_version=args.min_version,
         critical=bool(args.critical),
         rollout=args.rollout,
+        format_version=FORMAT_STAGED if args.stage_list or args.abort_rule else FORMAT_VERSION,
+        stages=args.stage_list,
+        abort=args.abort_rule,
     )
     ann = sign_announcement(body, keys)
     key = nacl.signing.SigningKey.generate()
@@ -262,6 +329,7 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
             target_connections=max(8, len(args.peer_addrs)),
             check_interval=1.0,
             agent="p2pupdate-publish",
+            report_self=False,  # it listens to the nodes' reports (--wait), says nothing
             **_fleet_options(args, key),
         )
         node = Node(options, TcpTransport(), key, rng=random.Random())
@@ -315,6 +383,7 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
 
         swarm.on_complete_from_peer = on_complete
         progress = _Progress(info.size, args.replicas)
+        watch: _RolloutWatch | None = None
         try:
             async with trio.open_nursery() as nursery:
                 try:
@@ -325,7 +394,9 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
                 await node.inject(ann)
                 deadline = trio.current_time() + args.timeout
                 last_bytes, last_t = 0, trio.current_time()
-                while not done.is_set():
+                if args.wait:
+                    watch = _RolloutWatch(node, ann, args)
+                while not (done.is_set() if watch is None else watch.finished()):
                     for nid, peer in list(node.peers.items()):
                         if nid not in telling:
                             telling.add(nid)
@@ -334,11 +405,23 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
                         challenge(nid)
                     count()
                     with trio.move_on_after(0.1):
-                        await done.wait()
+                        if watch is None:
+                            await done.wait()
+                        else:
+                            await trio.sleep(0.1)
                     now_t = trio.current_time()
                     rate = (swarm.bytes_uploaded - last_bytes) / max(now_t - last_t, 1e-6)
                     last_bytes, last_t = swarm.bytes_uploaded, now_t
-                    progress.update(swarm.bytes_uploaded, len(replicas), len(node.peers), rate)
+                    if watch is not None:
+                        watch.live(rate)
+                    else:
+                        progress.update(swarm.bytes_uploaded, len(replicas), len(node.peers), rate)
+                    if now_t > deadline and watch is not None:
+                        print(f"publish: {watch.verdict().summary}", file=sys.stderr)
+                        raise PublishTimeout(
+                            f"timed out after {args.timeout:g} s waiting for nodes to have "
+                            f"{args.wait} {args.pkg_version}: {watch.verdict().summary}"
+                        )
                     if now_t > deadline:
                         unproven = len(completes - replicas)
                         raise PublishTimeout(
@@ -353,6 +436,15 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
             progress.close()
             store.close()
     elapsed = time.monotonic() - started
+    if watch is not None:
+        verdict = watch.verdict()
+        word = "done" if verdict.ok else "FAILED"
+        aborted = " (rollout aborted)" if watch.aborted() else ""
+        print(
+            f"publish {word}{aborted}: {args.channel} {args.pkg_version}: {verdict.summary}; "
+            f"uploaded {swarm.bytes_uploaded} bytes in {elapsed:.1f} s"
+        )
+        return 0 if verdict.ok else 1
     ratio = swarm.bytes_uploaded / info.size if info.size else 0.0
     # Resuming a rollout (this publish run again after the first one died): the super-
     # seeder handed out only what no peer held, so say how much the swarm had already.

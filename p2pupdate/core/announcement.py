@@ -23,12 +23,15 @@ import nacl.signing
 import semver
 
 from p2pupdate.config import DEFAULT_LIMITS, Limits
+from p2pupdate.core.signedwire import signature_pairs, unpack_limited
 from p2pupdate.errors import RemoteProtocolError
 
 __all__ = [
     "CHANNEL_RE",
+    "FORMAT_STAGED",
     "FORMAT_VERSION",
     "MAX_CHANNEL_LEN",
+    "MAX_STAGES",
     "SIGN_DOMAIN",
     "Announcement",
     "AnnouncementBody",
@@ -39,11 +42,17 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+# Format 2 adds a staged-rollout schedule and an abort rule (two more body fields). A
+# body without either is still written as format 1, byte for byte as before, so older
+# nodes verify every announcement that does not use them.
+FORMAT_STAGED = 2
+MAX_STAGES = 10
 SIGN_DOMAIN = b"p2pupdate/announcement/v1\x00"
 CHANNEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}(/[a-z0-9][a-z0-9._-]{0,63}){0,3}$")
 # The longest name CHANNEL_RE accepts: four parts of 64 characters and three slashes.
 MAX_CHANNEL_LEN = 4 * 64 + 3
 _BODY_FIELDS = 12
+_BODY_FIELDS_V2 = 14
 
 
 def validate_channel(channel: str) -> str:
@@ -83,13 +92,31 @@ class AnnouncementBody:
     rollout: int = 100
     chunk_size: int = DEFAULT_LIMITS.chunk_size
     format_version: int = FORMAT_VERSION
+    # Format 2 only: ((percent, seconds after ``created`` it opens), ...), the first at
+    # 0, and (percent, minimum attempted) for the abort rule.
+    stages: tuple[tuple[int, int], ...] = ()
+    abort: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.validate(DEFAULT_LIMITS)
 
     def validate(self, limits: Limits) -> None:
-        if self.format_version != FORMAT_VERSION:
+        if self.format_version not in (FORMAT_VERSION, FORMAT_STAGED):
             raise ValueError(f"unsupported announcement format {self.format_version}")
+        staged = bool(self.stages) or self.abort is not None
+        if staged != (self.format_version == FORMAT_STAGED):
+            raise ValueError("stages and an abort rule come with format 2, and only with it")
+        _validate_stages(self.stages)
+        if self.abort is not None:
+            a = self.abort
+            if not (
+                isinstance(a, tuple)
+                and len(a) == 2
+                and all(type(x) is int for x in a)
+                and 1 <= a[0] <= 100
+                and 1 <= a[1] <= 1_000_000
+            ):
+                raise ValueError("abort rule must be (percent 1..100, minimum 1..1000000)")
         validate_channel(self.channel)
         validate_version(self.version, limits)
         if self.min_version is not None:
@@ -116,6 +143,32 @@ class AnnouncementBody:
             raise ValueError("rollout must be 0..100")
 
     def to_list(self) -> list[object]:
+        fields = self._v1_list()
+        if self.format_version == FORMAT_STAGED:
+            fields += [
+                [list(st) for st in self.stages],
+                None if self.abort is None else list(self.abort),
+            ]
+        return fields
+
+    def rollout_at(self, now: float) -> int:
+        """The rollout percentage in force at ``now`` (the stage opened last)."""
+        if not self.stages:
+            return self.rollout
+        pct = 0
+        for percent, offset in self.stages:
+            if now >= self.created + offset:
+                pct = percent
+        return pct
+
+    def next_stage_at(self, now: float) -> float | None:
+        """Unix time the next stage opens, or None when the last is open."""
+        for _, offset in self.stages:
+            if self.created + offset > now:
+                return float(self.created + offset)
+        return None
+
+    def _v1_list(self) -> list[object]:
         return [
             self.format_version,
             self.channel,
@@ -181,6 +234,21 @@ class Announcement:
         return data
 
 
+def _validate_stages(stages: object) -> None:
+    if not isinstance(stages, tuple) or len(stages) > MAX_STAGES:
+        raise ValueError(f"at most {MAX_STAGES} stages")
+    last_pct, last_offset = 0, -1
+    for i, item in enumerate(stages):
+        if not (isinstance(item, tuple) and len(item) == 2 and all(type(x) is int for x in item)):
+            raise ValueError("a stage is (percent, seconds after created)")
+        pct, offset = item
+        if not 1 <= pct <= 100 or not 0 <= offset < 2**40:
+            raise ValueError("a stage's percent is 1..100 and its start not negative")
+        if (i == 0 and offset != 0) or offset <= last_offset or pct < last_pct:
+            raise ValueError("stages start at 0 and grow in time and percentage")
+        last_pct, last_offset = pct, offset
+
+
 def sign_announcement(
     body: AnnouncementBody, keys: Sequence[nacl.signing.SigningKey]
 ) -> Announcement:
@@ -198,21 +266,14 @@ def sign_announcement(
 
 
 def _unpack(data: bytes, limits: Limits) -> object:
-    try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            # The body's strings are a channel and two versions; the envelope has none.
-            max_str_len=MAX_CHANNEL_LEN,
-            max_bin_len=limits.max_announcement,
-            max_array_len=_BODY_FIELDS,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # msgpack raises many types; translate them all once
-        raise RemoteProtocolError(f"malformed announcement: {exc}") from exc
+    # The body's strings are a channel and two versions; the envelope has none.
+    return unpack_limited(
+        data,
+        "announcement",
+        max_str=MAX_CHANNEL_LEN,
+        max_bin=limits.max_announcement,
+        max_array=max(_BODY_FIELDS_V2, MAX_STAGES),
+    )
 
 
 def decode_announcement(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Announcement:
@@ -228,27 +289,29 @@ def decode_announcement(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Announc
     body_bytes, sig_list = outer
     if not isinstance(body_bytes, bytes) or not isinstance(sig_list, list):
         raise RemoteProtocolError("announcement must be [bin body, [signatures]]")
-    if not 1 <= len(sig_list) <= limits.max_signatures:
-        raise RemoteProtocolError(f"announcement needs 1..{limits.max_signatures} signatures")
-    sigs: list[tuple[bytes, bytes]] = []
-    for item in sig_list:
-        if not (
-            isinstance(item, list)
-            and len(item) == 2
-            and isinstance(item[0], bytes)
-            and len(item[0]) == 32
-            and isinstance(item[1], bytes)
-            and len(item[1]) == 64
-        ):
-            raise RemoteProtocolError("a signature entry must be [32-byte key id, 64-byte sig]")
-        sigs.append((item[0], item[1]))
+    sigs = signature_pairs(sig_list, "announcement", limits.max_signatures)
     fields = _unpack(body_bytes, limits)
-    if not (isinstance(fields, list) and len(fields) == _BODY_FIELDS):
+    if not (isinstance(fields, list) and len(fields) in (_BODY_FIELDS, _BODY_FIELDS_V2)):
         raise RemoteProtocolError(f"announcement body must be an array of {_BODY_FIELDS}")
     (fmt, channel, version, pid, size, chunk_size, root, created, expires, minv, crit, roll) = (
-        fields
+        fields[:_BODY_FIELDS]
     )
     try:
+        stages: tuple[tuple[int, int], ...] = ()
+        abort: tuple[int, int] | None = None
+        if len(fields) == _BODY_FIELDS_V2:
+            raw_stages, raw_abort = fields[_BODY_FIELDS:]
+            if not isinstance(raw_stages, list) or not all(
+                isinstance(x, list) and len(x) == 2 for x in raw_stages
+            ):
+                raise ValueError("stages must be a list of [percent, offset]")
+            stages = tuple((x[0], x[1]) for x in raw_stages)
+            if raw_abort is not None:
+                if not (isinstance(raw_abort, list) and len(raw_abort) == 2):
+                    raise ValueError("abort must be [percent, minimum]")
+                abort = (raw_abort[0], raw_abort[1])
+        elif fmt != FORMAT_VERSION:
+            raise ValueError(f"format {fmt} needs {_BODY_FIELDS_V2} fields")
         body = AnnouncementBody(
             channel=channel,
             version=version,
@@ -262,6 +325,8 @@ def decode_announcement(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Announc
             rollout=roll,
             chunk_size=chunk_size,
             format_version=fmt,
+            stages=stages,
+            abort=abort,
         )
         body.validate(limits)
     except (ValueError, TypeError) as exc:

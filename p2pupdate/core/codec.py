@@ -18,7 +18,14 @@ import msgpack
 
 from p2pupdate.config import DEFAULT_LIMITS, Limits
 from p2pupdate.core.announcement import MAX_CHANNEL_LEN
-from p2pupdate.core.messages import MESSAGE_TYPES, Have, Inventory, Message, Peers
+from p2pupdate.core.messages import (
+    MESSAGE_TYPES,
+    Have,
+    Inventory,
+    Message,
+    Peers,
+    ReportSummary,
+)
 from p2pupdate.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["HEADER", "FrameDecoder", "decode_body", "encode"]
@@ -50,6 +57,10 @@ def _tuplify(msg_type: type[Message], fields: list[object]) -> list[object]:
         if not isinstance(items, list):
             raise ValueError("expected a list")
         fields = [tuple(tuple(x) if isinstance(x, list) else x for x in items)]
+    elif msg_type is ReportSummary:
+        if not isinstance(fields[0], list):
+            raise ValueError("expected a list of entries")
+        fields = [tuple(tuple(x) if isinstance(x, list) else x for x in fields[0]), *fields[1:]]
     elif msg_type is Have:
         if not isinstance(fields[1], list):
             raise ValueError("expected a list of indices")

@@ -28,6 +28,7 @@ import nacl.exceptions
 import nacl.signing
 
 from p2pupdate.config import DEFAULT_LIMITS, Limits
+from p2pupdate.core.signedwire import unpack_limited
 from p2pupdate.errors import RemoteProtocolError
 
 __all__ = [
@@ -70,20 +71,7 @@ def _key(name: str, value: object) -> bytes:
 
 
 def _unpack(data: bytes, what: str, max_bin: int, max_array: int) -> object:
-    try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_str_len=0,
-            max_bin_len=max_bin,
-            max_array_len=max_array,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # msgpack raises many types; translate them all once
-        raise RemoteProtocolError(f"malformed {what}: {exc}") from exc
+    return unpack_limited(data, what, max_str=0, max_bin=max_bin, max_array=max_array)
 
 
 def _envelope(data: bytes, what: str, limit: int) -> tuple[bytes, bytes]:

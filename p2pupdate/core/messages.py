@@ -17,6 +17,7 @@ from p2pupdate.core.announcement import validate_channel
 __all__ = [
     "MAX_INVENTORY",
     "MAX_PEERS",
+    "MAX_SUMMARY",
     "MESSAGE_TYPES",
     "NONCE_LEN",
     "PROTOCOL_VERSION",
@@ -37,9 +38,12 @@ __all__ = [
     "Ping",
     "Pong",
     "Reject",
+    "Report",
+    "ReportSummary",
     "Request",
     "Revoke",
     "Table",
+    "Yank",
 ]
 
 # 2: HELLO carries a nonce and is followed by HELLO_PROOF (docs/protocol.md).
@@ -333,6 +337,60 @@ class Revoke(Message):
         _bytes("revocation list", self.data, maximum=_L.max_revoked * 35 + 128)
 
 
+# Entries per REPORT_SUMMARY: (8-byte node id prefix, sequence) is at most 20 bytes
+# packed, so 2000 of them stay well inside one frame.
+MAX_SUMMARY = 2000
+
+
+@dataclass(frozen=True)
+class Report(Message):
+    """One signed node report (``core.reports``), relayed as received."""
+
+    TYPE: ClassVar[int] = 40
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _bytes("report", self.data, maximum=_L.max_report)
+
+
+@dataclass(frozen=True)
+class ReportSummary(Message):
+    """Anti-entropy for reports: (node id prefix, seq) of the reports the sender holds.
+
+    Long summaries come in parts; ``done`` marks the last. The receiver answers
+    with every report it holds that the sender lacks or holds older.
+    """
+
+    TYPE: ClassVar[int] = 41
+    entries: tuple[tuple[bytes, int], ...]
+    done: bool
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.entries, tuple) or len(self.entries) > MAX_SUMMARY:
+            raise ValueError(f"a report summary lists at most {MAX_SUMMARY} entries")
+        for item in self.entries:
+            if not (isinstance(item, tuple) and len(item) == 2):
+                raise ValueError("a summary entry is [id prefix, seq]")
+            _bytes("node id prefix", item[0], exact=8)
+            _int("seq", item[1], 0, 2**63 - 1)
+        if not isinstance(self.done, bool):
+            raise ValueError("done must be a boolean")
+
+    def to_fields(self) -> list[object]:
+        return [[list(e) for e in self.entries], self.done]
+
+
+@dataclass(frozen=True)
+class Yank(Message):
+    """A signed revocation of one channel version (``core.yank``), relayed as received."""
+
+    TYPE: ClassVar[int] = 42
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _bytes("yank", self.data, maximum=_L.max_announcement)
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -354,5 +412,8 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Complete,
         HelloProof,
         Revoke,
+        Report,
+        ReportSummary,
+        Yank,
     )
 }

@@ -24,6 +24,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import blake3
+import nacl.exceptions
+import nacl.signing
 
 from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.announcement import Announcement
@@ -36,6 +38,7 @@ __all__ = [
     "Decision",
     "TrustConfig",
     "act_decision",
+    "check_signers",
     "in_rollout",
     "install_decision",
     "is_newer",
@@ -92,7 +95,28 @@ def _check_signatures(ann: Announcement, trust: TrustConfig) -> Decision:
     trusted_claimed = signers & trust.trusted_keys
     if not trusted_claimed:
         return Decision(False, Reason.UNTRUSTED)
-    valid = ann.valid_signers() & trust.trusted_keys
+    return _threshold(ann.valid_signers() & trust.trusted_keys, trust)
+
+
+def check_signers(
+    signatures: Collection[tuple[bytes, bytes]], message: bytes, trust: TrustConfig
+) -> Decision:
+    """The announcement signature rules for any signed statement (a yank): at least
+    ``threshold`` distinct trusted keys whose signature over ``message`` verifies."""
+    if not {key for key, _ in signatures} & trust.trusted_keys:
+        return Decision(False, Reason.UNTRUSTED)
+    good: set[bytes] = set()
+    for key, sig in signatures:
+        if key in trust.trusted_keys:
+            try:
+                nacl.signing.VerifyKey(key).verify(message, sig)
+            except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
+                continue
+            good.add(key)
+    return _threshold(frozenset(good), trust)
+
+
+def _threshold(valid: frozenset[bytes], trust: TrustConfig) -> Decision:
     if not valid:
         return Decision(False, Reason.BAD_SIGNATURE)
     if len(valid) < trust.threshold:
@@ -156,10 +180,13 @@ def act_decision(
     installed_version: str | None,
     quarantined: Collection[str],
     max_size: int | None = None,
+    now: float | None = None,
 ) -> Decision:
     """Act on (download and apply) an announcement that already passed relay.
 
-    See :func:`install_decision`; ``max_size`` None skips the size check.
+    See :func:`install_decision`; ``max_size`` None skips the size check. With
+    ``now``, a staged rollout (format 2) uses the stage open at ``now``; without
+    it, the announcement's plain ``rollout``.
     """
     body = ann.body
     return install_decision(
@@ -169,7 +196,7 @@ def act_decision(
         quarantined=quarantined,
         max_size=max_size,
         min_version=body.min_version,
-        rollout=body.rollout,
+        rollout=body.rollout if now is None else body.rollout_at(now),
         node_id=node_id,
     )
 

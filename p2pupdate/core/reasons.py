@@ -41,6 +41,8 @@ class Reason(enum.StrEnum):
     NOT_NEWER = "not_newer"
     BELOW_MIN_VERSION = "below_min_version"
     OUTSIDE_ROLLOUT = "outside_rollout"
+    YANKED = "yanked"  # revoked by a signed yank (core.yank)
+    ROLLOUT_ABORTED = "rollout_aborted"  # the release's abort rule fired (core.reports)
     # -- download (the agent's download_failed)
     DISK_FULL = "disk_full"
     DISK_ERROR = "disk_error"
@@ -93,6 +95,8 @@ ACT_REASONS = frozenset(
         Reason.NOT_NEWER,
         Reason.BELOW_MIN_VERSION,
         Reason.OUTSIDE_ROLLOUT,
+        Reason.YANKED,
+        Reason.ROLLOUT_ABORTED,
     }
 )
 

@@ -33,12 +33,15 @@ from typing import Any, Protocol
 import trio
 from bitarray.util import zeros
 
+from p2pupdate import __version__
+from p2pupdate.core import reports
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.chunks import chunk_count
 from p2pupdate.core.policy import act_decision, valid_now
 from p2pupdate.core.reasons import Reason, split_reason
 from p2pupdate.core.retry import FREE_SPACE, NEW_SOURCE, Backoff, Retry, decide
 from p2pupdate.core.store import PIN_IN_PROGRESS, PIN_INSTALLED, PIN_NEWEST, CacheIndex
+from p2pupdate.core.yank import Yank
 from p2pupdate.errors import DiskFullError, P2PUpdateError
 from p2pupdate.shell.events import EventLog
 from p2pupdate.shell.install.applicator import Applicator, TargetSpec
@@ -151,6 +154,17 @@ class Agent:
         self.self_update_off = "off: not a managed install"
         node.on_announcement = self.on_announcement
         swarm.on_source = self.on_source
+        # Node reports (docs/protocol.md): the last outcome per channel comes from the
+        # events as they are written; every one that changes it re-issues the report.
+        self.outcomes: dict[str, tuple[str, str, str]] = {}
+        self._applying: dict[str, str] = {}
+        events.listeners.append(self._on_event)
+        node.reports.build = self._build_report
+        # Staged rollouts with an abort rule (docs/operations.md): (channel, version)
+        # pairs this node saw abort; and yanks (signed revocations).
+        self.aborted: set[tuple[str, str]] = set()
+        node.reports.listeners.append(self._on_report)
+        node.yanks.listeners.append(self._on_yank)
 
     def _chan(self, channel: str) -> _ChannelState:
         return self.channels.setdefault(channel, _ChannelState())
@@ -165,6 +179,9 @@ class Agent:
                 # applicator's per-channel lock and finishes any pending record first.
                 task_status.started()
                 await self.applicator.recover(list(self.targets.values()))
+                for yank in self.node.yanks.all():
+                    self._on_yank(yank)
+                nursery.start_soon(self._stage_loop)
                 for ann in self.node.book.all_newest():
                     pid = ann.body.package_id
                     if not self.swarm.store.has_complete(pid):
@@ -185,7 +202,19 @@ class Agent:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     # -- deciding -------------------------------------------------------------------
+    def _stopped(self, ann: Announcement) -> str | None:
+        """``yanked`` or ``rollout_aborted`` when this release must not be started."""
+        b = ann.body
+        if self.node.yanks.yanked(b.channel, b.version) is not None:
+            return "yanked"
+        if (b.channel, b.version) in self.aborted:
+            return "rollout_aborted"
+        return None
+
     def _refusal(self, ann: Announcement, target: TargetSpec) -> str | None:
+        stopped = self._stopped(ann)
+        if stopped is not None:
+            return stopped
         # Trust and expiry are asked again: an announcement held for `p2pupdate apply`
         # or a long download may have expired meanwhile; nothing expired is installed.
         valid = valid_now(ann, self.node.book.trust, self.node.wall_clock())
@@ -197,6 +226,7 @@ class Agent:
             installed_version=self.applicator.installed_version(target),
             quarantined=self.applicator.quarantined(target.channel),
             max_size=self.applicator.max_size,
+            now=self.node.wall_clock(),
         )
         return None if decision.ok else decision.reason
 
@@ -219,6 +249,12 @@ class Agent:
         apply_it = False
         if self.self_update is not None and self.self_update.handles(b.channel):
             self.self_update.on_announcement(ann)
+        stopped = self._stopped(ann)
+        if stopped is not None:
+            # Not downloaded either (not even to cache it for others).
+            if target is not None and self.applicator.installed_version(target) != b.version:
+                self._refuse(ann, stopped)
+            return
         if target is not None:
             reason = self._refusal(ann, target)
             if reason == "not_newer" and self.applicator.installed_version(target) == b.version:
@@ -595,12 +631,141 @@ class Agent:
         if reason is not None:
             log.warning("cache over its size: %s", reason)
 
+    # -- node report ------------------------------------------------------------------
+    def _on_event(self, name: str, record: dict[str, Any]) -> None:
+        channel = record.get("channel")
+        if not isinstance(channel, str) or channel not in self.targets:
+            return
+        if name == "applying" and isinstance(record.get("version"), str):
+            self._applying[channel] = record["version"]
+        elif name in ("update_complete", "update_failed", "rolled_back", "quarantined"):
+            self._applying.pop(channel, None)
+        prev = self.outcomes.get(channel)
+        new = reports.next_outcome(prev, name, record)
+        if new is not None:
+            self.outcomes[channel] = new
+        if new != prev or name in ("applying", "download_started", "update_complete"):
+            self.node.reports.changed()
+
+    def _build_report(self) -> reports.NodeReport:
+        applied = self.applicator.status(list(self.targets.values()))["channels"]
+        entries = []
+        for ch, target in sorted(self.targets.items()):
+            st = self.channels.get(ch, _ChannelState())
+            a = applied.get(ch, {})
+            downloading = None
+            if st.download is not None:
+                downloading = (st.download.body.version, float(st.progress.get("progress", 0.0)))
+            entries.append(
+                reports.channel_entry(
+                    ch,
+                    installed=self.applicator.installed_version(target),
+                    downloading=downloading,
+                    applying=self._applying.get(ch),
+                    last=self.outcomes.get(ch),
+                    quarantined=[q["version"] for q in a.get("quarantined", [])],
+                )
+            )
+        host, port = self.node.listen_addr
+        return reports.NodeReport(
+            self.node.node_id,
+            0,
+            0,
+            f"{host}:{port}"[:64],
+            f"p2pupdate/{__version__}"[:32],
+            tuple(entries),
+        )
+
+    # -- staged rollout, abort, yank -----------------------------------------------------
+    async def _stage_loop(self) -> None:
+        """Re-examine a staged release each time one of its stages opens."""
+        seen: dict[bytes, int] = {}
+        while True:
+            now = self.node.wall_clock()
+            wait = 5.0
+            for ann in self.node.book.all_newest():
+                b = ann.body
+                if not b.stages:
+                    continue
+                pct = b.rollout_at(now)
+                if seen.setdefault(ann.id, pct) != pct:
+                    seen[ann.id] = pct
+                    log.info("%s %s: stage %d%% open", b.channel, b.version, pct)
+                    self.events.emit("rollout_stage", channel=b.channel, version=b.version,
+                                     rollout=pct)  # fmt: skip
+                    await self.on_announcement(ann, None)
+                nxt = b.next_stage_at(now)
+                if nxt is not None:
+                    wait = min(wait, max(0.05, nxt - now))
+            await trio.sleep(wait)
+
+    def _on_report(self, signed: reports.SignedReport) -> None:
+        for ann in self.node.book.all_newest():
+            b = ann.body
+            if b.abort is None or (b.channel, b.version) in self.aborted:
+                continue
+            if signed.report.channel(b.channel) is None:
+                continue
+            # With fleet membership on, only members' reports count toward an abort
+            # (docs/security.md); the fleet view still shows every report.
+            counted = [
+                r for r in self.node.reports.book.all() if self.node.is_member(r.report.node_id)
+            ]
+            failed, attempted = reports.abort_tally(counted, b.channel, b.version)
+            if not reports.AbortRule(*b.abort).fired(failed, attempted):
+                continue
+            self.aborted.add((b.channel, b.version))
+            st = self._chan(b.channel)
+            if st.download is not None and st.download.body.version == b.version and st.scope:
+                st.scope.cancel()
+            if st.retry is not None and st.retry.ann.body.version == b.version:
+                self._cancel_retry(st)
+            self.events.emit(
+                "rollout_aborted",
+                channel=b.channel,
+                version=b.version,
+                failed=failed,
+                attempted=attempted,
+            )
+
+    def _on_yank(self, yank: Yank) -> None:
+        b = yank.body
+        st = self._chan(b.channel)
+        if st.download is not None and st.download.body.version == b.version and st.scope:
+            st.scope.cancel()
+        target = self.targets.get(b.channel)
+        if target is None or self._nursery is None:
+            return
+        self._nursery.start_soon(self._undo_yanked, target, b.version, b.reason)
+
+    async def _undo_yanked(self, target: TargetSpec, version: str, reason: str) -> None:
+        restored = None
+        if self.applicator.installed_version(target) == version:
+            log.warning("%s %s was yanked; rolling back", target.channel, version)
+            if await self.applicator.rollback(target):
+                restored = self.applicator.installed_version(target)
+        self.events.emit(
+            "yanked",
+            channel=target.channel,
+            version=version,
+            restored_version=restored,
+            reason=reason,
+        )
+
+    def fleet(self, channel: str | None) -> dict[str, Any]:
+        """The node's view of the fleet (``p2pupdate fleet``)."""
+        return reports.fleet_view(self.node.reports.book.all(), self.node.wall_clock(), channel)
+
     # -- control socket -------------------------------------------------------------
     async def control(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "status":
             return {"ok": True, **self.status()}
         channel = request.get("channel")
+        if op == "fleet":
+            if channel is not None and not isinstance(channel, str):
+                return {"ok": False, "usage": True, "error": "channel must be a string"}
+            return {"ok": True, **self.fleet(channel)}
         if op in ("apply", "rollback", "quarantine_clear"):
             target = self.targets.get(channel) if isinstance(channel, str) else None
             if target is None:

@@ -16,7 +16,9 @@ of the node writing the log (likewise ``t`` -> ``field_t``, ``event`` ->
 ``field_event``); the one exception is ``peer_banned``, whose ``node`` is the
 banned peer's id as docs/operations.md specifies, with the writer in ``reporter``.
 Every event is also forwarded to the ``p2pupdate.events`` logger, so people
-see it in the human log too (``download_progress`` at DEBUG, the rest at INFO).
+see it in the human log too (``download_progress`` at DEBUG; ``update_failed``, ``rolled_back``,
+``quarantined``, ``rollout_aborted`` and ``yanked`` at WARNING; the rest at INFO).
+Listeners (``EventLog.listeners``) see every record after it is written.
 
 :func:`setup_logging` configures the ``p2pupdate`` logger hierarchy: human
 lines on stderr by default, one JSON object per line with ``json=True``.
@@ -33,7 +35,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -63,6 +65,8 @@ EVENT_NAMES = frozenset(
         "rolled_back",
         "quarantined",
         "peer_banned",
+        "rollout_aborted",
+        "yanked",
     }
 )
 """The event names docs/operations.md promises; the node may emit others too."""
@@ -81,6 +85,9 @@ _RESERVED = frozenset({"t", "node", "event"})
 _RENAMED = {"t": "field_t", "node": "peer_node", "event": "field_event"}
 # Events frequent enough to drown the human log at INFO.
 _CHATTY = frozenset({"download_progress"})
+# Events an operator must see with `--log-level warning`: something went wrong with a
+# release (docs/operations.md).
+_WARN = frozenset({"update_failed", "rolled_back", "quarantined", "rollout_aborted", "yanked"})
 
 _event_logger = logging.getLogger("p2pupdate.events")
 
@@ -125,6 +132,8 @@ class EventLog:
         self._size = 0
         self._lock = threading.Lock()
         self._file: IO[str] | None = None
+        # Called with (name, record) after each event is written (the node report).
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         if path is not None:
             try:
                 self._file = self._open(path)
@@ -179,7 +188,14 @@ class EventLog:
                 self._file.write(data)
                 self._file.flush()
                 self._size += size
-        level = logging.DEBUG if name in _CHATTY else logging.INFO
+        for listener in list(self.listeners):
+            listener(name, record)
+        if name in _CHATTY:
+            level = logging.DEBUG
+        elif name in _WARN:
+            level = logging.WARNING
+        else:
+            level = logging.INFO
         if _event_logger.isEnabledFor(level):
             text = " ".join(f"{k}={_short(v)}" for k, v in record.items() if k not in _RESERVED)
             _event_logger.log(

@@ -131,6 +131,11 @@ class NodeSettings:
     # The events file is rotated to FILE.1 when it would grow past this (0: never):
     # a peer flood must not fill the disk. One old file is kept.
     events_max_size: int = 64 * MiB
+    # Serve Prometheus metrics on this address (None: off, the default).
+    metrics_listen: tuple[str, int] | None = None
+    # Node reports: heartbeat period and how many reports (one per node) are kept.
+    report_interval: float = DEFAULT_LIMITS.report_interval
+    max_reports: int = DEFAULT_LIMITS.max_reports
     auto_check: bool = True  # periodic anti-entropy pulls
     check_interval: float = 30.0  # seconds between anti-entropy rounds
     auto_download: bool = True
@@ -194,6 +199,9 @@ _SCALARS: dict[str, tuple[Callable[[object, _Src], Any], str | None]] = {
     "cache_size": (_size, "--cache-size"),
     "events": (_path, "--events"),
     "events_max_size": (_size, "--events-max-size"),
+    "metrics_listen": (_hostport, "--metrics-listen"),
+    "report_interval": (_duration, None),
+    "max_reports": (_int_at_least(1), None),
     "auto_check": (_bool, None),
     "check_interval": (_duration, "--check-interval"),
     "auto_download": (_bool, None),

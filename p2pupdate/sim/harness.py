@@ -46,11 +46,13 @@ from types import FrameType
 from typing import Any
 
 import blake3
+import nacl.signing
 import trio
 
 import p2pupdate
 from p2pupdate.errors import P2PUpdateError
 from p2pupdate.shell.fsutil import pid_alive
+from p2pupdate.shell.keyfile import write_secret_key
 from p2pupdate.sim.adversary import Adversary
 from p2pupdate.sim.app import APP_NAME, app_bytes
 from p2pupdate.sim.intruder import Intruder
@@ -329,6 +331,11 @@ class Harness:
             spec.peers = [self.nodes[j].address for j in edges[spec.index]]
             spec.target.parent.mkdir(parents=True)
             spec.data_dir.mkdir(parents=True)
+            if any(p.stages for p in sc.publications):
+                # Node keys from the scenario's seed: which nodes a stage takes in (a
+                # hash of node id and version) is then the same on every run.
+                seeded = random.Random(sc.seed * 100_003 + spec.index).randbytes(32)
+                write_secret_key(spec.data_dir / "node.key", nacl.signing.SigningKey(seeded))
             spec.target.write_bytes(initial)
             spec.target.chmod(0o755)
             spec.events.unlink(missing_ok=True)
@@ -483,6 +490,10 @@ class Harness:
         )  # fmt: skip
         for j in targets:
             argv += ["--peer", self.nodes[j].address]
+        if pub.stages:
+            argv += ["--stages", pub.stages]
+        if pub.abort_after:
+            argv += ["--abort-after", pub.abort_after]
         if sc.upload_limit and sc.network == "loopback":
             argv += ["--upload-limit", str(sc.upload_limit)]
         if self.fleet_key is not None:

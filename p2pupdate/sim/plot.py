@@ -68,6 +68,7 @@ def plot_timeline(report: dict[str, Any], started: float, path: Path) -> Path | 
                 "announcement_received": ("^", 0.0),
                 "update_complete": ("o", 1.0),
                 "rolled_back": ("P", 1.0),
+                "rollout_aborted": ("X", 0.5),
             }
             for ev in node["events"]:
                 spec = marks.get(str(ev.get("event")))
@@ -85,10 +86,16 @@ def plot_timeline(report: dict[str, Any], started: float, path: Path) -> Path | 
                 ax.axvline(x, color="grey", linestyle="--", linewidth=1)
                 ax.annotate(f"publish {p['version']}", (x, 1.04),
                             fontsize=8, color="grey", annotation_clip=False)  # fmt: skip
+                # A staged rollout: a dotted line where each later stage opens.
+                for pct, start in p.get("stages") or []:
+                    if start:
+                        ax.axvline(x + start, color="tab:blue", linestyle=":", linewidth=1)
+                        ax.annotate(f"stage {pct}%", (x + start, 1.0), fontsize=8,
+                                    color="tab:blue", annotation_clip=False)  # fmt: skip
         sc = report["scenario"]
         ax.set_title(
             f"{sc['name']}: {sc['nodes']} nodes, {sc['package_size'] / 2**20:.1f} MiB "
-            "(^ announced, o applied, P rolled back, x killed)",
+            "(^ announced, o applied, P rolled back, X saw the abort, x killed)",
             fontsize=10,
         )
         ax.set_xlabel("seconds since the first publication" if pubs else "seconds")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pupdate.config import DEFAULT_LIMITS
+from p2pupdate.core.rollout import parse_stages
 from p2pupdate.core.units import format_size
 from p2pupdate.sim.scenario import Scenario
 from p2pupdate.sim.selfupdate import check_self_update
@@ -164,6 +165,7 @@ def _pub_figures(rec: RunRecord, pub: PublishRecord) -> dict[str, Any]:
         "last_applied": _r(max(applied.values())) if applied else None,
         "last_settled": _r(max(done.values())) if done else None,
         "per_node": {k: _r(x) for k, x in sorted(done.items())},
+        "stages": _stages_of(rec, v),
         "distribution_time": (
             _r(max(complete) - first_ann) if complete and first_ann is not None else None
         ),
@@ -440,6 +442,8 @@ def check_expectations(rec: RunRecord, report: dict[str, Any]) -> list[dict[str,
                 f"not rolled back+quarantined+on {good}: {', '.join(failed)}" if failed else "",
             )
         )
+    if exp.aborted is not None or exp.max_attempted is not None:
+        out.extend(_abort_expectations(rec, exp.aborted, exp.max_attempted))
     bans = report["bans"]
     if exp.adversary_banned is not None:
         adv = rec.adversary or {}
@@ -608,3 +612,44 @@ def summary_lines(report: dict[str, Any], out_dir: str, plot: str | None) -> lis
     lines.append(("PASSED" if report["ok"] else "FAILED") + f"; report: {out_dir}/report.json"
                  + (f", timeline: {plot}" if plot else ""))  # fmt: skip
     return lines
+
+
+def _abort_expectations(
+    rec: RunRecord, aborted: bool | None, max_attempted: int | None
+) -> list[dict[str, Any]]:
+    """``aborted``: every node that did not attempt the bad release saw it abort and
+    never applied it; ``max_attempted``: how many attempted it (an ``applying``)."""
+    bad = [p.version for p in rec.scenario.publications if p.abort_after]
+    version = bad[-1] if bad else rec.scenario.final_publication.version
+    attempted = sorted(
+        tr.name
+        for tr in rec.tracks
+        if any(e.get("event") == "applying" and e.get("version") == version for e in tr.events)
+    )
+    saw = sorted(
+        tr.name
+        for tr in rec.tracks
+        if any(
+            e.get("event") == "rollout_aborted" and e.get("version") == version for e in tr.events
+        )
+    )
+    out: list[dict[str, Any]] = []
+    if aborted is not None:
+        missing = sorted({tr.name for tr in rec.tracks} - set(attempted) - set(saw))
+        ok = bool(saw) and not missing
+        detail = f"{len(saw)} saw the abort; {len(attempted)} attempted"
+        if missing:
+            detail += f"; neither: {', '.join(missing)}"
+        out.append(_exp("aborted", aborted, ok, ok == aborted, detail))
+    if max_attempted is not None:
+        ok = len(attempted) <= max_attempted
+        out.append(_exp("max_attempted", max_attempted, len(attempted), ok, ", ".join(attempted)))
+    return out
+
+
+def _stages_of(rec: RunRecord, version: str) -> list[list[int]]:
+    """[[percent, seconds after publishing], ...] of a staged publication, else []."""
+    for p in rec.scenario.publications:
+        if p.version == version and p.stages:
+            return [list(st) for st in parse_stages(p.stages)]
+    return []

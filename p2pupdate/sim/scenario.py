@@ -28,6 +28,7 @@ from typing import Any
 import semver
 
 from p2pupdate.core.announcement import validate_channel, validate_version
+from p2pupdate.core.rollout import parse_abort, parse_stages
 from p2pupdate.core.units import parse_rate, parse_size
 from p2pupdate.errors import UsageError
 from p2pupdate.selfupdate.release import platform_channel
@@ -48,12 +49,23 @@ __all__ = [
     "PublisherKillFault",
     "Scenario",
     "SelfUpdate",
+    "VirtualSpec",
     "load_scenario",
     "parse_scenario",
     "resolve_scenario",
     "shipped_scenarios",
 ]
 
+MODES = ("processes", "virtual")
+# What a virtual run measures and can check.
+VIRTUAL_EXPECT = (
+    "all_applied",
+    "max_time",
+    "max_bound_ratio",
+    "max_authority_ratio",
+    "max_hops",
+    "max_spread",
+)
 TOPOLOGIES = ("ring", "random-k", "star")
 NETWORKS = ("loopback", "netns")
 FAULT_KINDS = ("kill9", "late_join", "adversary", "bad_release", "kill_publisher", "intruder")
@@ -61,6 +73,8 @@ SELF_UPDATE_DEFECTS = ("crash", "noimport")
 ADVERSARY_MODES = ("bad-chunks", "bad-tables")
 # One /24 per run in netns mode: .1 is the bridge, .2 the authority, then nodes.
 MAX_NODES = 200
+# A virtual run holds every node in one process: about 2 MB per node with a download.
+MAX_VIRTUAL_NODES = 20000
 MIN_PACKAGE = 4096  # the app's shell header must fit, with room to spare
 MAX_PACKAGE = 4 * 1024**3
 _SHIPPED_PACKAGE = "p2pupdate.sim"
@@ -74,6 +88,9 @@ class Publication:
     version: str
     at: float = 0.0
     healthy: bool = True  # False: the release fails its health check (bad_release fault)
+    # A staged rollout and an abort rule, as publish's --stages / --abort-after take them.
+    stages: str | None = None
+    abort_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +174,32 @@ class SelfUpdate:
 
 
 @dataclass(frozen=True)
+class VirtualSpec:
+    """``mode = "virtual"``: every node in one process, in virtual time (``p2pupdate.sim.virtual``).
+
+    Rates are bytes/s (0 = unlimited); ``upload_limit`` of the scenario is each node's upload.
+    """
+
+    download: int = 0  # each node's download rate
+    authority_upload: int | None = None  # None: the nodes' upload_limit
+    latency: float = 0.01  # one-way access latency of a node (a link has two)
+    latency_spread: float = 0.5  # each node's latency drawn in latency * (1 +- spread)
+    slow_fraction: float = 0.0  # this share of nodes has its rates divided by slow_factor
+    slow_factor: float = 10.0
+    connection_loss: float = 0.0  # mean losses per connection-hour (0: none)
+    churn: float = 0.0  # share of nodes that leave once during the transfer and come back
+    churn_window: tuple[float, float] = (1.0, 10.0)  # seconds after the publication
+    churn_downtime: float = 5.0
+    late_joiners: int = 0  # nodes started only late_join_at seconds after the publication
+    late_join_at: float = 30.0
+    gossip_only: bool = False  # announcement propagation only: no swarm, no download
+    target_connections: int = 8
+    max_connections: int = 64
+    fanout: int = 8
+    time_quantum: float = 0.001  # the clock jumps to deadlines rounded up to this (0: exact)
+
+
+@dataclass(frozen=True)
 class Expect:
     """The outcome a run must reach; each key that is set is checked (None: not checked)."""
 
@@ -173,7 +216,14 @@ class Expect:
     all_running: bool | None = None
     self_updated: bool | None = None
     self_update_rolled_back: bool | None = None
+    # The rollout aborted: every node that did not attempt the release saw the abort
+    # (rollout_aborted) and never applied it.
+    aborted: bool | None = None
+    # At most this many nodes attempted the release (applying) before it aborted.
+    max_attempted: int | None = None
     intruder_got_nothing: bool | None = None
+    max_hops: int | None = None  # virtual: announcement hops to the farthest node
+    max_spread: float | None = None  # virtual: p99 / p50 of the completion times
 
     def items(self) -> list[tuple[str, object]]:
         """The keys that are set, in declaration order."""
@@ -209,6 +259,8 @@ class Scenario:
     # Fleet membership: the harness makes a fleet key, admits every node and the
     # publisher, and runs the nodes with --fleet (and so TLS).
     fleet: bool = False
+    mode: str = "processes"
+    virtual: VirtualSpec | None = None
 
     def node_upload_limit(self, index: int) -> int:
         """Upload limit of node ``index`` (bytes/s, 0 = unlimited)."""
@@ -494,7 +546,11 @@ def _parse_expect(table: object, where: str) -> Expect:
         all_running=r.bool_("all_running", None),
         self_updated=r.bool_("self_updated", None),
         self_update_rolled_back=r.bool_("self_update_rolled_back", None),
+        aborted=r.bool_("aborted", None),
+        max_attempted=(r.int_("max_attempted", 0, 0, 100_000) if r.has("max_attempted") else None),
         intruder_got_nothing=r.bool_("intruder_got_nothing", None),
+        max_hops=r.int_("max_hops", -1, 0, 1000) if r.has("max_hops") else None,
+        max_spread=r.float_("max_spread", None, 1.0),
     )
     r.done()
     return exp
@@ -504,14 +560,16 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
     """Validate a raw TOML table into a :class:`Scenario` (UsageError naming the key)."""
     where = source or name
     r = _Reader(raw, where)
-    nodes = r.int_("nodes", 10, 1, MAX_NODES)
+    mode = r.str_("mode", "processes", MODES)
+    cap = MAX_VIRTUAL_NODES if mode == "virtual" else MAX_NODES
+    nodes = r.int_("nodes", 10, 1, cap)
     package_size = r.size("package_size", 32 * 1024 * 1024)
     if not MIN_PACKAGE <= package_size <= MAX_PACKAGE:
         raise r.fail("package_size", f"must be between {MIN_PACKAGE} bytes and 4GiB")
     topology = r.str_("topology", "ring", TOPOLOGIES)
     # degree and authority_peers above what the node count allows are clamped, so a
     # scenario can be shrunk by changing ``nodes`` alone.
-    degree = r.int_("degree", 2, 1, MAX_NODES)
+    degree = r.int_("degree", 2, 1, cap)
     seed = r.int_("seed", 1, 0, 2**63 - 1)
     upload_limit = r.size("upload_limit", 0, rate=True)
     slow_nodes = r.int_("slow_nodes", 0, 0, nodes)
@@ -521,9 +579,9 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
     if slow_upload_limit and not slow_nodes:
         raise r.fail("slow_upload_limit", "needs slow_nodes")
     network = r.str_("network", "loopback", NETWORKS)
-    authority_peers = r.int_("authority_peers", 2, 1, MAX_NODES)
+    authority_peers = r.int_("authority_peers", 2, 1, cap)
     default_replicas = nodes if topology == "star" else 1
-    replicas = min(nodes, r.int_("replicas", default_replicas, 1, MAX_NODES))
+    replicas = min(nodes, r.int_("replicas", default_replicas, 1, cap))
     channel = r.str_("channel", "app/stable")
     try:
         validate_channel(channel)
@@ -562,13 +620,30 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
             raise pr.fail("version", "missing")
         version = _version(pr, "version", "")
         at = pr.float_("at", 0.0, 0.0, 86400.0) or 0.0
+        stages = pr.str_("stages", "") or None
+        abort_after = pr.str_("abort_after", "") or None
+        try:
+            if stages is not None:
+                parse_stages(stages)
+            if abort_after is not None:
+                parse_abort(abort_after)
+        except ValueError as exc:
+            raise pr.fail("stages" if stages else "abort_after", str(exc)) from None
         pr.done()
         if semver.Version.parse(version) <= previous:
             raise pr.fail("version", f"{version} must be newer than {previous} before it")
         if at < last_at:
             raise pr.fail("at", "publications must be in time order")
         previous, last_at = semver.Version.parse(version), at
-        pubs.append(Publication(version, at, healthy=version not in bad_versions))
+        pubs.append(
+            Publication(
+                version,
+                at,
+                healthy=version not in bad_versions,
+                stages=stages,
+                abort_after=abort_after,
+            )
+        )
     for f in faults:
         if isinstance(f, PublisherKillFault) and f.version is None:
             faults = tuple(replace(x, version=pubs[0].version) if x is f else x for x in faults)
@@ -600,8 +675,27 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
         if expect_raw is None
         else _parse_expect(expect_raw, f"{where}: expect")
     )
+    virtual = None
+    if mode == "virtual":
+        virtual = _parse_virtual(r.get("virtual"), where, nodes, faults, network, topology)
+        wrong = [k for k, _ in expect.items() if k not in VIRTUAL_EXPECT]
+        if wrong:
+            raise UsageError(
+                f"scenario {where}: expect: {', '.join(wrong)} not measured in a virtual run "
+                f"(it checks {', '.join(VIRTUAL_EXPECT)})"
+            )
+    else:
+        if r.has("virtual"):
+            raise r.fail("virtual", 'only goes with mode = "virtual"')
+        wrong = [k for k in ("max_hops", "max_spread") if getattr(expect, k) is not None]
+        if wrong:
+            raise UsageError(
+                f'scenario {where}: expect: {", ".join(wrong)} only with mode = "virtual"'
+            )
     self_update = None
     if r.has("self_update"):
+        if mode == "virtual":
+            raise r.fail("self_update", 'does not go with mode = "virtual"')
         self_update, channel, expect = _parse_self_update(
             r.get("self_update"), where, faults, pubs, expect, expect_raw is None
         )
@@ -630,7 +724,66 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
         source=source,
         self_update=self_update,
         fleet=fleet,
+        mode=mode,
+        virtual=virtual,
     )
+
+
+def _parse_virtual(
+    table: object, where: str, nodes: int, faults: tuple[Fault, ...], network: str, topology: str
+) -> VirtualSpec:
+    """The ``[virtual]`` table (optional) of a ``mode = "virtual"`` scenario."""
+    vwhere = f"{where}: virtual"
+    if faults:
+        raise UsageError(
+            f"scenario {where}: faults: a virtual run has no [[faults]]; "
+            "use churn, late_joiners and connection_loss in [virtual]"
+        )
+    if network != "loopback":
+        raise UsageError(f"scenario {where}: network: a virtual run has its own network model")
+    if topology == "star":
+        raise UsageError(f"scenario {where}: topology: star is not simulated; ring or random-k")
+    if table is None:
+        table = {}
+    if not isinstance(table, Mapping):
+        raise UsageError(f"scenario {vwhere}: expected a table [virtual]")
+    r = _Reader(table, vwhere)
+    authority_upload = (
+        r.size("authority_upload", -1, rate=True) if r.has("authority_upload") else None
+    )
+    window = r.get("churn_window")
+    if window is None:
+        churn_window = (1.0, 10.0)
+    elif (
+        isinstance(window, list)
+        and len(window) == 2
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in window)
+        and 0 <= window[0] <= window[1] <= 86400
+    ):
+        churn_window = (float(window[0]), float(window[1]))
+    else:
+        raise r.fail("churn_window", "expected [start, end] seconds, 0 <= start <= end")
+    spec = VirtualSpec(
+        download=r.size("download", 0, rate=True),
+        authority_upload=authority_upload,
+        latency=r.float_("latency", 0.01, 0.0, 10.0) or 0.0,
+        latency_spread=r.float_("latency_spread", 0.5, 0.0, 1.0) or 0.0,
+        slow_fraction=r.float_("slow_fraction", 0.0, 0.0, 1.0) or 0.0,
+        slow_factor=r.float_("slow_factor", 10.0, 1.0, 1e6) or 10.0,
+        connection_loss=r.float_("connection_loss", 0.0, 0.0, 1e6) or 0.0,
+        churn=r.float_("churn", 0.0, 0.0, 0.5) or 0.0,
+        churn_window=churn_window,
+        churn_downtime=r.float_("churn_downtime", 5.0, 0.0, 86400.0) or 0.0,
+        late_joiners=r.int_("late_joiners", 0, 0, max(0, nodes - 1)),
+        late_join_at=r.float_("late_join_at", 30.0, 0.0, 86400.0) or 0.0,
+        gossip_only=bool(r.bool_("gossip_only", False)),
+        target_connections=r.int_("target_connections", 8, 1, 1000),
+        max_connections=r.int_("max_connections", 64, 1, 10000),
+        fanout=r.int_("fanout", 8, 1, 1000),
+        time_quantum=r.float_("time_quantum", 0.001, 0.0, 1.0) or 0.0,
+    )
+    r.done()
+    return spec
 
 
 _NOT_FOR_SELF_UPDATE = ("all_applied", "rolled_back", "final_version", "resumed")

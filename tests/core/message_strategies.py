@@ -23,9 +23,12 @@ from p2pupdate.core.messages import (
     Ping,
     Pong,
     Reject,
+    Report,
+    ReportSummary,
     Request,
     Revoke,
     Table,
+    Yank,
 )
 
 __all__ = ["MESSAGE_STRATEGIES", "any_message", "sample_messages"]
@@ -83,6 +86,15 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
     Ping: st.builds(Ping, st.integers(0, 2**32 - 1)),
     Pong: st.builds(Pong, st.integers(0, 2**32 - 1)),
     Complete: st.builds(Complete, ids),
+    Report: st.builds(Report, st.binary(max_size=1024)),
+    ReportSummary: st.builds(
+        ReportSummary,
+        st.lists(
+            st.tuples(st.binary(min_size=8, max_size=8), st.integers(0, 2**63 - 1)), max_size=20
+        ).map(tuple),
+        st.booleans(),
+    ),
+    Yank: st.builds(Yank, st.binary(max_size=1024)),
 }
 assert set(MESSAGE_STRATEGIES) == set(MESSAGE_TYPES.values())
 
@@ -112,4 +124,7 @@ def sample_messages() -> list[Message]:
         HelloProof(b"\x08" * 64),
         HelloProof(b"\x08" * 64, b"\x09" * 512),
         Revoke(b"\x0a" * (1024 * 35 + 128)),
+        Report(b"\x92" + b"\x00" * 1000),
+        ReportSummary(tuple((i.to_bytes(8, "big"), 2**63 - 1) for i in range(2000)), True),
+        Yank(b"\x92" + b"\x00" * 500),
     ]

@@ -13,6 +13,7 @@ from p2pupdate.core.admission import (
     EvictionCandidate,
     choose_eviction,
     is_loopback,
+    is_private,
     netgroup,
 )
 
@@ -34,21 +35,37 @@ def test_netgroups_are_ipv4_slash_24_and_ipv6_slash_64() -> None:
 def test_one_ip_gets_only_its_share_of_handshakes_and_connections() -> None:
     slots = ConnectionSlots(max_connections=64, max_handshakes=16, shared_loopback=False)
     for _ in range(LIM.max_handshakes_per_ip):
-        assert slots.handshake_verdict("10.0.0.1") == "ok"
-        slots.begin_handshake("10.0.0.1")
-    assert slots.handshake_verdict("10.0.0.1") == "handshakes_per_ip"
-    slots.begin_handshake("10.0.0.2")
-    slots.begin_handshake("10.0.0.2")
-    assert slots.handshake_verdict("10.0.0.3") == "handshakes_per_netgroup"
-    assert slots.handshake_verdict("10.0.1.3") == "ok"  # another /24
+        assert slots.handshake_verdict("5.0.0.1") == "ok"
+        slots.begin_handshake("5.0.0.1")
+    assert slots.handshake_verdict("5.0.0.1") == "handshakes_per_ip"
+    slots.begin_handshake("5.0.0.2")
+    slots.begin_handshake("5.0.0.2")
+    assert slots.handshake_verdict("5.0.0.3") == "handshakes_per_netgroup"
+    assert slots.handshake_verdict("5.0.1.3") == "ok"  # another /24
     for _ in range(LIM.max_conns_per_ip):
-        assert slots.inbound_verdict("10.9.0.1") == "ok"
-        slots.begin_connection("10.9.0.1", outbound=False)
-    assert slots.inbound_verdict("10.9.0.1") == "connections_per_ip"
+        assert slots.inbound_verdict("5.9.0.1") == "ok"
+        slots.begin_connection("5.9.0.1", outbound=False)
+    assert slots.inbound_verdict("5.9.0.1") == "connections_per_ip"
     for i in range(LIM.max_conns_per_netgroup - LIM.max_conns_per_ip):
-        slots.begin_connection(f"10.9.0.{i + 2}", outbound=False)
-    assert slots.inbound_verdict("10.9.0.99") == "connections_per_netgroup"
-    assert slots.inbound_verdict("10.9.1.1") == "ok"
+        slots.begin_connection(f"5.9.0.{i + 2}", outbound=False)
+    assert slots.inbound_verdict("5.9.0.99") == "connections_per_netgroup"
+    assert slots.inbound_verdict("5.9.1.1") == "ok"
+
+
+def test_a_private_subnet_is_the_fleet_not_a_cheap_attacker_subnet() -> None:
+    # A rack or VPC puts the whole fleet in one /24: only the per-IP caps hold there.
+    slots = ConnectionSlots(max_connections=64, max_handshakes=16, shared_loopback=False)
+    for i in range(3 * LIM.max_handshakes_per_netgroup):
+        assert slots.handshake_verdict(f"10.0.0.{i + 1}") == "ok"
+        slots.begin_handshake(f"10.0.0.{i + 1}")
+    for i in range(3 * LIM.max_conns_per_netgroup):
+        assert slots.inbound_verdict(f"192.168.1.{i + 1}") == "ok"
+        slots.begin_connection(f"192.168.1.{i + 1}", outbound=False)
+    for _ in range(LIM.max_conns_per_ip):
+        slots.begin_connection("fd00::7", outbound=False)
+    assert slots.inbound_verdict("fd00::7") == "connections_per_ip"  # one host: still capped
+    assert is_private("10.1.2.3") and is_private("fd00::1") and is_private("fe80::1")
+    assert not is_private("127.0.0.1") and not is_private("5.6.7.8") and not is_private("n3")
 
 
 def test_loopback_is_one_shared_host_exempt_from_per_source_caps_unless_turned_off() -> None:

@@ -7,10 +7,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 
+from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.codec import decode_body, encode
 from p2pupdate.core.messages import (
     MAX_INVENTORY,
     MAX_PEERS,
+    MAX_SUMMARY,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     TABLE_PAGE_LIST,
@@ -30,9 +32,12 @@ from p2pupdate.core.messages import (
     Ping,
     Pong,
     Reject,
+    Report,
+    ReportSummary,
     Request,
     Revoke,
     Table,
+    Yank,
 )
 from tests.core.message_strategies import MESSAGE_STRATEGIES, sample_messages
 
@@ -59,6 +64,9 @@ def test_type_codes_are_stable() -> None:
         16: "Complete",
         17: "HelloProof",
         30: "Revoke",
+        40: "Report",
+        41: "ReportSummary",
+        42: "Yank",
     }
     assert PROTOCOL_VERSION == 2
     assert TABLE_PAGE_LIST == -1
@@ -198,6 +206,9 @@ def test_largest_valid_message_of_every_type_fits_a_frame() -> None:
         Ping(2**32 - 1),
         Pong(2**32 - 1),
         Complete(PID),
+        Report(b"\xff" * DEFAULT_LIMITS.max_report),
+        ReportSummary(tuple((b"\xff" * 8, 2**63 - 1) for _ in range(MAX_SUMMARY)), False),
+        Yank(b"\xff" * DEFAULT_LIMITS.max_announcement),
     ]
     assert {type(m) for m in largest} == set(MESSAGE_TYPES.values())
     for msg in largest:

@@ -76,6 +76,8 @@ def test_reasons_are_the_documented_set() -> None:
         "outside_rollout",
         "bad_version",
         "too_large",
+        "yanked",
+        "rollout_aborted",
     } == REASONS
 
 

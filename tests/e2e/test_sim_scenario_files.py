@@ -44,6 +44,9 @@ SHIPPED = {
     "publisher-restart",
     "heterogeneous",
     "membership",
+    "thousand-nodes",
+    "gossip-10k",
+    "staged-rollout-abort",
 }
 
 
@@ -154,6 +157,21 @@ def test_defaults_and_units() -> None:
         (_raw(expect={"all_aplied": True}), "unknown key(s): all_aplied"),
         (_raw(expect={"max_time": "soon"}), "max_time: expected a number"),
         (_raw(expect="yes"), "'expect' must be a table"),
+        (_raw(mode="simulated"), "mode: expected one of processes, virtual"),
+        (_raw(virtual={"latency": 0.1}), 'virtual: only goes with mode = "virtual"'),
+        (_raw(expect={"max_hops": 3}), 'max_hops only with mode = "virtual"'),
+        (_raw(mode="virtual", nodes=20001), "nodes: must be in 1..20000"),
+        (_raw(mode="virtual", virtual={"latncy": 1}), "virtual: unknown key(s): latncy"),
+        (_raw(mode="virtual", virtual={"churn": 0.9}), "churn: must be in 0.0..0.5"),
+        (_raw(mode="virtual", virtual={"churn_window": [5, 1]}), "churn_window: expected"),
+        (_raw(mode="virtual", virtual={"download": "quick"}), "download: bad rate"),
+        (_raw(mode="virtual", network="netns"), "a virtual run has its own network model"),
+        (_raw(mode="virtual", topology="star"), "star is not simulated"),
+        (
+            _raw(mode="virtual", faults=[{"kind": "kill9", "node": 1}]),
+            "a virtual run has no [[faults]]",
+        ),
+        (_raw(mode="virtual", expect={"rolled_back": True}), "rolled_back not measured"),
     ],
 )
 def test_mistakes_name_the_key(raw: dict[str, object], message: str) -> None:
@@ -161,6 +179,31 @@ def test_mistakes_name_the_key(raw: dict[str, object], message: str) -> None:
         parse_scenario(raw, name="x")
     assert message in str(info.value)
     assert str(info.value).startswith("scenario x")
+
+
+def test_virtual_scenarios_read_their_table() -> None:
+    sc = parse_scenario(
+        _raw(
+            mode="virtual",
+            nodes=5000,
+            upload_limit="2MiB/s",
+            virtual={"download": "8MiB/s", "slow_fraction": 0.1, "churn": 0.05,
+                     "churn_window": [2, 8], "late_joiners": 3, "gossip_only": True},
+            expect={"max_hops": 16, "max_spread": 1.2},
+        ),
+        name="x",
+    )  # fmt: skip
+    assert sc.mode == "virtual" and sc.nodes == 5000 and sc.virtual is not None
+    assert sc.virtual.download == 8 << 20 and sc.virtual.slow_fraction == 0.1
+    assert sc.virtual.churn_window == (2.0, 8.0) and sc.virtual.late_joiners == 3
+    assert sc.virtual.gossip_only and sc.virtual.authority_upload is None
+    assert sc.expect.max_hops == 16 and sc.expect.max_spread == 1.2
+    assert parse_scenario(_raw(), name="y").mode == "processes"
+    thousand = load_scenario("thousand-nodes")
+    assert thousand.mode == "virtual" and thousand.nodes == 1000 and thousand.degree == 3
+    assert thousand.package_size == 16 << 20 and thousand.upload_limit > 0
+    gossip = load_scenario("gossip-10k")
+    assert gossip.nodes == 10000 and gossip.virtual is not None and gossip.virtual.gossip_only
 
 
 def test_base_merges_tables_and_replaces_arrays(tmp_path: Path) -> None:

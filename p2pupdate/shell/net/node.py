@@ -50,15 +50,20 @@ from p2pupdate.core.messages import (
     Peers,
     Ping,
     Pong,
+    Report,
+    ReportSummary,
     Revoke,
+    Yank,
 )
 from p2pupdate.core.policy import Decision, TrustConfig
 from p2pupdate.core.throttle import Throttle
 from p2pupdate.errors import IncompatiblePeerError, RemoteProtocolError, TransferError
 from p2pupdate.shell.fsutil import atomic_write_bytes
 from p2pupdate.shell.net.peer import Connection, Timeouts, new_nonce
+from p2pupdate.shell.net.reports import ReportGossip
 from p2pupdate.shell.net.tls import TlsIdentity
 from p2pupdate.shell.net.transport import Listener, Transport
+from p2pupdate.shell.net.yanks import YankGossip
 
 __all__ = ["EmitFn", "Node", "NodeOptions", "PackageService", "PeerConn", "peer_error"]
 
@@ -88,6 +93,9 @@ class NodeOptions:
     ban_period: float = 600.0
     pex_interval: float = 10.0
     agent: str = f"p2pupdate/{__version__}"
+    # Node reports (docs/protocol.md): issue our own (False: a publisher only listens).
+    report_self: bool = True
+    report_interval: float = DEFAULT_LIMITS.report_interval
     limits: Limits = DEFAULT_LIMITS
     # Dial until at least this many connections are ones we chose, however many
     # inbound peers we have (an inbound flood must not stop us dialling).
@@ -271,6 +279,10 @@ class Node:
         self.handshakes_completed = 0
         self.first_handshake = trio.Event()
         self.messages_sent: dict[str, int] = {}
+        # Node reports: this node's own and everyone else's (shell.net.reports).
+        self.reports = ReportGossip(self, limits=options.limits, interval=options.report_interval)
+        # Signed revocations (shell.net.yanks).
+        self.yanks = YankGossip(self, options.limits)
 
     # -- lifecycle ------------------------------------------------------------
     @property
@@ -317,6 +329,7 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, dial, gossip until cancelled. ``task_status.started()`` once listening."""
         self.load_announcements()
+        self.yanks.load()
         self.load_revocations()
         listener = await self.transport.listen(*self.options.listen)
         self.listener = listener
@@ -328,6 +341,8 @@ class Node:
                 nursery.start_soon(self._accept_loop, listener)
                 nursery.start_soon(self._dial_loop)
                 nursery.start_soon(self._anti_entropy_loop)
+                nursery.start_soon(self.reports.run)
+                nursery.start_soon(self._isolation_watch)
                 task_status.started()
         finally:
             self._nursery = None
@@ -715,6 +730,7 @@ class Node:
                 peer_id=peer.node_id.hex(),
             )
             self.peerbook.on_disconnected(peer.addr, trio.current_time())
+            self.reports.on_peer_down(peer)
             if self.package_service is not None:
                 self.package_service.on_peer_down(peer)
             self._wake_dialer.set()
@@ -734,6 +750,8 @@ class Node:
                 peer.post(Peers(self._pex_sample()))
                 for rev in self.fleet.lists.values():
                     peer.post(Revoke(rev.raw))
+                self.reports.on_peer_up(peer)
+                self.yanks.on_peer_up(peer)
                 if self.package_service is not None:
                     self.package_service.on_peer_up(peer)
                     nursery.start_soon(self.package_service.run_peer, peer)
@@ -768,6 +786,10 @@ class Node:
             self.ban(conn.listen_addr, conn.hello.node_id, f"protocol errors: {reason}")
         if verdict.ban_ip and not self.peerbook.is_ip_banned(host, now):
             self.ban_ip(host, f"repeated protocol errors: {reason}")
+
+    def strike(self, peer: PeerConn, reason: str) -> None:
+        """Count one strike against a connected peer (banned at ``Limits.strikes_to_ban``)."""
+        self._strike(peer.conn, reason)
 
     def ban(self, addr: Addr, node_id: bytes, reason: str) -> None:
         """Ban a peer's node id and (IP, listen port) for the ban period; close it."""
@@ -823,6 +845,10 @@ class Node:
                 peer.post(Announce(ann.encode()))
         elif isinstance(msg, Announce):
             await self._on_announce(peer, msg.data)
+        elif isinstance(msg, (Report, ReportSummary)):
+            await self.reports.handle(peer, msg)
+        elif isinstance(msg, Yank):
+            await self.yanks.handle(peer, msg.data)
         elif isinstance(msg, Revoke):
             await self._on_revoke(peer, msg.data)
         elif isinstance(msg, Hello):
@@ -935,6 +961,29 @@ class Node:
                 last_pex = trio.current_time()
                 target = self.rng.choice(list(self.peers.values()))
                 target.post(Peers(self._pex_sample()))
+
+    async def _isolation_watch(self) -> None:
+        """One WARNING once the node has had no connected peer for a while (again only
+        after it had one in between): names the peers it cannot reach."""
+        alone_since = trio.current_time()
+        warned = False
+        while True:
+            await trio.sleep(1.0)
+            now = trio.current_time()
+            if self.peers:
+                alone_since, warned = now, False
+                continue
+            if not warned and now - alone_since >= self.options.limits.isolation_warning:
+                warned = True
+                known = sorted(format_addr(*a) for a in self.peerbook.known())
+                names = ", ".join(known[:10]) + (
+                    f" and {len(known) - 10} more" if len(known) > 10 else ""
+                )
+                log.warning(
+                    "no connected peer for %.0f s; cannot reach %s",
+                    now - alone_since,
+                    names or "any peer (none known: give --peer)",
+                )
 
     def broadcast_all(self, msg: Message, *, exclude: PeerConn | None = None) -> None:
         for p in list(self.peers.values()):

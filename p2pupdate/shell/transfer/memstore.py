@@ -55,8 +55,26 @@ class ContentMemo:
     hash. Anything else (a copy, a tampered chunk) is hashed for real.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, share_chunks: bool = False) -> None:
         self._known: dict[bytes, tuple[bytes, ...]] = {}
+        # (package id, index) -> the first copy written of that chunk, when sharing.
+        self._chunks: dict[tuple[bytes, int], bytes] | None = {} if share_chunks else None
+
+    def intern(self, package_id: bytes, index: int, data: bytes) -> bytes:
+        """The shared copy of a chunk equal to ``data`` (``data`` itself if none yet).
+
+        Only a chunk with exactly the same bytes is replaced by the shared object, so
+        what a store holds never changes; each node still verifies its own copy before
+        it writes it. With sharing off, ``data`` is returned as is.
+        """
+        if self._chunks is None:
+            return data
+        key = (package_id, index)
+        shared = self._chunks.get(key)
+        if shared is None:
+            self._chunks[key] = data
+            return data
+        return shared if shared == data else data
 
     def knows(self, package_id: bytes, chunks: Sequence[bytes]) -> bool:
         known = self._known.get(package_id)
@@ -216,7 +234,8 @@ class MemoryStore:
             if self.fail_writes_after <= 0:
                 raise DiskFullError(f"disk full writing chunk {index} of {package_id.hex()}")
             self.fail_writes_after -= 1
-        p.chunks[index] = bytes(data)  # no copy for a bytes object: shared between nodes
+        # No copy for a bytes object; with a sharing memo, equal chunks are one object.
+        p.chunks[index] = self._memo.intern(package_id, index, bytes(data))
         p.dirty.add(index)
 
     async def read_chunk(self, package_id: bytes, index: int, length: int) -> bytes:
@@ -366,6 +385,7 @@ class MemoryStore:
         for i, c in enumerate(chunks):
             check_chunk_length(size, i, len(c))
         self._check_free(size)
+        chunks = [self._memo.intern(package_id, i, c) for i, c in enumerate(chunks)]
         if not self._hashes_to(package_id, chunks):
             raise ValueError(f"the chunks do not hash to package id {package_id.hex()}")
         self._complete[package_id] = _Complete(size, tuple(chunks))

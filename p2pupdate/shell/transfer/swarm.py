@@ -181,6 +181,9 @@ class Swarm:
         self.bytes_uploaded = 0
         self.bytes_uploaded_by_package: dict[bytes, int] = {}
         self.bad_chunks = 0
+        # Verified chunks received and their bytes (metrics).
+        self.chunks_verified = 0
+        self.bytes_downloaded = 0
         self.last_served: dict[bytes, float] = {}
         self.critical_active: set[bytes] = set()  # critical downloads in progress
         self.on_complete_from_peer: Callable[[bytes, PeerConn], None] | None = None
@@ -536,6 +539,8 @@ class Swarm:
         actions = dl.on_chunk(peer.node_id, msg.index, msg.data, trio.current_time())
         if any(isinstance(act, WriteChunk) for act in actions):
             peer.mark_useful(trio.current_time())  # a verified chunk: eviction keeps it
+            self.chunks_verified += 1
+            self.bytes_downloaded += len(msg.data)
         await self._run_actions_async(pkg, actions)
         pkg.poke()
 
