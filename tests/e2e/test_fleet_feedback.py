@@ -163,19 +163,27 @@ def _position(nid_hex: str, version: str) -> float:
 def test_broken_staged_release_aborts_after_its_first_stage_and_publish_wait_exits_1(
     tmp_path: Path, authority: Authority, run_node: StartNode
 ) -> None:
-    nodes, paths = start_fleet(run_node, tmp_path, authority, 5)
+    nodes, paths = start_fleet(run_node, tmp_path, authority, 10)
     # The first stage takes exactly two nodes in (node ids are random per run); the
     # rule fires once both attempted and both failed.
-    order = sorted(nodes, key=lambda n: _position(node_id(n), "1.1.0"))
-    first_pct = math.ceil(_position(node_id(order[1]), "1.1.0") + 1e-9)
-    assert _position(node_id(order[2]), "1.1.0") >= first_pct, "two nodes too close; rerun"
+    # Node ids are random, and the rollout order is BLAKE3(node id || version): pick the
+    # first version whose order puts the 2nd and 3rd node in different whole percents, so
+    # a stage of whole percents can hold exactly two (never a flaky "too close" run).
+    ids = [node_id(n) for n in nodes]
+    for k in range(100):
+        version = f"1.1.{k}"
+        pos = sorted(_position(i, version) for i in ids)
+        first_pct = math.ceil(pos[1] + 1e-9)
+        if pos[2] >= first_pct:
+            break
+    order = sorted(nodes, key=lambda n: _position(node_id(n), version))
     first, rest = order[:2], order[2:]
     pkg = tmp_path / "broken"
     pkg.write_bytes(b"#!/bin/sh\nexit 3\n" + b"# pad\n" * 5000)
     pkg.chmod(0o755)
 
     rc, out, err = publish_wait(
-        authority, pkg, "1.1.0", nodes[0].addr,
+        authority, pkg, version, nodes[0].addr,
         "--stages", f"{first_pct}%:40s,100%", "--abort-after", "100:2",
     )  # fmt: skip
 
@@ -183,16 +191,16 @@ def test_broken_staged_release_aborts_after_its_first_stage_and_publish_wait_exi
     assert "rollout aborted" in out, out
     assert "2 failed: rolled_back" in out, out
     for node in first:
-        node.wait_event("rolled_back", version="1.1.0")
+        node.wait_event("rolled_back", version=version)
     # Every other node saw the first stage fail, stopped, and when the next stage
     # opened did not start the release.
     for node in rest:
-        aborted = node.wait_event("rollout_aborted", version="1.1.0", timeout=60)
+        aborted = node.wait_event("rollout_aborted", version=version, timeout=60)
         assert aborted["failed"] == 2 and aborted["attempted"] == 2
-        node.wait_event("rollout_stage", version="1.1.0", rollout=100, timeout=120)
+        node.wait_event("rollout_stage", version=version, rollout=100, timeout=120)
     for node in rest:
-        assert not node.events("applying", version="1.1.0"), node.name
-        refused = node.events("update_refused", version="1.1.0", reason="rollout_aborted")
+        assert not node.events("applying", version=version), node.name
+        refused = node.events("update_refused", version=version, reason="rollout_aborted")
         assert refused, node.name
     for path in paths:
         assert run_program(path) == "1.0.0"
