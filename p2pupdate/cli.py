@@ -249,15 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--channel", required=True, metavar="NAME", help="channel, e.g. app/stable; required"
     )
     pub.add_argument(
-        "--version", dest="pkg_version", required=True, metavar="SEMVER",
-        help="the new version (semver, newer than what nodes run); required",
+        "--version", dest="pkg_version", metavar="SEMVER",
+        help="the new version (semver, newer than what nodes run); required unless --renew",
     )  # fmt: skip
     pub.add_argument(
         "--file", required=True, type=Path, metavar="PACKAGE", help="the package file; required"
     )
     pub.add_argument(
-        "--peer", action="append", required=True, metavar="HOST:PORT",
-        help="a node to hand the announcement and the package to (repeatable); required",
+        "--peer", action="append", default=[], metavar="HOST:PORT",
+        help="a node to hand the announcement and the package to (repeatable); "
+        "required unless --dry-run",
     )  # fmt: skip
     pub.add_argument(
         "--replicas", type=int, default=1, metavar="K",
@@ -314,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument(
         "--abort-after", metavar="PCT[:MIN]",
         help="nodes stop the rollout once MIN (default 1) attempted it and PCT%% of them failed",
+    )  # fmt: skip
+    pub.add_argument(
+        "--dry-run", action="store_true",
+        help="print the announcement it would sign (JSON) and exit; nothing is sent",
+    )  # fmt: skip
+    pub.add_argument(
+        "--renew", metavar="VERSION",
+        help="re-sign VERSION (same --file) with a new --expires: nodes that have it keep it, "
+        "re-imaged hosts can fetch it again",
     )  # fmt: skip
 
     fl = _sub(sub, "fleet", "the fleet as this node sees it (from node reports)",

@@ -64,6 +64,7 @@ import argparse
 import datetime
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -295,6 +296,23 @@ def _format_fleet(status: dict[str, Any], add: Callable[[str], None]) -> None:
         add(f"  WARNING: {warning}")
 
 
+# Say so this long before the announcement of the installed version expires: hosts
+# re-imaged after that can no longer fetch it until it is re-signed.
+_EXPIRY_WARNING = 7 * 86400
+
+
+def _expiry_warning(ch: Any, add: Callable[[str], None]) -> None:
+    expires = _get(ch, "expires", int)
+    newest = _get(ch, "newest", str)
+    if expires is None or newest is None or _get(ch, "installed", str) != newest:
+        return
+    left = expires - time.time()
+    if left < _EXPIRY_WARNING:
+        when = f"in {left / 86400:.1f} days" if left > 0 else "already"
+        add(f"  warning     the announcement of {newest} expires {when}: "
+            f"publish --renew {newest} to extend it")  # fmt: skip
+
+
 def _format_channel(name: str, ch: Any, add: Callable[[str], None]) -> None:
     target = _get(ch, "target", str)
     add(f"  target      {target if target else '(none: relay and cache only)'}")
@@ -315,6 +333,7 @@ def _format_channel(name: str, ch: Any, add: Callable[[str], None]) -> None:
         q if isinstance(q, str) else str(_get(q, "version", str, "?"))
         for q in _get(ch, "quarantined", list, [])
     ]
+    _expiry_warning(ch, add)
     details = {str(_get(q, "version", str, "")): q for q in _get(ch, "quarantine", list, [])}
     for version in quarantined:
         # Why and since when, where the node recorded it (older snapshots: the version only).

@@ -19,6 +19,7 @@ and how many were missing.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import random
 import sys
@@ -43,6 +44,7 @@ from p2pupdate.core.announcement import (
 )
 from p2pupdate.core.chunks import chunk_count
 from p2pupdate.core.fleet import sign_admission
+from p2pupdate.core.keys import format_pubkey
 from p2pupdate.core.messages import Announce, Chunk, Message, Reject
 from p2pupdate.core.messages import Request as RequestMsg
 from p2pupdate.core.policy import TrustConfig, in_rollout
@@ -72,6 +74,17 @@ def _check_args(args: argparse.Namespace) -> list[nacl.signing.SigningKey]:
         validate_channel(args.channel)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    renew = getattr(args, "renew", None)
+    if renew is not None:
+        # A renewal is the same version and package with a later created and expires:
+        # nodes take it as the replacement of the announcement they hold.
+        if args.pkg_version is not None and args.pkg_version != renew:
+            raise UsageError(f"--renew {renew} and --version {args.pkg_version} disagree")
+        args.pkg_version = renew
+    if args.pkg_version is None:
+        raise UsageError("--version is required (or --renew VERSION)")
+    if not args.peer and not getattr(args, "dry_run", False):
+        raise UsageError("--peer is required (at least one node to hand the release to)")
     for value in (args.pkg_version, args.min_version):
         if value is not None:
             try:
@@ -300,6 +313,30 @@ class _RolloutWatch:
         print(line, file=sys.stderr, end=end, flush=True)
 
 
+def describe_announcement(ann: Announcement) -> dict[str, object]:
+    """What ``publish --dry-run`` prints: every signed field, the signers, the sizes."""
+    b = ann.body
+    return {
+        "announcement_id": ann.id.hex(),
+        "format_version": b.format_version,
+        "channel": b.channel,
+        "version": b.version,
+        "package_id": b.package_id.hex(),
+        "size": b.size,
+        "chunk_size": b.chunk_size,
+        "table_root": b.table_root.hex(),
+        "created": b.created,
+        "expires": b.expires,
+        "min_version": b.min_version,
+        "critical": b.critical,
+        "rollout": b.rollout,
+        "stages": [list(s) for s in b.stages],
+        "abort": list(b.abort) if b.abort is not None else None,
+        "signers": [format_pubkey(k) for k, _ in ann.signatures],
+        "encoded_bytes": len(ann.encode()),
+    }
+
+
 async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]) -> int:
     started = time.monotonic()
     info = await hash_file_async(args.file)
@@ -320,6 +357,9 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
         abort=args.abort_rule,
     )
     ann = sign_announcement(body, keys)
+    if getattr(args, "dry_run", False):
+        print(json.dumps(describe_announcement(ann), indent=2, sort_keys=True))
+        return 0
     key = nacl.signing.SigningKey.generate()
     with tempfile.TemporaryDirectory(prefix="p2pupdate-publish-") as tmp:
         options = NodeOptions(

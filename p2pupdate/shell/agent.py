@@ -846,6 +846,8 @@ class Agent:
                 "installed": a.get("installed_version"),
                 "target": str(target.path) if target else None,
                 "newest": newest.body.version if newest else None,
+                # When the newest announcement stops being valid (publish --renew).
+                "expires": newest.body.expires if newest else None,
                 "download": dl,
                 "waiting": _waiting(st, self.options.auto_download),
                 "quarantined": [q["version"] for q in a.get("quarantined", [])],

@@ -307,6 +307,41 @@ def test_republishing_a_version_with_a_wider_rollout_applies_it_where_it_was_hel
         assert path.read_bytes() == new
         assert len(node.events("download_complete", version="2.0.0")) == 1  # not fetched twice
 
+    # --dry-run prints what would be signed and sends nothing.
+    dry = run_cli(
+        "publish", "--key", authority.key, "--channel", CHANNEL, "--renew", "2.0.0",
+        "--file", pkg, "--expires", "60d", "--dry-run",
+    )  # fmt: skip
+    assert dry.rc == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert (planned["version"], planned["package_id"]) == ("2.0.0", blake3.blake3(new).hexdigest())
+    assert planned["expires"] - planned["created"] == 60 * 86400
+
+    # --renew re-signs 2.0.0 with a later expiry: the nodes keep it (no new download, no
+    # new install) and store the renewed announcement.
+    def stored_expires(node: NodeProc) -> int:
+        status = json.loads(run_cli("status", "--data-dir", node.data_dir, "--json").stdout)
+        return int(status["channels"][CHANNEL]["expires"])
+
+    before = [stored_expires(n) for n in nodes]
+    second = int(time.time()) + 1
+    while time.time() < second:
+        time.sleep(0.05)
+    res = run_cli(
+        "publish", "--key", authority.key, "--channel", CHANNEL, "--renew", "2.0.0",
+        "--file", pkg, "--peer", nodes[0].addr, "--replicas", "2", "--expires", "60d",
+        "--timeout", "20", timeout=40,
+    )  # fmt: skip
+    assert res.rc == 0, res.stderr
+    for node, was in zip(nodes, before, strict=True):
+
+        def renewed(n: NodeProc = node, w: int = was) -> bool:
+            return stored_expires(n) > w
+
+        wait_until(f"{node.name} to hold the renewed expiry", renewed)
+        assert len(node.events("download_complete", version="2.0.0")) == 1
+        assert len(node.events("update_complete", new_version="2.0.0")) == 1
+
 
 # ---------------------------------------------------------------- approval, rollback, quarantine
 
