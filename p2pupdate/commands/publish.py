@@ -177,6 +177,7 @@ class _Progress:
         self.replicas = replicas
         self.tty = sys.stderr.isatty()
         self._last_line = 0.0
+        self._last_bytes = 0
         self._bar = None
         if self.tty:
             from rich.progress import (
@@ -207,10 +208,16 @@ class _Progress:
             return
         now = time.monotonic()
         if now - self._last_line >= 1.0:
-            self._last_line = now
+            # The rate over the whole interval since the last line, not the caller's last
+            # 0.1 s (uploads come in bursts: that read 0.0 MiB/s half the time). The
+            # total can pass the package size (chunks go to several peers): say the ratio.
+            if self._last_line:
+                rate = (uploaded - self._last_bytes) / (now - self._last_line)
+            self._last_line, self._last_bytes = now, uploaded
+            ratio = uploaded / self.total if self.total else 0.0
             print(
-                f"publish: uploaded {format_size(uploaded)} of {format_size(self.total)} "
-                f"({rate / 1048576:.1f} MiB/s), {text}",
+                f"publish: uploaded {format_size(uploaded)} ({ratio:.2f}x the "
+                f"{format_size(self.total)} package) at {rate / 1048576:.1f} MiB/s, {text}",
                 file=sys.stderr,
                 flush=True,
             )
