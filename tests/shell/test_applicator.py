@@ -359,10 +359,13 @@ async def test_crash_after_restart_rolls_back_after_max_attempts(env: Env) -> No
 async def test_failing_restart_command_counts_attempts(env: Env) -> None:
     v1 = env.install_v1()
     pkg, pid = env.package("2.0.0")
-    restart = ["/bin/sh", "-c", "echo r >> restarts.log; exit 3"]
+    restart = ["/bin/sh", "-c", "echo r >> restarts.log; echo 'app.service: bad unit' >&2; exit 3"]
     spec = env.spec(restart_cmd=restart, max_attempts=2)
     assert not await env.app.apply(spec, "2.0.0", pkg, pid)
-    assert env.events.one("update_failed")["reason"] == core.RESTART_FAILED
+    failed = env.events.one("update_failed")
+    assert failed["reason"] == core.RESTART_FAILED
+    # Why, in the operator's words: the exit code and what the command said last.
+    assert failed["detail"] == "exit code 3; output: app.service: bad unit"
     assert (env.appdir / "restarts.log").read_text() == "r\n" * 3
     assert env.target.read_bytes() == v1
     assert env.events.one("restart_failed")["version"] == "1.0.0"  # the good one's restart

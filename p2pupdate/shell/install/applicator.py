@@ -50,6 +50,9 @@ from p2pupdate.shell.install.targets import TargetSpec
 
 __all__ = ["KEEP_BACKUPS", "Applicator", "Emit", "TargetSpec"]
 
+# How much of a failed restart command's output goes into update_failed's detail.
+_RESTART_TAIL = 400
+
 
 class Applicator(Recovery):
     """Installs packages into targets; see the module docstring.
@@ -157,6 +160,10 @@ class Applicator(Recovery):
                     res = await self._run(target, target.restart_cmd or [], version, timeout)
                     fault("after_restart")
                     restart_detail = res.describe()
+                    if not res.ok and res.output.strip():
+                        # What the command said last: the line that explains a failure.
+                        tail = res.output.strip()[-_RESTART_TAIL:]
+                        restart_detail += f"; output: {tail}"
                     action = machine.on_restart_result(
                         res.ok, trio.current_time(), started=not res.error
                     )
@@ -194,7 +201,7 @@ class Applicator(Recovery):
                     if machine.last_failure == core.RESTART_NOT_STARTED:
                         detail = restart_detail
                     elif machine.last_failure == core.RESTART_FAILED:
-                        detail = ""
+                        detail = restart_detail  # the exit code and the output's tail
                     else:
                         detail = health.output
                     await self._give_up(target, st, reason, detail, quarantine=quarantine)
