@@ -28,6 +28,7 @@ import trio
 
 from p2pupdate import __version__
 from p2pupdate.commands.metrics import MetricsServer
+from p2pupdate.commands.reload import Reloader
 from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.keys import format_pubkey
 from p2pupdate.core.policy import TrustConfig
@@ -91,7 +92,7 @@ def run_node_command(args: argparse.Namespace) -> int:
     # process started (p2pupdate/selfupdate/launcher.py); the updater confirms it.
     updater = _self_updater(settings)
     try:
-        rc = trio.run(run_node, settings, key, updater)
+        rc = trio.run(partial(run_node, settings, key, updater, reload=lambda: load_settings(args)))
     except BaseExceptionGroup as group:
         usage = group.subgroup(UsageError)
         if usage is not None:
@@ -153,6 +154,8 @@ async def run_node(
     settings: NodeSettings,
     key: nacl.signing.SigningKey,
     updater: SelfUpdater | None = None,
+    *,
+    reload: Callable[[], NodeSettings] | None = None,
 ) -> int:
     node_hex = bytes(key.verify_key).hex()
     events = EventLog(settings.events, node_hex, max_size=settings.events_max_size)
@@ -213,7 +216,8 @@ async def run_node(
     )
     agent.self_update = updater
     agent.self_update_off = off_message() if settings.self_update else "off (self_update = false)"
-    stopper = _Stopper(updater)
+    reloader = Reloader(settings, reload, node, swarm, agent) if reload is not None else None
+    stopper = _Stopper(updater, reloader)
     try:
         async with trio.open_nursery() as nursery:
             # Signals are watched from the very start: a SIGTERM during start-up (say,
@@ -303,13 +307,15 @@ async def _confirm_when_healthy(
 class _Stopper:
     """Why and when the node stops: SIGTERM/SIGINT, or a self-update re-exec request.
 
-    SIGHUP never stops the node (its default action would): it asks the
+    SIGHUP never stops the node (its default action would): it reloads the config
+    (trusted keys, targets, limits; :mod:`p2pupdate.commands.reload`) and asks the
     self-updater to look at ``current`` now, or says that self-update is off.
     Before start-up is done a stop cancels start-up itself.
     """
 
-    def __init__(self, updater: SelfUpdater | None) -> None:
+    def __init__(self, updater: SelfUpdater | None, reloader: Reloader | None = None) -> None:
         self.updater = updater
+        self.reloader = reloader
         self.stop = trio.Event()
         self.started = False
         self.reexec_wanted = False
@@ -328,6 +334,8 @@ class _Stopper:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
+                        if self.reloader is not None and self.started:
+                            await self.reloader.reload()
                         if updater is not None:
                             updater.check_now()
                         else:

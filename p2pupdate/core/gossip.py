@@ -83,6 +83,28 @@ class AnnouncementBook:
         """
         return self.offer(ann, now)
 
+    def retrust(self, trust: TrustConfig, now: float) -> list[tuple[Announcement, Decision]]:
+        """Take new trust settings (a live reload) and re-check what is held under them.
+
+        Each channel's newest announcement is checked as if it had just arrived; one
+        that fails (its signer was removed: a revocation; or a threshold was raised) is
+        dropped, so it blocks no later release, and returned with the verdict. What was
+        looked at before is forgotten: an announcement refused under the old keys may
+        be trusted now, and anti-entropy must be able to bring it back.
+        """
+        self.trust = trust
+        self._seen_wire.clear()
+        self._seen_ids.clear()
+        dropped: list[tuple[Announcement, Decision]] = []
+        for channel, ann in list(self._newest.items()):
+            decision = relay_decision(ann, trust, now, None)
+            if decision.ok:
+                self._mark(self._seen_ids, ann.id)
+            else:
+                del self._newest[channel]
+                dropped.append((ann, decision))
+        return dropped
+
     def newest(self, channel: str) -> Announcement | None:
         return self._newest.get(channel)
 

@@ -241,6 +241,25 @@ class Agent:
             reason=reason,
         )
 
+    async def reload_targets(self, targets: tuple[TargetSpec, ...]) -> list[str]:
+        """New targets from a config reload (SIGHUP); returns the channels that changed.
+
+        A target that is new or changed is handed the channel's newest announcement
+        again, as if it had just arrived, so a release it lacks is downloaded and
+        applied now, not at the next release. A removed target is no longer installed
+        into (what is installed stays; the node still relays and caches the channel).
+        """
+        new = {t.channel: t for t in targets}
+        changed = sorted(
+            ch for ch in set(new) | set(self.targets) if new.get(ch) != self.targets.get(ch)
+        )
+        self.targets = new
+        for channel in changed:
+            ann = self.node.book.newest(channel)
+            if channel in new and ann is not None:
+                await self.on_announcement(ann, None)
+        return changed
+
     async def on_announcement(self, ann: Announcement, peer: PeerConn | None) -> None:
         """Called by the node for every announcement that passed the relay decision."""
         b = ann.body

@@ -16,6 +16,7 @@ connection only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -933,6 +934,28 @@ class Node:
         for p in targets:
             if p.post(msg):
                 self.messages_sent[name] = self.messages_sent.get(name, 0) + 1
+
+    def reload_trust(self, trust: TrustConfig) -> list[Announcement]:
+        """New trust settings from a config reload (SIGHUP), with no connection dropped.
+
+        Announcements held under keys no longer trusted are dropped as at a restart
+        (``update_refused``, their stored file removed): a key removed from the trust
+        set is revoked at once. Anti-entropy runs at once so announcements of newly
+        trusted keys are pulled from the peers. Returns the dropped announcements.
+        """
+        self.options = dataclasses.replace(self.options, trust=trust)
+        dropped = self.book.retrust(trust, self.wall_clock())
+        for ann, decision in dropped:
+            log.warning(
+                "reload: dropping %s %s: %s", ann.body.channel, ann.body.version, decision.reason
+            )
+            self._refused(None, ann, decision)
+            if self.options.data_dir is not None:
+                name = ann.body.channel.replace("/", "+") + ".ann"
+                (self.options.data_dir / "announcements" / name).unlink(missing_ok=True)
+        # One anti-entropy round now: peers answer with what we lack under the new keys.
+        self.broadcast_all(Inventory(self.book.inventory()))
+        return [ann for ann, _ in dropped]
 
     async def _persist_announcement(self, ann: Announcement) -> None:
         if self.options.data_dir is None:

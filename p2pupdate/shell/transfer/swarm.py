@@ -15,6 +15,7 @@ the data fsynced, then the copy persisted. The bitmap may lag, never lead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -843,6 +844,18 @@ class Swarm:
         pkg = self.packages.get(package_id)
         if pkg is not None and pkg.cancel_scope is not None:
             pkg.cancel_scope.cancel()
+
+    def set_limits(self, max_upload_speed: int, max_download_speed: int) -> None:
+        """New upload and download limits (a config reload), effective from the next chunk;
+        0 is unlimited. Tokens earned so far are kept."""
+        now = trio.current_time()
+        self.options = dataclasses.replace(
+            self.options,
+            max_upload_speed=max_upload_speed,
+            max_download_speed=max_download_speed,
+        )
+        self.up_bucket.set_rate(float(max_upload_speed), 128 * 1024, now)
+        self.down_bucket.set_rate(float(max_download_speed), 128 * 1024, now)
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
