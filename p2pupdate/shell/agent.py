@@ -41,6 +41,7 @@ from p2pupdate.core.policy import act_decision, valid_now
 from p2pupdate.core.reasons import Reason, split_reason
 from p2pupdate.core.retry import FREE_SPACE, NEW_SOURCE, Backoff, Retry, decide
 from p2pupdate.core.store import PIN_IN_PROGRESS, PIN_INSTALLED, PIN_NEWEST, CacheIndex
+from p2pupdate.core.versions import is_newer
 from p2pupdate.core.yank import Yank
 from p2pupdate.errors import DiskFullError, P2PUpdateError
 from p2pupdate.shell.events import EventLog
@@ -870,7 +871,7 @@ class Agent:
                 "download": dl,
                 "waiting": _waiting(st, self.options.auto_download),
                 "quarantined": [q["version"] for q in a.get("quarantined", [])],
-                "last_refusal": st.last_refusal,
+                "last_refusal": _relevant_refusal(st.last_refusal, a.get("installed_version")),
                 # Details for `quarantine list` and `versions`: why and when, and the
                 # versions kept to roll back to.
                 "quarantine": a.get("quarantined", []),
@@ -910,6 +911,19 @@ class Agent:
 
 # errno values that mean "no room" (ENOSPC; EDQUOT: a quota is a full disk too).
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _relevant_refusal(
+    refusal: dict[str, Any] | None, installed: str | None
+) -> dict[str, Any] | None:
+    """The last refusal, while it still says something: not once the target runs that
+    version or a newer one (then the refusal is history, and `status` would mislead)."""
+    if refusal is None or installed is None:
+        return refusal
+    version = refusal.get("version")
+    if isinstance(version, str) and not is_newer(version, installed):
+        return None
+    return refusal
 
 
 def _waiting(st: _ChannelState, auto_download: bool) -> list[dict[str, str]]:
