@@ -85,17 +85,17 @@ def node_id(node: NodeProc) -> str:
 def test_publish_wait_applied_fleet_lists_every_node_and_a_yank_rolls_back_everywhere(
     tmp_path: Path, authority: Authority, run_node: StartNode
 ) -> None:
-    nodes, paths = start_fleet(run_node, tmp_path, authority, 5)
+    nodes, paths = start_fleet(run_node, tmp_path, authority, 9)
     pkg = tmp_path / "v110"
     make_program(pkg, "1.1.0", 3 * CHUNK)
 
     rc, out, err = publish_wait(authority, pkg, "1.1.0", nodes[0].addr)
 
     assert rc == 0, (out, err)
-    assert "5 of 5 applied" in out, out
+    assert "9 of 9 applied" in out, out
     for path in paths:
         assert run_program(path) == "1.1.0"
-    # Every node's view fills in from the reports: all five, on 1.1.0.
+    # Every node's view fills in from the reports: all nine, on 1.1.0.
     ids = {node_id(n) for n in nodes}
     wait_until(
         "fleet view of n1",
@@ -104,11 +104,11 @@ def test_publish_wait_applied_fleet_lists_every_node_and_a_yank_rolls_back_every
     )
     # A node that joins late catches up by anti-entropy (the others send nothing new
     # until their next heartbeat, 10 minutes away).
-    (tmp_path / "t6").mkdir()
-    late_path = tmp_path / "t6" / "app"
+    (tmp_path / "t10").mkdir()
+    late_path = tmp_path / "t10" / "app"
     make_program(late_path, "1.0.0")
     late = run_node(
-        "n6", trust=[authority.pubkey], peers=[nodes[2].addr], targets=[f"{CHANNEL}={late_path}"]
+        "n10", trust=[authority.pubkey], peers=[nodes[2].addr], targets=[f"{CHANNEL}={late_path}"]
     )
     late.wait_event("update_complete", new_version="1.1.0", timeout=60)
     ids.add(node_id(late))
@@ -118,7 +118,7 @@ def test_publish_wait_applied_fleet_lists_every_node_and_a_yank_rolls_back_every
         timeout=30,
     )
     text = run_cli("fleet", "--data-dir", late.data_dir, "--channel", CHANNEL)
-    assert text.rc == 0 and "6 nodes reporting" in text.stdout, text.stdout
+    assert text.rc == 0 and "10 nodes reporting" in text.stdout, text.stdout
 
     # Yank 1.1.0: every node running it rolls back to 1.0.0 and refuses it from then on.
     res = run_cli(
