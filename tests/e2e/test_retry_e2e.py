@@ -6,9 +6,7 @@ Needs root (CI runs as root) to mount a tmpfs; skipped cleanly otherwise.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 
 from tests.e2e.conftest import Authority, StartNode, run_cli, wait_until
 from tests.e2e.test_node_publish import CHANNEL, make_program, publish, run_program
+from tests.helpers import fill, small_tmpfs
 
 CHUNK = 64 * 1024
 
@@ -25,34 +24,8 @@ CHUNK = 64 * 1024
 @pytest.fixture
 def small_data_dir(tmp_path: Path) -> Iterator[Path]:
     """``tmp_path/b`` (node b's data dir) on an 8 MiB tmpfs, unmounted at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "b"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "b") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
-
-
-def fill(directory: Path) -> None:
-    """Write a file until the filesystem refuses another byte."""
-    with open(directory / "filler", "wb", buffering=0) as f:
-        for block in (1 << 20, 4096, 1):
-            try:
-                while True:
-                    f.write(b"\0" * block)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
 
 
 def status_json(data_dir: Path) -> dict[str, Any]:

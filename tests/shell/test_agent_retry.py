@@ -6,10 +6,8 @@ TCP, real files and a real (tmpfs) filesystem that fills up where the disk is.
 
 from __future__ import annotations
 
-import errno
 import os
 import random
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from p2pupdate.shell.net.transport import MemoryNetwork
 from p2pupdate.shell.transfer.memstore import MemoryStore
 from p2pupdate.shell.transfer.store import ChunkStore, DiskOps, DiskStore
 from p2pupdate.shell.transfer.swarm import SwarmOptions
-from tests.helpers import content_of, make_announcement
+from tests.helpers import content_of, fill, make_announcement, small_tmpfs
 from tests.shell.swarm_helpers import AUTHORITY, Peer, package, seed_with, start_peer
 
 CHANNEL = "app/stable"
@@ -451,34 +449,8 @@ async def test_health_check_failure_is_final_not_retried(tmp_path: Path) -> None
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs (root only; skipped where a mount is not possible)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
-
-
-def fill(directory: Path) -> None:
-    """Write a file until the filesystem refuses another byte."""
-    with open(directory / "filler", "wb", buffering=0) as f:
-        for block in (1 << 20, 4096, 1):
-            try:
-                while True:
-                    f.write(b"\0" * block)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
 
 
 def free_bytes(directory: Path) -> int:
