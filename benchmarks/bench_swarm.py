@@ -170,6 +170,48 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def reap(p: subprocess.Popen[bytes]) -> float | None:
+    """Like ``p.poll()``, but collect the exited child with wait4: its CPU seconds, or None.
+
+    A process that has exited has no /proc/PID/stat to read any more; its rusage says
+    how much CPU it used (user + system, whole life)."""
+    if p.returncode is not None:
+        return None
+    pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+    if pid == 0:
+        return None
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return float(ru.ru_utime + ru.ru_stime)
+
+
+# A competing load: one core spun in a bounded loop (it ends by itself after ``seconds``,
+# and is killed with everything else, and by the kernel if this script dies).
+_BUSY = (
+    "import time, sys\n"
+    "end = time.monotonic() + float(sys.argv[1])\n"
+    "while time.monotonic() < end: pass\n"
+)
+
+
+def start_busy(n: int, seconds: float, log: Path) -> list[subprocess.Popen[bytes]]:
+    return [spawn([sys.executable, "-c", _BUSY, str(seconds)], stdout=log) for _ in range(n)]
+
+
+def moved_bytes(labels: list[str], dones: list[list[dict[str, object]]], size: int) -> list[int]:
+    """Bytes each node moved (received + served).
+
+    Received: the package (every node downloads all of it). Served: the chunks the
+    other nodes' ``download_complete`` sources credit to this node's address, at 64 KiB
+    each (chunks that arrived as duplicates and were dropped are not counted)."""
+    served: dict[str, int] = {}
+    for d in dones:
+        sources = d[-1].get("sources") if d else None
+        if isinstance(sources, dict):
+            for label, n in sources.items():
+                served[str(label)] = served.get(str(label), 0) + int(n)
+    return [size + served.get(label, 0) * CHUNK for label in labels]
+
+
 def read_events(path: Path) -> list[dict[str, object]]:
     out = []
     try:
@@ -197,6 +239,8 @@ class Result:
     per_node: list[float] = field(default_factory=list)  # completion time of each node
     from_seed: list[int] = field(default_factory=list)  # chunks each node got from the seed
     slow_nodes: list[int] = field(default_factory=list)
+    cpu_per_gib: list[float] = field(default_factory=list)  # CPU s per GiB moved, each node
+    pub_cpu_per_gib: float | None = None  # the same for the publisher
 
 
 @dataclass
@@ -216,6 +260,17 @@ class Setup:
         if not limit:
             return [0] * self.nodes
         return node_limits(self.nodes, limit, self.slow, self.slow_rate)
+
+
+def fresh_dir(work: Path, name: str) -> Path:
+    """A new directory for one run (``name``, then ``name-2``... when runs repeat)."""
+    base = name.replace(" ", "-")
+    run, n = work / base, 1
+    while run.exists():
+        n += 1
+        run = work / f"{base}-{n}"
+    run.mkdir()
+    return run
 
 
 def kumar_ross(size: int, nodes: int, rate: int) -> float | None:
@@ -255,9 +310,9 @@ def run_p2pupdate(
     central: bool = False,
     kill_at: float | None = None,
     encrypt: bool = False,
+    busy: int = 0,
 ) -> Result:
-    run = st.work / name.replace(" ", "-")
-    run.mkdir()
+    run = fresh_dir(st.work, name)
     ports = free_ports(st.nodes + 1)
     addrs = [f"127.0.0.1:{p}" for p in ports[1:]]
     procs: list[subprocess.Popen[bytes]] = []
@@ -298,7 +353,12 @@ def run_p2pupdate(
         events.append(ev)
         procs.append(spawn(argv, stdout=d / "node.log"))
     res = Result(name, bound=kumar_ross_unequal(st.size, limit, limits))
+    node_cpu: list[float] = []
+    pub_cpu: float | None = None
+    loads: list[subprocess.Popen[bytes]] = []
     try:
+        if busy:
+            loads = start_busy(busy, st.timeout + 60, run / "busy.log")
         wait_listening(ports[1:], 30)
         if not central:
             time.sleep(1.0)  # let the mesh form
@@ -319,11 +379,18 @@ def run_p2pupdate(
         if encrypt:
             pub_argv += ["--encrypt"]
         pub_out = run / "publish.out"
+        # CPU so far (start-up, mesh forming): left out of the CPU per GiB moved.
+        cpu_before = [cpu_seconds(p.pid) for p in procs]
         pub = spawn(pub_argv, stdout=pub_out)
         deadline = time.monotonic() + st.timeout + 30
         victim = st.nodes // 2
         killed_missing: int | None = None
-        while pub.poll() is None:
+        pub_cpu_start: float | None = None  # the publisher's CPU when node 0 heard of it
+        while (pub_cpu := reap(pub)) is None and pub.returncode is None:
+            if pub_cpu_start is None and any(
+                e.get("event") == "announcement_received" for e in read_events(events[0])
+            ):
+                pub_cpu_start = cpu_seconds(pub.pid)
             if killed_missing is not None and all(
                 any(e.get("event") == "download_complete" for e in read_events(ev)) for ev in events
             ):
@@ -350,7 +417,13 @@ def run_p2pupdate(
         # Peak RSS before anything is stopped.
         res.rss = max(vm_hwm(p.pid) for p in procs)
         # CPU the nodes spent (start-up included): what encryption costs, whatever the load.
-        res.extra["cpu"] = sum(cpu_seconds(p.pid) for p in procs)
+        node_cpu = [cpu_seconds(p.pid) for p in procs]
+        res.extra["cpu"] = sum(node_cpu)
+        node_cpu = [c - b for c, b in zip(node_cpu, cpu_before, strict=True)]
+        if pub_cpu is None and pub.returncode is None:
+            pub_cpu = cpu_seconds(pub.pid)
+        if pub_cpu is not None:
+            pub_cpu -= pub_cpu_start or 0.0  # start-up and hashing the package left out
         stop(pub)
         out = pub_out.read_text()
         m = re.search(r"uploaded (\d+) bytes", out)
@@ -359,6 +432,9 @@ def run_p2pupdate(
         elif not res.note:
             res.note = "publish: " + (out.strip().splitlines() or ["no output"])[-1][:60]
     finally:
+        for p in loads:
+            p.kill()
+            stop(p)
         t_stop = time.monotonic()
         for p in procs:
             if p.poll() is None:
@@ -389,6 +465,11 @@ def run_p2pupdate(
             got = sources.get(pub_label, 0) if isinstance(sources, dict) else 0
             res.from_seed.append(int(got))
         res.slow_nodes = list(range(st.nodes - st.slow, st.nodes)) if limit else []
+        moved = moved_bytes(addrs, dones, st.size)
+        if node_cpu and kill_at is None:  # a restarted node's CPU starts again at 0
+            res.cpu_per_gib = [c / (b / 2**30) for c, b in zip(node_cpu, moved, strict=True)]
+        if pub_cpu is not None and res.seed_ratio:
+            res.pub_cpu_per_gib = pub_cpu / (res.seed_ratio * st.size / 2**30)
     elif not res.note:
         res.note = f"{sum(1 for d in dones if d)}/{st.nodes} nodes completed"
     if kill_at is not None and dones[victim] and "missing" in res.extra:
@@ -424,8 +505,7 @@ def run_libtorrent(st: Setup, name: str, limit: int) -> Result:
     except ImportError as exc:
         res.note = f"skipped: {exc}"
         return res
-    run = st.work / name.replace(" ", "-")
-    run.mkdir()
+    run = fresh_dir(st.work, name)
     with warnings.catch_warnings():  # the file_storage API is deprecated but stable
         warnings.simplefilter("ignore", DeprecationWarning)
         fs = lt.file_storage()
@@ -535,6 +615,7 @@ def main() -> int:
         default="swarm,central,libtorrent,kill,tls",
         help="comma list of: swarm, central, libtorrent, kill, tls (default all)",
     )
+    ap.add_argument("--repeat", type=int, default=1, help="make every run this many times")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, events)")
     ap.add_argument(
         "--slow",
@@ -545,6 +626,12 @@ def main() -> int:
     ap.add_argument("--slow-rate", default="0", help="upload limit of the slow nodes")
     ap.add_argument(
         "--bootstrap", type=int, default=0, help="give each node this many others (0 = all)"
+    )
+    ap.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="also run the limited swarm beside this many busy loops (one core each)",
     )
     a = ap.parse_args()
     size = parse_size(a.size)
@@ -595,6 +682,13 @@ def main() -> int:
                 )
             if "swarm" in only:
                 plan.append((f"p2pupdate {lim}", lambda: run_p2pupdate(st, "p2p-lim", limit)))
+                if a.busy:
+                    plan.append(
+                        (
+                            f"p2pupdate {lim}, {a.busy} busy",
+                            lambda: run_p2pupdate(st, "p2p-busy", limit, busy=a.busy),
+                        )
+                    )
             if "central" in only:
                 plan.append(
                     (
@@ -626,23 +720,27 @@ def main() -> int:
                 f"{slow}{boot}; load average {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
-            for label, fn in plan:
-                t = time.monotonic()
-                r = fn()
-                r.name = label
-                results.append(r)
-                print(
-                    f"  {label}: done in {time.monotonic() - t:.1f} s wall, "
-                    f"load average {os.getloadavg()[0]:.1f}",
-                    flush=True,
-                )
+            for _ in range(a.repeat):
+                results = []
+                for label, fn in plan:
+                    t = time.monotonic()
+                    r = fn()
+                    r.name = label
+                    results.append(r)
+                    print(
+                        f"  {label}: done in {time.monotonic() - t:.1f} s wall, "
+                        f"load average {os.getloadavg()[0]:.1f}",
+                        flush=True,
+                    )
+                print_table(results, size, a.nodes, ["unlimited", lim], a.busy)
     finally:
         kill_all()
-    print_table(results, size, a.nodes, ["unlimited", lim])
     return 0
 
 
-def print_table(results: list[Result], size: int, nodes: int, suffixes: list[str]) -> None:
+def print_table(
+    results: list[Result], size: int, nodes: int, suffixes: list[str], busy: int = 0
+) -> None:
     by = {r.name: r for r in results}
     print()
     print(
@@ -671,6 +769,20 @@ def print_table(results: list[Result], size: int, nodes: int, suffixes: list[str
         ta, tb = by.get(f"p2pupdate {suffix}, TLS"), by.get(f"p2pupdate {suffix}")
         if ta and tb and ta.extra.get("cpu") and tb.extra.get("cpu"):
             print(f"TLS / plain nodes CPU, {suffix}: {ta.extra['cpu'] / tb.extra['cpu']:.2f}")
+        quiet, loaded = by.get(f"p2pupdate {suffix}"), by.get(f"p2pupdate {suffix}, {busy} busy")
+        if quiet and loaded and quiet.seconds and loaded.seconds and quiet.bound:
+            print(
+                f"x bound, {suffix}: {quiet.seconds / quiet.bound:.2f} quiet, "
+                f"{loaded.seconds / quiet.bound:.2f} beside {busy} busy core(s)"
+            )
+    for r in results:
+        if r.cpu_per_gib:
+            per = sorted(r.cpu_per_gib)
+            print(
+                f"{r.name}: CPU s per GiB moved (received + served) per node: "
+                f"median {per[len(per) // 2]:.2f}, max {per[-1]:.2f}, min {per[0]:.2f}; "
+                f"publisher {fmt(r.pub_cpu_per_gib, '.2f')} per GiB uploaded"
+            )
     for r in results:
         if r.per_node:
             slow = set(r.slow_nodes)
