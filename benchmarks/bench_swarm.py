@@ -378,6 +378,8 @@ def run_p2pupdate(
             pub_argv += ["--upload-limit", str(limit)]
         if encrypt:
             pub_argv += ["--encrypt"]
+        if os.environ.get("BENCH_WRAP_PUBLISH"):  # developer aid: run publish via a wrapper
+            pub_argv[:1] = [sys.executable, os.environ["BENCH_WRAP_PUBLISH"]]
         pub_out = run / "publish.out"
         # CPU so far (start-up, mesh forming): left out of the CPU per GiB moved.
         cpu_before = [cpu_seconds(p.pid) for p in procs]

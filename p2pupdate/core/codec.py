@@ -20,6 +20,7 @@ from p2pupdate.config import DEFAULT_LIMITS, Limits
 from p2pupdate.core.announcement import MAX_CHANNEL_LEN
 from p2pupdate.core.messages import (
     MESSAGE_TYPES,
+    Chunk,
     Have,
     Inventory,
     Message,
@@ -28,7 +29,7 @@ from p2pupdate.core.messages import (
 )
 from p2pupdate.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["HEADER", "FrameDecoder", "decode_body", "encode"]
+__all__ = ["HEADER", "FrameDecoder", "decode_body", "encode", "encode_chunk_header"]
 
 HEADER = struct.Struct(">I")
 
@@ -39,6 +40,35 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> bytes:
     if len(body) > limits.max_frame:
         raise LocalProtocolError(f"message of {len(body)} bytes exceeds the frame limit")
     return HEADER.pack(len(body)) + body
+
+
+_BIN8, _BIN16, _BIN32 = struct.Struct(">BB"), struct.Struct(">BH"), struct.Struct(">BI")
+_CHUNK_LEAD = bytes([0x94, Chunk.TYPE, 0xC4, 32])  # array of 4, type code, bin8 of 32 bytes
+
+
+def encode_chunk_header(
+    package_id: bytes, index: int, length: int, limits: Limits = DEFAULT_LIMITS
+) -> bytes:
+    """Everything of a CHUNK frame before its payload of ``length`` bytes.
+
+    ``encode_chunk_header(p, i, len(d)) + d == encode(Chunk(p, i, d))``: the sender writes
+    this header and the payload buffer one after the other, so the payload is never
+    copied into a frame. Arguments are checked as :class:`Chunk` checks them.
+    """
+    Chunk(package_id, index, b"")  # the same checks on the id and the index
+    if not 0 <= length <= limits.chunk_size:
+        raise ValueError(f"data must be at most {limits.chunk_size} bytes")
+    if length < 0x100:
+        size = _BIN8.pack(0xC4, length)
+    elif length < 0x10000:
+        size = _BIN16.pack(0xC5, length)
+    else:
+        size = _BIN32.pack(0xC6, length)
+    lead = _CHUNK_LEAD + package_id + msgpack.packb(index) + size
+    body = len(lead) + length
+    if body > limits.max_frame:
+        raise LocalProtocolError(f"message of {body} bytes exceeds the frame limit")
+    return HEADER.pack(body) + lead
 
 
 def _check_depth(obj: object, depth: int, limit: int) -> None:

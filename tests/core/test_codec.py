@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pupdate.config import DEFAULT_LIMITS, Limits
-from p2pupdate.core.codec import HEADER, FrameDecoder, decode_body, encode
+from p2pupdate.core.codec import HEADER, FrameDecoder, decode_body, encode, encode_chunk_header
 from p2pupdate.core.messages import Bitfield, Chunk, Hello, Message, Ping
 from p2pupdate.errors import LocalProtocolError, RemoteProtocolError
 from tests.core.message_strategies import any_message, sample_messages
@@ -253,6 +253,46 @@ def test_largest_chunk_fits_default_frame() -> None:
     msg = Chunk(PID, 65535, b"\xab" * 65536)
     assert len(encode(msg)) - 4 <= DEFAULT_LIMITS.max_frame
     assert feed_all([encode(msg)]) == [msg]
+
+
+# -- CHUNK header without the payload (the sender writes header and payload apart) ----------
+
+
+@given(
+    st.binary(min_size=32, max_size=32),
+    st.integers(0, DEFAULT_LIMITS.max_package_size // DEFAULT_LIMITS.chunk_size - 1),
+    st.one_of(
+        st.integers(0, DEFAULT_LIMITS.chunk_size),
+        st.sampled_from([0, 255, 256, 65535, 65536]),  # each msgpack bin size boundary
+    ),
+)
+def test_chunk_header_plus_payload_is_the_encoded_chunk(pid: bytes, index: int, n: int) -> None:
+    data = random.Random(n).randbytes(n)
+    frame_bytes = encode_chunk_header(pid, index, n) + data
+    assert frame_bytes == encode(Chunk(pid, index, data))
+    assert feed_all([frame_bytes]) == [Chunk(pid, index, data)]
+
+
+@pytest.mark.parametrize(
+    ("pid", "index", "n"),
+    [
+        (b"\x01" * 31, 0, 10),  # short package id
+        (b"\x01" * 32, -1, 10),  # negative index
+        (b"\x01" * 32, DEFAULT_LIMITS.max_package_size // DEFAULT_LIMITS.chunk_size, 1),
+        (b"\x01" * 32, 0, DEFAULT_LIMITS.chunk_size + 1),  # payload over a chunk
+        (b"\x01" * 32, 0, -1),
+    ],
+)
+def test_chunk_header_checks_like_chunk(pid: bytes, index: int, n: int) -> None:
+    with pytest.raises(ValueError):
+        encode_chunk_header(pid, index, n)
+
+
+def test_chunk_header_refuses_a_frame_over_the_limit() -> None:
+    small = Limits(max_frame=1000)
+    assert len(encode_chunk_header(PID, 0, 900, small)) < 100
+    with pytest.raises(LocalProtocolError):
+        encode_chunk_header(PID, 0, 990, small)
 
 
 def test_encoder_refuses_message_over_the_limit() -> None:
