@@ -64,7 +64,8 @@ def encode_chunk_header(
         size = _BIN16.pack(0xC5, length)
     else:
         size = _BIN32.pack(0xC6, length)
-    lead = _CHUNK_LEAD + package_id + msgpack.packb(index) + size
+    packed_index: bytes = msgpack.packb(index)
+    lead = _CHUNK_LEAD + package_id + packed_index + size
     body = len(lead) + length
     if body > limits.max_frame:
         raise LocalProtocolError(f"message of {body} bytes exceeds the frame limit")

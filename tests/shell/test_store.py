@@ -176,6 +176,40 @@ async def test_round_trip_write_read(harness: Harness, pkg: Package) -> None:
     assert not s.has_complete(pkg.package_id)
 
 
+async def test_read_chunk_into_gives_the_chunks_through_one_reused_buffer(
+    harness: Harness, pkg: Package
+) -> None:
+    s = harness.store
+    await s.open_partial(pkg.package_id, SIZE)
+    await write_all(s, pkg, range(NCHUNKS))
+    buf = bytearray(CHUNK_SIZE)
+    for when in ("partial", "complete"):
+        for i in reversed(range(NCHUNKS)):  # the short last chunk first
+            got = await s.read_chunk_into(pkg.package_id, i, len(pkg.chunk(i)), buf)
+            assert bytes(got) == pkg.chunk(i), (when, i)
+            if isinstance(got, memoryview):  # read from a file: into the buffer given
+                assert got.obj is buf
+        if when == "partial":
+            assert await s.finalize(pkg.package_id, SIZE)
+
+
+async def test_disk_read_chunk_into_checks_the_buffer_and_short_files(
+    tmp_path: Path, pkg: Package
+) -> None:
+    s = DiskStore(tmp_path, free_margin=0)
+    await s.open_partial(pkg.package_id, SIZE)
+    await write_all(s, pkg, range(NCHUNKS))
+    assert await s.finalize(pkg.package_id, SIZE)
+    with pytest.raises(ValueError):
+        await s.read_chunk_into(pkg.package_id, 0, CHUNK_SIZE, bytearray(100))
+    path = s.complete_path(pkg.package_id)
+    assert path is not None
+    os.truncate(path, CHUNK_SIZE + 5)  # cut short behind our back
+    with pytest.raises(StateFileError):
+        await s.read_chunk_into(pkg.package_id, 1, CHUNK_SIZE, bytearray(CHUNK_SIZE))
+    s.close()
+
+
 async def test_open_partial_is_idempotent_and_keeps_data(harness: Harness, pkg: Package) -> None:
     s = harness.store
     await s.open_partial(pkg.package_id, SIZE)

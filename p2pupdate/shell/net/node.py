@@ -60,7 +60,7 @@ from p2pupdate.core.policy import Decision, TrustConfig
 from p2pupdate.core.throttle import Throttle
 from p2pupdate.errors import IncompatiblePeerError, RemoteProtocolError, TransferError
 from p2pupdate.shell.fsutil import atomic_write_bytes
-from p2pupdate.shell.net.peer import Connection, Timeouts, new_nonce
+from p2pupdate.shell.net.peer import Buffer, Connection, Timeouts, new_nonce
 from p2pupdate.shell.net.reports import ReportGossip
 from p2pupdate.shell.net.tls import TlsIdentity
 from p2pupdate.shell.net.transport import Listener, Transport
@@ -159,6 +159,10 @@ class PeerConn:
         """Send now (used for bulk data, under the connection's send lock)."""
         await self.conn.send(msg)
 
+    async def send_chunk(self, package_id: bytes, index: int, data: Buffer) -> None:
+        """Send a CHUNK now without copying ``data`` into a frame (reusable on return)."""
+        await self.conn.send_chunk(package_id, index, data)
+
     def close(self) -> None:
         self.closing = True
         self.cancel_scope.cancel()
@@ -181,7 +185,7 @@ class PeerConn:
                 frame = more if isinstance(more, bytes) else encode(more)
                 frames.append(frame)
                 size += len(frame)
-            await self.conn.send_raw(frames[0] if len(frames) == 1 else b"".join(frames))
+            await self.conn.send_frames(frames)  # one writev, no join on plain TCP
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

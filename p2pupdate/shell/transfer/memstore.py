@@ -238,6 +238,11 @@ class MemoryStore:
         p.chunks[index] = self._memo.intern(package_id, index, bytes(data))
         p.dirty.add(index)
 
+    async def read_chunk_into(
+        self, package_id: bytes, index: int, length: int, buf: bytearray
+    ) -> bytes:
+        return await self.read_chunk(package_id, index, length)  # held in memory: no copy
+
     async def read_chunk(self, package_id: bytes, index: int, length: int) -> bytes:
         await trio.lowlevel.checkpoint()
         check_package_id(package_id)

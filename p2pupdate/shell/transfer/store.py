@@ -119,6 +119,15 @@ class ChunkStore(Protocol):
     async def read_chunk(self, package_id: bytes, index: int, length: int) -> bytes:
         """Read a chunk from the complete package if there is one, else the partial file."""
 
+    async def read_chunk_into(
+        self, package_id: bytes, index: int, length: int, buf: bytearray
+    ) -> bytes | memoryview:
+        """Like :meth:`read_chunk`, without a new buffer per chunk where reading copies.
+
+        A store reading files fills ``buf`` (at least ``length`` bytes) and returns a
+        view of it, valid until ``buf`` is reused; a store holding chunks in memory
+        returns the chunk it holds."""
+
     async def persist(self, package_id: bytes, have: bitarray) -> None:
         """Make the partial data durable, then record ``have`` (a snapshot) as the bitmap."""
 
@@ -183,6 +192,15 @@ def _pwrite_all(
             raise OSError(errno.EIO, "pwrite wrote nothing")
         view = view[n:]
         off += n
+
+
+def _preadv_exact(fd: int, view: memoryview, off: int) -> None:
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], off + got)
+        if not n:
+            raise StateFileError(f"short read: wanted {len(view)} bytes at {off}, file ends")
+        got += n
 
 
 def _pread_exact(fd: int, length: int, off: int) -> bytes:
@@ -422,14 +440,29 @@ class DiskStore:
             raise
 
     async def read_chunk(self, package_id: bytes, index: int, length: int) -> bytes:
+        fd = self._chunk_fd(package_id, index, length)
+        # Short reads of a cache file cut short behind our back raise StateFileError.
+        return _pread_exact(fd, length, index * CHUNK_SIZE)
+
+    async def read_chunk_into(
+        self, package_id: bytes, index: int, length: int, buf: bytearray
+    ) -> memoryview:
+        fd = self._chunk_fd(package_id, index, length)
+        if len(buf) < length:
+            raise ValueError(f"a buffer of {len(buf)} bytes cannot hold {length}")
+        view = memoryview(buf)[:length]
+        _preadv_exact(fd, view, index * CHUNK_SIZE)
+        return view
+
+    def _chunk_fd(self, package_id: bytes, index: int, length: int) -> int:
+        """The file to read chunk ``index`` from: the complete package, else the partial."""
         fd = self._complete_fd(package_id)
         if fd is None:
             fd, size = self._partial_fd(package_id)
             check_chunk_length(size, index, length)
         elif index < 0 or not 0 < length <= CHUNK_SIZE:
             raise ValueError(f"no chunk {index} of {length} bytes")
-        # Short reads of a cache file cut short behind our back raise StateFileError.
-        return _pread_exact(fd, length, index * CHUNK_SIZE)
+        return fd
 
     def _complete_fd(self, package_id: bytes) -> int | None:
         fd = self._complete_fds.get(package_id)

@@ -175,6 +175,7 @@ class Swarm:
         self.pending: PendingBitfields[bytes, bytes] = PendingBitfields(self.limits)
         self._uploads: dict[bytes, _Uploads] = {}
         self._slots = trio.Semaphore(self.options.upload_slots)
+        self._read_bufs: list[bytearray] = []  # at most one per upload slot
         now = trio.current_time()
         # Burst of two chunks: pacing per chunk, no bursts and gaps (docs/performance.md).
         self.up_bucket = TokenBucket(float(self.options.max_upload_speed), 128 * 1024, now)
@@ -402,8 +403,17 @@ class Swarm:
                     delay = self.up_bucket.consume(length, trio.current_time())
                     if delay > 0:
                         await trio.sleep(delay)
-                data = await self.store.read_chunk(package_id, index, length)
-                await peer.send(Chunk(package_id, index, data))
+                # One read buffer per upload slot, reused: no 64 KiB allocation per chunk.
+                buf = (
+                    self._read_bufs.pop()
+                    if self._read_bufs
+                    else bytearray(DEFAULT_LIMITS.chunk_size)
+                )
+                try:
+                    data = await self.store.read_chunk_into(package_id, index, length, buf)
+                    await peer.send_chunk(package_id, index, data)
+                finally:
+                    self._read_bufs.append(buf)
             self.bytes_uploaded += length
             self.last_served[package_id] = trio.current_time()
             self.bytes_uploaded_by_package[package_id] = (
