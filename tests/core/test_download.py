@@ -517,7 +517,7 @@ def test_stale_deadlines_do_not_pile_up() -> None:
         deadline = dl.next_deadline()
         if dl.in_flight:  # the oldest request in flight went out at most 4 steps ago
             assert deadline is not None and now - 0.05 + 100.0 <= deadline <= now + 100.0
-        assert len(dl._heap) <= 64 + 4 * 4 + 1  # memory follows the pipeline, not the file
+        assert dl._flight.heap_size() <= 64 + 4 * 4 + 1  # memory follows the pipeline, not the file
     assert dl.state is DownloadState.VERIFYING
 
 

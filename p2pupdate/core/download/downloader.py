@@ -1,52 +1,20 @@
-"""The per-package download state machine: which chunk to ask which peer for, and when.
+"""The per-package download state machine: :class:`Downloader` (see the package docstring).
 
 What it does
-    :class:`Downloader` keeps the bitmap of verified chunks of one package, what every peer
-    advertises (BITFIELD and HAVE), the requests in flight with their deadlines, and the
-    strikes of slow peers. It picks chunks rarest-first with a random tie-break, keeps up to
-    ``pipeline_depth`` requests in flight per peer, re-requests from another peer what timed
-    out, goes into endgame (stragglers asked of a second peer, the duplicate cancelled when
-    one copy arrives) once every missing chunk is in flight, and verifies every chunk against
-    the signed chunk table before anything is written. It measures how fast each peer serves
-    it (time between two chunks while it waits for one): a peer more than four times as slow
-    as the median peer gets a proportionally shorter pipeline, a request waiting on it moves to a
-    faster peer that has the chunk and would deliver it in less than half the time, and
-    endgame duplicates the chunk expected last first.
+    Keeps the chunk sets of one package (written, being written, in flight, wanted), the
+    peers it knows and what they advertise, and turns every input into the actions the
+    shell carries out. It picks chunks rarest-first (:mod:`~p2pupdate.core.availability`),
+    and leaves the books of requests in flight to :mod:`.inflight`, the speed of each
+    source to :mod:`.speed` and the choice of endgame duplicates to :mod:`.endgame`.
 
 What it does not do
-    No I/O of any kind. It never reads a clock (every input carries ``now``), never touches
-    a socket or a file, and draws randomness only from the ``random.Random`` it is given.
-    It does not fetch or check the chunk table (the caller passes the verified table), does
-    not persist the bitmap, does not hash the whole file and does not know about priority,
-    rate limits or bans beyond saying "ban this peer": the shell does all that.
-
-How the shell drives it
-    Feed every input as it happens (``on_peer_bitfield``, ``on_peer_have``, ``on_chunk``,
-    ``on_reject``, ``on_peer_gone``, ``on_chunk_written``, ``on_write_failed``,
-    ``on_package_verified``, ``on_timer``), carry out the actions each returns, in order,
-    then call ``poll(now)`` to fill the peers' pipelines, and sleep until ``next_deadline()``.
-    Inputs return only their immediate consequences; only ``poll`` issues new requests.
-
-    The chunk life cycle is: wanted -> requested (one or, in endgame, more peers) ->
-    verified (:class:`WriteChunk` returned) -> written (the shell calls
-    ``on_chunk_written``: now it is in :attr:`Downloader.have`, servable, and announced with
-    :class:`AnnounceHave`). ``have`` therefore means "in the partial file", not "durable":
-    to persist the bitmap, copy ``have`` first, fsync the data, then write the copy.
-    When every chunk is written the state becomes Verifying and :class:`VerifyPackage` asks
-    the shell to hash the whole file; ``on_package_verified(ok)`` ends in Complete or Failed.
-
-Peers are opaque hashable keys (the shell uses ``"host:port"`` strings); the class is
-generic in that key type: ``dl: Downloader[str] = Downloader(...)``.
+    Any I/O, clock reading or randomness beyond the ``random.Random`` it is given.
 """
 
 from __future__ import annotations
 
-import heapq
-import math
-from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Generic
 
 import blake3
 from bitarray import bitarray, frozenbitarray
@@ -54,174 +22,38 @@ from bitarray.util import zeros
 
 from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.availability import Availability
+from p2pupdate.core.download.actions import (
+    TRANSITIONS,
+    AnnounceHave,
+    Ban,
+    Cancel,
+    Completed,
+    DownloadAction,
+    DownloadFailed,
+    DownloadState,
+    PeerT,
+    RefreshSources,
+    Request,
+    VerifyPackage,
+    WriteChunk,
+)
+from p2pupdate.core.download.endgame import endgame_picks
+from p2pupdate.core.download.inflight import InFlight
+from p2pupdate.core.download.speed import (
+    Source,
+    median_pace,
+    move_off_slow,
+    pipeline_cap,
+    record_arrival,
+)
 from p2pupdate.errors import LocalProtocolError, RemoteProtocolError
 
 if TYPE_CHECKING:
     from random import Random
 
-__all__ = [
-    "TRANSITIONS",
-    "AnnounceHave",
-    "Ban",
-    "Cancel",
-    "Completed",
-    "DownloadAction",
-    "DownloadFailed",
-    "DownloadState",
-    "Downloader",
-    "PeerT",
-    "RefreshSources",
-    "Request",
-    "VerifyPackage",
-    "WriteChunk",
-]
-
-PeerT = TypeVar("PeerT", bound=Hashable)
+__all__ = ["Downloader"]
 
 HASH_LEN = 32  # BLAKE3 digest size used by the chunk table
-# A source counts as slow (shorter pipeline, its requests moved to faster holders) only
-# when it serves us this many times slower than the median source: on a loaded machine
-# the measured times of equal peers jitter by 2-3x, and cutting their pipelines or
-# moving their requests then costs more than it saves (a branch office at a tenth of
-# the rate is well above it).
-SLOW_FACTOR = 4.0
-
-
-class DownloadState(Enum):
-    """Where a download is. FAILED is sticky; COMPLETE is final."""
-
-    PENDING = "pending"  # created, nothing requested or received yet
-    DOWNLOADING = "downloading"  # at least one chunk requested or received
-    VERIFYING = "verifying"  # every chunk written; the shell hashes the whole file
-    COMPLETE = "complete"  # the whole-file hash matched the package id
-    FAILED = "failed"  # see Downloader.failure_reason
-
-
-TRANSITIONS: Mapping[DownloadState, frozenset[DownloadState]] = {
-    DownloadState.PENDING: frozenset(
-        {DownloadState.DOWNLOADING, DownloadState.VERIFYING, DownloadState.FAILED}
-    ),
-    DownloadState.DOWNLOADING: frozenset({DownloadState.VERIFYING, DownloadState.FAILED}),
-    DownloadState.VERIFYING: frozenset({DownloadState.COMPLETE, DownloadState.FAILED}),
-    DownloadState.COMPLETE: frozenset(),
-    DownloadState.FAILED: frozenset(),
-}
-"""Every legal state change; anything else raises LocalProtocolError."""
-
-
-# ---------------------------------------------------------------------------------------
-# Actions: what the shell must do. Frozen, compared by value, so tests assert them exactly.
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Request(Generic[PeerT]):
-    """Send REQUEST(index) to ``peer``."""
-
-    peer: PeerT
-    index: int
-
-
-@dataclass(frozen=True)
-class Cancel(Generic[PeerT]):
-    """Send CANCEL(index) to ``peer``: we no longer want it from there (a copy arrived
-    elsewhere, the request timed out, or the download ended)."""
-
-    peer: PeerT
-    index: int
-
-
-@dataclass(frozen=True)
-class WriteChunk:
-    """Write ``data`` (already verified) at ``index * chunk_size`` in the partial file, then
-    call ``on_chunk_written(index)`` (or ``on_write_failed(index)``)."""
-
-    index: int
-    data: bytes = field(repr=False)
-
-
-@dataclass(frozen=True)
-class Ban(Generic[PeerT]):
-    """Ban ``peer`` and close its connection. The downloader has already dropped it; call
-    ``on_peer_gone(peer)`` once the connection is closed."""
-
-    peer: PeerT
-    reason: str
-
-
-@dataclass(frozen=True)
-class AnnounceHave:
-    """Tell every connected peer we now serve these chunks (HAVE)."""
-
-    indices: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class VerifyPackage:
-    """Every chunk is written: hash the whole file and call ``on_package_verified(ok)``."""
-
-
-@dataclass(frozen=True)
-class Completed:
-    """The package is complete and verified: move it into the cache."""
-
-
-@dataclass(frozen=True)
-class RefreshSources:
-    """No chunk arrived for ``stall_timeout`` while the download is incomplete: find out
-    again who has what. Tell the downloader again what every connected peer advertised
-    (``on_peer_bitfield``: claims forgotten on REJECT come back) and ask every connected
-    peer for its current bitfield. The downloader has already forgiven earlier timeouts,
-    so what timed out is asked of anyone who has it, the slow peer included."""
-
-
-@dataclass(frozen=True)
-class DownloadFailed:
-    """The download failed for ``reason``; it will do nothing more."""
-
-    reason: str
-
-
-DownloadAction: TypeAlias = (
-    Request[PeerT]
-    | Cancel[PeerT]
-    | Ban[PeerT]
-    | WriteChunk
-    | AnnounceHave
-    | RefreshSources
-    | VerifyPackage
-    | Completed
-    | DownloadFailed
-)
-
-
-class _Peer:
-    """What we know about one connected peer (internal)."""
-
-    __slots__ = (
-        "adv_gen",
-        "bits",
-        "eg_starved",
-        "last_arrival",
-        "limit",
-        "requests",
-        "starved",
-        "svc",
-    )
-
-    def __init__(self, nchunks: int, limit: int) -> None:
-        self.bits: bitarray = zeros(nchunks)  # what it advertises
-        self.requests: dict[int, int] = {}  # chunk index -> request id, in flight to it
-        self.limit = limit  # current pipeline depth (halved on timeout, +1 per delivery)
-        # Measured time between two chunks it sends us while we wait for one (moving
-        # average; None until the first chunk): how fast it serves us, its queue included.
-        self.svc: float | None = None
-        self.last_arrival: float | None = None
-        self.adv_gen = 0  # bumped when it advertises something new
-        # (generation marks) of the last poll that found nothing more to ask it for:
-        # skipped until something that could give it candidates changes.
-        self.starved: tuple[int, int] | None = None
-        self.eg_starved: tuple[int, int, int] | None = None
 
 
 class Downloader(Generic[PeerT]):
@@ -300,16 +132,16 @@ class Downloader(Generic[PeerT]):
         self._state = DownloadState.PENDING
         self._failure: str | None = None
 
-        # Chunk sets. Invariant: have, writing, inflight_bits, wanted partition [0, n).
+        # Chunk sets. Invariant: have, writing, in flight (self._flight.bits), wanted
+        # partition [0, n).
         self._have: bitarray = zeros(nchunks) if have is None else bitarray(have, endian="big")
         self._writing: bitarray = zeros(nchunks)  # verified, WriteChunk out, not written yet
-        self._inflight_bits: bitarray = zeros(nchunks)  # requested from at least one peer
         self._wanted: bitarray = ~self._have  # missing and neither requested nor writing
         self._missing = nchunks - self._have.count()
 
         self._avail = Availability(self._wanted)  # over the missing chunks
 
-        self._peers: dict[PeerT, _Peer] = {}
+        self._peers: dict[PeerT, Source] = {}
         self._hungry: dict[PeerT, None] = {}  # peers with free pipeline slots, in order
         self._banned: set[PeerT] = set()
         self._received: dict[PeerT, int] = {}  # verified chunks accepted from each peer
@@ -317,13 +149,9 @@ class Downloader(Generic[PeerT]):
         # chunk -> peers whose request for it timed out (asked elsewhere if possible)
         self._timed_out: dict[int, set[PeerT]] = {}
 
-        self._inflight: dict[int, dict[PeerT, int]] = {}  # chunk -> {peer: request id}
-        # request id -> (peer, chunk, deadline)
-        self._requests: dict[int, tuple[PeerT, int, float]] = {}
-        self._heap: list[tuple[float, int]] = []  # (deadline, request id), lazily cleaned
-        self._next_rid = 0
+        self._flight: InFlight[PeerT] = InFlight(nchunks, self._timeout)
 
-        self._best_svc: float | None = None  # the median peer's svc (see _Peer.svc)
+        self._best_svc: float | None = None  # the median peer's svc (see Source.svc)
         self._wanted_gen = 0  # bumped when a chunk becomes wanted again / a peer leaves
         self._flight_gen = 0  # bumped when endgame candidates may have grown
         self._duplicates = 0
@@ -396,12 +224,12 @@ class Downloader(Generic[PeerT]):
     @property
     def in_flight(self) -> int:
         """Number of requests in flight (endgame duplicates counted separately)."""
-        return len(self._requests)
+        return len(self._flight)
 
     @property
     def in_endgame(self) -> bool:
         """True when every missing chunk is in flight (endgame: duplicates allowed)."""
-        return bool(self._inflight) and self._no_fresh_chunks()
+        return bool(self._flight.holders) and self._no_fresh_chunks()
 
     @property
     def duplicates(self) -> int:
@@ -459,10 +287,7 @@ class Downloader(Generic[PeerT]):
 
     def next_deadline(self) -> float | None:
         """When ``on_timer`` must next be called (earliest request deadline), or None."""
-        heap = self._heap
-        while heap and heap[0][1] not in self._requests:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        return self._flight.next_deadline()
 
     # -----------------------------------------------------------------------------------
     # Inputs from peers
@@ -547,7 +372,8 @@ class Downloader(Generic[PeerT]):
         if p is not None:
             rid = p.requests.get(index)
             if rid is not None:
-                self._measure(p, rid, now)
+                record_arrival(p, self._flight.issued_at(rid), now)
+                self._best_svc = median_pace(self._peers.values())
                 self._forget_request(peer, p, index, rid)
                 p.limit = min(self._depth, p.limit + 1)
                 self._update_hungry(peer, p)
@@ -555,7 +381,7 @@ class Downloader(Generic[PeerT]):
             self._duplicates += 1
             return []
         actions: list[DownloadAction[PeerT]] = [WriteChunk(index, bytes(data))]
-        for q, rid in list(self._inflight.get(index, {}).items()):
+        for q, rid in list(self._flight.holders.get(index, {}).items()):
             self._forget_request(q, self._peers[q], index, rid)
             actions.append(Cancel(q, index))
         self._wanted[index] = 0
@@ -664,13 +490,8 @@ class Downloader(Generic[PeerT]):
         actions: list[DownloadAction[PeerT]] = []
         if self._last_progress is None:
             self._last_progress = now
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, rid = heapq.heappop(heap)
-            req = self._requests.get(rid)
-            if req is None:
-                continue
-            peer, index, _ = req
+        while (expired := self._flight.pop_expired(now)) is not None:
+            rid, peer, index = expired
             p = self._peers[peer]
             self._strikes[peer] = self._strikes.get(peer, 0) + 1
             p.limit = max(1, p.limit // 2)
@@ -726,7 +547,7 @@ class Downloader(Generic[PeerT]):
                 free = self._cap(p) - len(p.requests)
                 if self._pick_rarest(peer, p, free, now, actions) < free:
                     p.starved = mark
-        if self._inflight and self._no_fresh_chunks():
+        if self._flight.holders and self._no_fresh_chunks():
             for peer in list(self._hungry):
                 p = self._peers[peer]
                 if p.eg_starved != (self._flight_gen, self._wanted_gen, p.adv_gen):
@@ -762,20 +583,16 @@ class Downloader(Generic[PeerT]):
         return actions
 
     def _cancel_all(self) -> list[DownloadAction[PeerT]]:
-        actions: list[DownloadAction[PeerT]] = []
-        for peer, index, _ in list(self._requests.values()):
-            actions.append(Cancel(peer, index))
+        actions: list[DownloadAction[PeerT]] = [
+            Cancel(peer, index) for peer, index in self._flight.clear()
+        ]
         for peer, p in self._peers.items():
             p.requests.clear()
             self._update_hungry(peer, p)
-        self._requests.clear()
-        self._inflight.clear()
-        self._heap.clear()
-        self._inflight_bits.setall(0)
         return actions
 
-    def _add_peer(self, peer: PeerT) -> _Peer:
-        p = _Peer(self._n, self._depth)
+    def _add_peer(self, peer: PeerT) -> Source:
+        p = Source(self._n, self._depth)
         self._peers[peer] = p
         self._hungry[peer] = None
         return p
@@ -790,7 +607,7 @@ class Downloader(Generic[PeerT]):
             self._release_if_unowned(index)
         self._hungry.pop(peer, None)
         if p.svc is not None:
-            self._update_best_svc()
+            self._best_svc = median_pace(self._peers.values())
         # Exclusions that this peer made possible may lapse: re-examine everyone.
         self._wanted_gen += 1
 
@@ -799,50 +616,29 @@ class Downloader(Generic[PeerT]):
         self._banned.add(peer)
         return [Ban(peer, reason)]
 
-    def _issue(self, peer: PeerT, p: _Peer, index: int, now: float) -> Request[PeerT]:
-        rid = self._next_rid
-        self._next_rid += 1
-        deadline = now + self._timeout
-        self._requests[rid] = (peer, index, deadline)
+    def _issue(self, peer: PeerT, p: Source, index: int, now: float) -> Request[PeerT]:
+        rid, first = self._flight.add(peer, index, now)
         p.requests[index] = rid
-        holders = self._inflight.get(index)
-        if holders is None:  # a new chunk in flight: a new endgame candidate for others
-            self._inflight[index] = {peer: rid}
-            self._inflight_bits[index] = 1
+        if first:  # a new chunk in flight: a new endgame candidate for others
             self._wanted[index] = 0
             self._flight_gen += 1
-        else:
-            holders[peer] = rid
-        heap = self._heap
-        heapq.heappush(heap, (deadline, rid))
-        if len(heap) > 64 + 4 * len(self._requests):
-            # Answered requests leave stale entries behind; keep memory bounded by the
-            # requests in flight, not by the chunks received in one timeout period.
-            self._heap = [(d, r) for r, (_, _, d) in self._requests.items()]
-            heapq.heapify(self._heap)
         self._update_hungry(peer, p)
         return Request(peer, index)
 
     def _forget_request(
-        self, peer: PeerT, p: _Peer, index: int, rid: int, *, freed: bool = False
+        self, peer: PeerT, p: Source, index: int, rid: int, *, freed: bool = False
     ) -> None:
         """Remove one request from the books (the chunk's fate is decided by the caller).
 
         ``freed``: the request ended without the chunk, so if other copies are still in
         flight a copy slot opened and endgame candidates may have grown.
         """
-        del self._requests[rid]
         del p.requests[index]
-        holders = self._inflight[index]
-        del holders[peer]
-        if not holders:
-            del self._inflight[index]
-            self._inflight_bits[index] = 0
-        elif freed:
+        if self._flight.remove(peer, index, rid) and freed:
             self._flight_gen += 1
         self._update_hungry(peer, p)
 
-    def _update_hungry(self, peer: PeerT, p: _Peer) -> None:
+    def _update_hungry(self, peer: PeerT, p: Source) -> None:
         if len(p.requests) < self._cap(p):
             self._hungry[peer] = None
         else:
@@ -852,7 +648,7 @@ class Downloader(Generic[PeerT]):
         """After a request ended without this chunk: make it wanted if nobody else has it
         in flight and it is neither written nor being written."""
         if (
-            index not in self._inflight
+            index not in self._flight.holders
             and not self._have[index]
             and not self._writing[index]
             and not self._wanted[index]
@@ -874,7 +670,7 @@ class Downloader(Generic[PeerT]):
         return not self._wanted.any()
 
     def _pick_rarest(
-        self, peer: PeerT, p: _Peer, free: int, now: float, out: list[DownloadAction[PeerT]]
+        self, peer: PeerT, p: Source, free: int, now: float, out: list[DownloadAction[PeerT]]
     ) -> int:
         picked = self._avail.pick_rarest(
             p.bits & self._wanted, free, self._rng, lambda i: not self._excluded(peer, i)
@@ -883,92 +679,31 @@ class Downloader(Generic[PeerT]):
         return len(picked)
 
     def _pick_endgame(
-        self, peer: PeerT, p: _Peer, free: int, now: float, out: list[DownloadAction[PeerT]]
+        self, peer: PeerT, p: Source, free: int, now: float, out: list[DownloadAction[PeerT]]
     ) -> int:
-        bits = p.bits
-        cands: list[tuple[float, int, float, int]] = []
-        for index, holders in self._inflight.items():
-            if len(holders) >= self._endgame_copies or peer in holders or not bits[index]:
-                continue
-            if self._excluded(peer, index):
-                continue
-            # The chunk expected last is duplicated first (a slow holder's), fewest
-            # copies first among equals; none whose copy we expect before this peer's.
-            eta = min(self._eta(self._peers[q], index) for q in holders)
-            if eta <= self._eta(p, -1):
-                continue  # measured, and sooner than this peer could deliver
-            cands.append((-eta, len(holders), self._rng.random(), index))
-        cands.sort()
-        for *_, index in cands[:free]:
-            out.append(self._issue(peer, p, index, now))
-        return min(free, len(cands))
+        picked = endgame_picks(
+            peer,
+            p,
+            free,
+            self._flight.holders,
+            self._peers,
+            copies=self._endgame_copies,
+            median=self._best_svc,
+            excluded=self._excluded,
+            rng=self._rng,
+        )
+        out.extend(self._issue(peer, p, i, now) for i in picked)
+        return len(picked)
 
-    # -- speed: measured service times, pipelines cut to match, chunks moved off slow peers
-
-    def _measure(self, p: _Peer, rid: int, now: float) -> None:
-        """A chunk asked with request ``rid`` arrived from ``p``: update its svc."""
-        _, _, deadline = self._requests[rid]
-        issued = deadline - self._timeout
-        start = issued if p.last_arrival is None else max(issued, p.last_arrival)
-        sample = max(0.0, now - start)
-        p.last_arrival = now
-        p.svc = sample if p.svc is None else 0.7 * p.svc + 0.3 * sample
-        self._update_best_svc()
-
-    def _update_best_svc(self) -> None:
-        # The reference pace is the median peer's, not the fastest's: on a loaded machine
-        # the times jitter, and one lucky measure must not make every other peer "slow".
-        known = sorted(q.svc for q in self._peers.values() if q.svc is not None)
-        self._best_svc = known[(len(known) - 1) // 2] if known else None
-
-    def _cap(self, p: _Peer) -> int:
-        """How many requests ``p`` may have in flight: its limit, cut in proportion to how
-        much slower than the median peer it serves us when that is more than
-        ``SLOW_FACTOR`` times as slow (at least one)."""
-        best, svc = self._best_svc, p.svc
-        if not best or svc is None or svc <= SLOW_FACTOR * best:
-            return p.limit
-        return max(1, min(p.limit, round(self._depth * best / svc)))
-
-    def _eta(self, p: _Peer, index: int) -> float:
-        """When (from now, roughly) chunk ``index`` asked of ``p`` should arrive; for an
-        index not asked of it, when one more request would. Unmeasured: infinity for a
-        chunk asked of it (it may be stalled), the median peer's pace for a new one."""
-        if p.svc is None and index in p.requests:
-            return math.inf
-        svc = p.svc if p.svc is not None else (self._best_svc or 0.0)
-        pos = len(p.requests)
-        for k, i in enumerate(p.requests):
-            if i == index:
-                pos = k
-                break
-        return (pos + 1) * svc
+    def _cap(self, p: Source) -> int:
+        return pipeline_cap(p, self._best_svc, self._depth)
 
     def _unpin(self, now: float, out: list[DownloadAction[PeerT]]) -> None:
-        """Move requests waiting on a slow peer to a faster peer that has the chunk and a
-        free slot, when the faster one should deliver it in less than half the time."""
-        best = self._best_svc
-        if not best:
-            return
-        for peer, p in list(self._peers.items()):
-            if p.svc is None or p.svc <= SLOW_FACTOR * best or not p.requests:
-                continue
-            for pos, index in enumerate(list(p.requests)):
-                eta = (pos + 1) * p.svc
-                target: tuple[float, PeerT, _Peer] | None = None
-                for q_peer, q in self._peers.items():
-                    if q is p or not q.bits[index] or q.svc is None:
-                        continue
-                    if len(q.requests) >= self._cap(q) or index in q.requests:
-                        continue
-                    if self._excluded(q_peer, index):
-                        continue
-                    q_eta = (len(q.requests) + 1) * q.svc
-                    if 2 * q_eta < eta and (target is None or q_eta < target[0]):
-                        target = (q_eta, q_peer, q)
-                if target is None:
-                    continue
-                _, q_peer, q = target
-                self._forget_request(peer, p, index, p.requests[index])
-                out.append(Cancel(peer, index))
-                out.append(self._issue(q_peer, q, index, now))
+        """Move requests waiting on a slow peer to a faster one (see ``move_off_slow``)."""
+
+        def move(peer: PeerT, p: Source, index: int, q_peer: PeerT, q: Source) -> None:
+            self._forget_request(peer, p, index, p.requests[index])
+            out.append(Cancel(peer, index))
+            out.append(self._issue(q_peer, q, index, now))
+
+        move_off_slow(self._peers, self._best_svc, self._depth, self._excluded, move)
