@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
-from p2pupdate.core.download.speed import Source, eta
+from p2pupdate.core.download.sources import Source, eta
 
 if TYPE_CHECKING:
     from random import Random

@@ -10,7 +10,7 @@ What it does
 What it does not do
     Decide what to ask of whom, or what a timeout means for a peer: the
     :class:`~p2pupdate.core.download.Downloader` does. It keeps no per-peer view (each
-    :class:`~p2pupdate.core.download.speed.Source` lists its own requests).
+    :class:`~p2pupdate.core.download.sources.Source` lists its own requests).
 """
 
 from __future__ import annotations

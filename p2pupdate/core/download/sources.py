@@ -1,13 +1,16 @@
-"""What the downloader knows of each source, and how fast each one serves it.
+"""What the downloader knows of the peers it downloads from, and how fast each serves it.
 
 What it does
     :class:`Source` is the downloader's record of one connected peer: what it advertises,
     the requests in flight to it, its pipeline limit, and its measured service time (the
     time between two chunks it sends while we wait for one, a moving average, its queue
-    included). The functions here turn those measures into decisions: the median pace
-    (:func:`median_pace`), a slow source's shorter pipeline (:func:`pipeline_cap`), when
-    a chunk asked of a source should arrive (:func:`eta`), and which requests waiting on
-    a slow source move to a faster one (:func:`move_off_slow`).
+    included). :class:`Sources` holds every record with what outlives or spans them: which
+    peers have free pipeline slots, which are banned, what each delivered, its timeouts
+    (strikes) and the chunks it timed out on, and the median pace. The functions turn the
+    measures into decisions: the median pace (:func:`median_pace`), a slow source's
+    shorter pipeline (:func:`pipeline_cap`), when a chunk asked of a source should arrive
+    (:func:`eta`), and which requests waiting on a slow source move to a faster one
+    (:func:`move_off_slow`).
 
 What it does not do
     Keep the books of requests or chunks (:class:`~p2pupdate.core.download.Downloader`
@@ -18,14 +21,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from bitarray import bitarray
 from bitarray.util import zeros
 
+from p2pupdate.core.download.actions import PeerT
+
 __all__ = [
     "SLOW_FACTOR",
     "Source",
+    "Sources",
     "eta",
     "median_pace",
     "move_off_slow",
@@ -153,3 +159,74 @@ def move_off_slow(
                 continue
             _, q_key, q = target
             move(key, p, index, q_key, q)
+
+
+class Sources(Generic[PeerT]):
+    """Every peer the download knows, with its record, and the books that span them."""
+
+    def __init__(self, nchunks: int, depth: int) -> None:
+        self._n = nchunks
+        self.depth = depth  # the full pipeline depth
+        self.by_peer: dict[PeerT, Source] = {}  # connected and not banned
+        self.hungry: dict[PeerT, None] = {}  # peers with free pipeline slots, in order
+        self.banned: set[PeerT] = set()
+        self.received: dict[PeerT, int] = {}  # verified chunks accepted from each peer
+        self.strikes: dict[PeerT, int] = {}  # timed-out requests per peer
+        # chunk -> peers whose request for it timed out (asked elsewhere if possible)
+        self.timed_out: dict[int, set[PeerT]] = {}
+        self.median: float | None = None  # the median peer's svc (see Source.svc)
+
+    def add(self, peer: PeerT) -> Source:
+        """A new peer with an empty advertisement and a full pipeline."""
+        p = Source(self._n, self.depth)
+        self.by_peer[peer] = p
+        self.hungry[peer] = None
+        return p
+
+    def gone(self, peer: PeerT, p: Source) -> None:
+        """``peer`` (already out of :attr:`by_peer`, its requests forgotten) is gone."""
+        self.hungry.pop(peer, None)
+        if p.svc is not None:
+            self.median = median_pace(self.by_peer.values())
+
+    def cap(self, p: Source) -> int:
+        """How many requests ``p`` may have in flight (see :func:`pipeline_cap`)."""
+        return pipeline_cap(p, self.median, self.depth)
+
+    def update_hungry(self, peer: PeerT, p: Source) -> None:
+        """Keep ``peer`` among the hungry exactly while it has a free pipeline slot."""
+        if len(p.requests) < self.cap(p):
+            self.hungry[peer] = None
+        else:
+            self.hungry.pop(peer, None)
+
+    def excluded(self, peer: PeerT, index: int) -> bool:
+        """Whether ``peer`` timed out on ``index`` and another live peer could serve it."""
+        ex = self.timed_out.get(index)
+        if not ex or peer not in ex:
+            return False
+        return any(q.bits[index] for k, q in self.by_peer.items() if k not in ex)
+
+    def arrived(self, p: Source, issued: float, now: float) -> None:
+        """A chunk asked of ``p`` at ``issued`` arrived at ``now``: measure it."""
+        record_arrival(p, issued, now)
+        self.median = median_pace(self.by_peer.values())
+
+    def struck(self, peer: PeerT, p: Source, index: int) -> None:
+        """``peer``'s request for ``index`` timed out: a strike, half the pipeline, and
+        the chunk asked elsewhere when another peer has it."""
+        self.strikes[peer] = self.strikes.get(peer, 0) + 1
+        p.limit = max(1, p.limit // 2)
+        self.timed_out.setdefault(index, set()).add(peer)
+
+    def remeasure(self) -> None:
+        """Forgive every timeout and forget every measure: full pipelines for everyone,
+        each looked at again at the next poll."""
+        self.timed_out.clear()
+        self.median = None  # speeds are measured again from scratch
+        for peer, p in self.by_peer.items():
+            p.limit = self.depth
+            p.svc = p.last_arrival = None
+            p.starved = None
+            p.eg_starved = None
+            self.update_hungry(peer, p)
