@@ -48,15 +48,15 @@ generic in that key type: ``dl: Downloader[str] = Downloader(...)``.
 from p2pupdate.core.download.actions import (
     TRANSITIONS,
     AnnounceHave,
+    AskChunk,
     Ban,
-    Cancel,
+    CancelAsk,
     Completed,
     DownloadAction,
     DownloadFailed,
     DownloadState,
     PeerT,
     RefreshSources,
-    Request,
     VerifyPackage,
     WriteChunk,
 )
@@ -65,8 +65,9 @@ from p2pupdate.core.download.downloader import Downloader
 __all__ = [
     "TRANSITIONS",
     "AnnounceHave",
+    "AskChunk",
     "Ban",
-    "Cancel",
+    "CancelAsk",
     "Completed",
     "DownloadAction",
     "DownloadFailed",
@@ -74,7 +75,6 @@ __all__ = [
     "Downloader",
     "PeerT",
     "RefreshSources",
-    "Request",
     "VerifyPackage",
     "WriteChunk",
 ]

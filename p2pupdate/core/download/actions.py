@@ -20,15 +20,15 @@ from typing import Generic, TypeAlias, TypeVar
 __all__ = [
     "TRANSITIONS",
     "AnnounceHave",
+    "AskChunk",
     "Ban",
-    "Cancel",
+    "CancelAsk",
     "Completed",
     "DownloadAction",
     "DownloadFailed",
     "DownloadState",
     "PeerT",
     "RefreshSources",
-    "Request",
     "VerifyPackage",
     "WriteChunk",
 ]
@@ -59,17 +59,19 @@ TRANSITIONS: Mapping[DownloadState, frozenset[DownloadState]] = {
 
 
 @dataclass(frozen=True)
-class Request(Generic[PeerT]):
-    """Send REQUEST(index) to ``peer``."""
+class AskChunk(Generic[PeerT]):
+    """Send REQUEST(index) to ``peer`` (named apart from the wire message
+    :class:`p2pupdate.core.messages.Request` it becomes)."""
 
     peer: PeerT
     index: int
 
 
 @dataclass(frozen=True)
-class Cancel(Generic[PeerT]):
+class CancelAsk(Generic[PeerT]):
     """Send CANCEL(index) to ``peer``: we no longer want it from there (a copy arrived
-    elsewhere, the request timed out, or the download ended)."""
+    elsewhere, the request timed out, or the download ended). Named apart from the wire
+    message :class:`p2pupdate.core.messages.Cancel` it becomes."""
 
     peer: PeerT
     index: int
@@ -127,8 +129,8 @@ class DownloadFailed:
 
 
 DownloadAction: TypeAlias = (
-    Request[PeerT]
-    | Cancel[PeerT]
+    AskChunk[PeerT]
+    | CancelAsk[PeerT]
     | Ban[PeerT]
     | WriteChunk
     | AnnounceHave

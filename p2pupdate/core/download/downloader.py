@@ -304,7 +304,7 @@ class Downloader(Generic[PeerT]):
 
         The chunk is checked against the table first: a wrong length or hash returns
         ``[Ban(peer, "bad_chunk")]`` and nothing else (nothing is written). A verified chunk
-        we lack returns ``WriteChunk`` followed by ``Cancel`` for every other peer it was
+        we lack returns ``WriteChunk`` followed by ``CancelAsk`` for every other peer it was
         requested from; a verified chunk we already have or are writing (endgame duplicate,
         late or unrequested arrival) is ignored. Out-of-range raises RemoteProtocolError.
         """
@@ -395,7 +395,7 @@ class Downloader(Generic[PeerT]):
     def on_timer(self, now: float) -> list[DownloadAction[PeerT]]:
         """Expire requests whose deadline is ``<= now``.
 
-        Each expired request returns ``Cancel(peer, index)``, adds a strike to the peer and
+        Each expired request returns ``CancelAsk(peer, index)``, adds a strike to the peer and
         halves its pipeline limit; the chunk is asked of another peer at the next ``poll``
         when another has it. A copy that arrives late is still accepted.
 
@@ -423,12 +423,12 @@ class Downloader(Generic[PeerT]):
         return RefreshSources()
 
     def poll(self, now: float) -> list[DownloadAction[PeerT]]:
-        """Fill every peer's pipeline: return the new :class:`Request` actions (and the
-        :class:`Cancel` of a request moved off a slow peer).
+        """Fill every peer's pipeline: return the new :class:`AskChunk` actions (and the
+        :class:`CancelAsk` of a request moved off a slow peer).
 
         First, a request waiting on a peer more than 4x as slow as the median moves
         to a faster peer that has the chunk and a free slot, when that one is expected to
-        deliver it in less than half the time (Cancel, then Request). Then normal mode
+        deliver it in less than half the time (CancelAsk, then AskChunk). Then normal mode
         asks each peer with free slots (a slow peer's pipeline is cut, see
         ``pipeline_limit``) for the rarest chunks it has that are not in flight (random
         among equally rare ones). Once every missing chunk is in flight (endgame) it asks

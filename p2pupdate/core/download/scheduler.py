@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generic
 
-from p2pupdate.core.download.actions import Cancel, DownloadAction, PeerT, Request
+from p2pupdate.core.download.actions import AskChunk, CancelAsk, DownloadAction, PeerT
 from p2pupdate.core.download.endgame import endgame_picks
 from p2pupdate.core.download.sources import Source, move_off_slow
 
@@ -58,7 +58,7 @@ class Scheduler(Generic[PeerT]):
         return bool(self._flight.holders) and not self._c.wanted.any()
 
     def fill(self, now: float) -> list[DownloadAction[PeerT]]:
-        """Fill every peer's pipeline (see ``Downloader.poll``): Cancel and Request."""
+        """Fill every peer's pipeline (see ``Downloader.poll``): CancelAsk and AskChunk."""
         actions: list[DownloadAction[PeerT]] = []
         self._unpin(now, actions)  # first: a faster peer's free slot goes to those
         src = self._src
@@ -96,7 +96,7 @@ class Scheduler(Generic[PeerT]):
         actions: list[DownloadAction[PeerT]] = []
         for q, rid in list(self._flight.holders.get(index, {}).items()):
             self._forget(q, self._src.by_peer[q], index, rid)
-            actions.append(Cancel(q, index))
+            actions.append(CancelAsk(q, index))
         return actions
 
     def rejected(self, peer: PeerT, index: int) -> bool:
@@ -120,7 +120,7 @@ class Scheduler(Generic[PeerT]):
             self._src.struck(peer, p, index)
             self._forget(peer, p, index, rid, freed=True)
             self._release(index)
-            actions.append(Cancel(peer, index))
+            actions.append(CancelAsk(peer, index))
         return actions
 
     def remeasure(self) -> None:
@@ -147,23 +147,23 @@ class Scheduler(Generic[PeerT]):
         self._wanted_gen += 1
 
     def cancel_all(self) -> list[DownloadAction[PeerT]]:
-        """End every request: a Cancel for each, oldest first."""
+        """End every request: a CancelAsk for each, oldest first."""
         actions: list[DownloadAction[PeerT]] = [
-            Cancel(peer, index) for peer, index in self._flight.clear()
+            CancelAsk(peer, index) for peer, index in self._flight.clear()
         ]
         for peer, p in self._src.by_peer.items():
             p.requests.clear()
             self._src.update_hungry(peer, p)
         return actions
 
-    def _issue(self, peer: PeerT, p: Source, index: int, now: float) -> Request[PeerT]:
+    def _issue(self, peer: PeerT, p: Source, index: int, now: float) -> AskChunk[PeerT]:
         rid, first = self._flight.add(peer, index, now)
         p.requests[index] = rid
         if first:  # a new chunk in flight: a new endgame candidate for others
             self._c.wanted[index] = 0
             self._flight_gen += 1
         self._src.update_hungry(peer, p)
-        return Request(peer, index)
+        return AskChunk(peer, index)
 
     def _forget(self, peer: PeerT, p: Source, index: int, rid: int, *, freed: bool = False) -> None:
         """Remove one request from the books (the chunk's fate is decided by the caller).
@@ -213,7 +213,7 @@ class Scheduler(Generic[PeerT]):
 
         def move(peer: PeerT, p: Source, index: int, q_peer: PeerT, q: Source) -> None:
             self._forget(peer, p, index, p.requests[index])
-            out.append(Cancel(peer, index))
+            out.append(CancelAsk(peer, index))
             out.append(self._issue(q_peer, q, index, now))
 
         src = self._src
