@@ -836,3 +836,71 @@ def test_a_stall_forgets_measured_speeds() -> None:
     acts = dl.on_timer(2.0 + DEFAULT_LIMITS.download_stall_timeout)
     assert any(isinstance(a, RefreshSources) for a in acts)
     assert dl.service_time("S") is None and dl.pipeline_limit("S") == 4
+
+
+# ---------------------------------------------------------------------------------------
+# could_ask: which HAVEs need the download loop at all
+# ---------------------------------------------------------------------------------------
+
+
+def test_could_ask_only_with_a_free_slot_and_a_missing_chunk() -> None:
+    content = make_content(6)
+    chunks = split(content)
+    dl = make_dl(content, depth=2)
+    dl.on_peer_bitfield("A", bits_of(6, {0, 1}), 0.0)
+    asked = only_requests(dl.poll(0.0))
+    assert {a.index for a in asked} == {0, 1}  # A's pipeline is full now
+    dl.on_peer_have("A", [2], 0.1)
+    assert not dl.could_ask("A", [2])  # no free slot: poll would ask A for nothing
+    assert dl.poll(0.1) == []
+    for act in dl.on_chunk("A", 0, chunks[0], 0.2):
+        if isinstance(act, WriteChunk):
+            dl.on_chunk_written(act.index)
+    assert dl.could_ask("A", [2])  # a slot is free and 2 is missing
+    assert not dl.could_ask("A", [0])  # 0 is written: nothing to ask
+    assert not dl.could_ask("B", [2])  # a peer never seen has no slot
+    assert requests(dl.poll(0.2)) == {("A", 2)}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(1, 12),
+    depth=st.integers(1, 4),
+    seed=st.integers(0, 1000),
+    steps=st.lists(st.tuples(st.sampled_from("ABC"), st.integers(0, 11)), max_size=30),
+    have=st.tuples(st.sampled_from("ABC"), st.lists(st.integers(0, 11), min_size=1, max_size=4)),
+)
+def test_a_have_could_ask_calls_useless_changes_nothing_poll_does(
+    n: int,
+    depth: int,
+    seed: int,
+    steps: list[tuple[str, int]],
+    have: tuple[str, list[int]],
+) -> None:
+    # Random history (HAVEs, deliveries), then poll until it asks nothing: a HAVE that
+    # could_ask says is useless must leave poll with nothing to do.
+    content = make_content(n, seed=seed)
+    chunks = split(content)
+    dl = make_dl(content, seed=seed, depth=depth)
+    now = 0.0
+    asked: list[AskChunk[str]] = []
+    for peer, i in steps:
+        now += 0.01
+        i %= n
+        dl.on_peer_have(peer, [i], now)
+        asked += [a for a in dl.poll(now) if isinstance(a, AskChunk)]
+        if asked and i % 2:
+            a = asked.pop(0)
+            for act in dl.on_chunk(a.peer, a.index, chunks[a.index], now):
+                if isinstance(act, WriteChunk):
+                    dl.on_chunk_written(act.index)
+    for _ in range(100):
+        if not dl.poll(now):
+            break
+    else:
+        raise AssertionError("poll keeps finding work at one instant")
+    peer, idx = have[0], [i % n for i in have[1]]
+    dl.on_peer_have(peer, idx, now)
+    if not dl.could_ask(peer, idx):
+        assert dl.poll(now) == []
+    event(f"could_ask={dl.could_ask(peer, idx)}")

@@ -288,6 +288,19 @@ class Downloader(Generic[PeerT]):
             p.adv_gen += 1
         return []
 
+    def could_ask(self, peer: PeerT, indices: Iterable[int]) -> bool:
+        """Whether :meth:`poll` might now ask ``peer`` for one of ``indices``.
+
+        True when ``peer`` has a free pipeline slot and one of them is still missing;
+        otherwise a HAVE of ``indices`` cannot change what ``poll`` does, and the shell
+        need not run it (a HAVE from every peer for every chunk: the loop would run for
+        each one).
+        """
+        if peer not in self._src.hungry:
+            return False
+        have, writing = self._c.have, self._c.writing
+        return any(not (have[i] or writing[i]) for i in indices)
+
     def on_peer_gone(self, peer: PeerT, now: float) -> list[DownloadAction[PeerT]]:
         """``peer``'s connection is closed: its requests go back to the pool.
 

@@ -30,6 +30,7 @@ from bitarray import bitarray
 from bitarray.util import zeros
 
 from p2pupdate.core.chunks import table_root
+from p2pupdate.core.codec import encode
 from p2pupdate.core.download import (
     AnnounceHave,
     AskChunk,
@@ -133,8 +134,12 @@ class Fetcher:
     def peer_have(self, peer: PeerConn, pkg: Package, indices: tuple[int, ...]) -> None:
         """``peer`` now also has ``indices`` of ``pkg``."""
         if (dl := pkg.downloader) is not None and dl.state in _ACTIVE:
-            self._run_actions(pkg, dl.on_peer_have(peer.node_id, indices, trio.current_time()))
-            pkg.poke()
+            actions = dl.on_peer_have(peer.node_id, indices, trio.current_time())
+            self._run_actions(pkg, actions)
+            # Most HAVEs (every peer announces every chunk) change nothing poll() does:
+            # the download loop runs only for those that might.
+            if actions or dl.could_ask(peer.node_id, indices):
+                pkg.poke()
 
     def on_reject(self, peer: PeerConn, package_id: bytes, index: int) -> None:
         """``peer`` refused a chunk we asked for."""
@@ -292,8 +297,9 @@ class Fetcher:
 
     def _flush_have(self, pkg: Package) -> None:
         for msg in pkg.take_have():
+            frame = encode(msg)  # once, not once per peer
             for peer in list(self.node.peers.values()):
-                peer.post(msg)
+                peer.post(frame)
 
     def _refresh_sources(self, pkg: Package) -> None:
         """A stalled download re-examines its sources (the core's RefreshSources)."""
