@@ -149,11 +149,10 @@ class Connection:
         self.bytes_sent += size
 
     async def _writev_all(self, sock: trio.socket.SocketType, parts: Sequence[Buffer]) -> None:
+        # Called under the send lock, whose acquisition was this call's checkpoint.
         views = [memoryview(p) for p in parts if len(p)]
-        await trio.lowlevel.checkpoint_if_cancelled()
         _writev_some(sock.fileno(), views)
         if not views:  # all of it taken by the kernel at once: no deadline needed
-            await trio.lowlevel.cancel_shielded_checkpoint()
             return
         with trio.fail_after(self.timeouts.send):
             while views:
