@@ -135,24 +135,31 @@ class Connection:
         if self.closed:
             raise TransferError(f"connection to {self.label} is closed")
         size = sum(len(p) for p in parts)
-        async with self._send_lock:
-            try:
-                if self._sock is not None:
-                    await self._writev_all(self._sock, parts)
-                else:
-                    with trio.fail_after(self.timeouts.send):
-                        await self.stream.send_all(parts[0] if len(parts) == 1 else b"".join(parts))
-            except trio.TooSlowError:
-                raise TransferError(f"send to {self.label} timed out") from None
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise TransferError(f"send to {self.label} failed: {exc}") from None
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()  # free (nearly always): no scheduler round for the lock
+        try:
+            if self._sock is not None:
+                await self._writev_all(self._sock, parts)
+            else:
+                with trio.fail_after(self.timeouts.send):
+                    await self.stream.send_all(parts[0] if len(parts) == 1 else b"".join(parts))
+        except trio.TooSlowError:
+            raise TransferError(f"send to {self.label} timed out") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise TransferError(f"send to {self.label} failed: {exc}") from None
+        finally:
+            lock.release()
         self.bytes_sent += size
 
     async def _writev_all(self, sock: trio.socket.SocketType, parts: Sequence[Buffer]) -> None:
-        # Called under the send lock, whose acquisition was this call's checkpoint.
+        # Everything the kernel takes at once goes without a scheduler round or a deadline
+        # (the callers yield elsewhere: the writer at its outbox, uploads at their queue).
         views = [memoryview(p) for p in parts if len(p)]
         _writev_some(sock.fileno(), views)
-        if not views:  # all of it taken by the kernel at once: no deadline needed
+        if not views:
             return
         with trio.fail_after(self.timeouts.send):
             while views:
