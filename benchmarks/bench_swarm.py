@@ -388,11 +388,24 @@ def run_p2pupdate(
         victim = st.nodes // 2
         killed_missing: int | None = None
         pub_cpu_start: float | None = None  # the publisher's CPU when node 0 heard of it
+        # Every node's CPU once the last one has completed (the transfer is over): what
+        # the nodes do after it (reports, waiting for publish to exit) is left out.
+        completed: set[int] = set()
+        cpu_at_end: list[float] | None = None
         while (pub_cpu := reap(pub)) is None and pub.returncode is None:
             if pub_cpu_start is None and any(
                 e.get("event") == "announcement_received" for e in read_events(events[0])
             ):
                 pub_cpu_start = cpu_seconds(pub.pid)
+            if cpu_at_end is None and kill_at is None:
+                completed |= {
+                    i
+                    for i, ev in enumerate(events)
+                    if i not in completed
+                    and any(e.get("event") == "download_complete" for e in read_events(ev))
+                }
+                if len(completed) == len(events):
+                    cpu_at_end = [cpu_seconds(p.pid) for p in procs]
             if killed_missing is not None and all(
                 any(e.get("event") == "download_complete" for e in read_events(ev)) for ev in events
             ):
@@ -421,7 +434,7 @@ def run_p2pupdate(
         # CPU the nodes spent (start-up included): what encryption costs, whatever the load.
         node_cpu = [cpu_seconds(p.pid) for p in procs]
         res.extra["cpu"] = sum(node_cpu)
-        node_cpu = [c - b for c, b in zip(node_cpu, cpu_before, strict=True)]
+        node_cpu = [c - b for c, b in zip(cpu_at_end or node_cpu, cpu_before, strict=True)]
         if pub_cpu is None and pub.returncode is None:
             pub_cpu = cpu_seconds(pub.pid)
         if pub_cpu is not None:
