@@ -48,6 +48,7 @@ from p2pupdate.shell.events import EventLog
 from p2pupdate.shell.install.applicator import Applicator, TargetSpec
 from p2pupdate.shell.net.node import Node, PeerConn
 from p2pupdate.shell.tmpdirs import node_tmp_dir
+from p2pupdate.shell.transfer.reuse import LocalChunks
 from p2pupdate.shell.transfer.swarm import Swarm
 
 __all__ = ["Agent", "AgentOptions", "SelfUpdateHook"]
@@ -118,6 +119,8 @@ class _ChannelState:
     # Package id that `p2pupdate apply` asked for before its download finished.
     apply_when_done: bytes | None = None
     progress: dict[str, Any] = field(default_factory=dict)
+    # The last completed download: version, bytes copied from local files, bytes fetched.
+    last_download: dict[str, Any] | None = None
     retry: _PendingRetry | None = None
     # (package id, step) -> failures in a row that were retried
     failures: dict[tuple[bytes, str], int] = field(default_factory=dict)
@@ -155,6 +158,9 @@ class Agent:
         self.self_update_off = "off: not a managed install"
         node.on_announcement = self.on_announcement
         swarm.on_source = self.on_source
+        # Unchanged chunks come from the installed target, its backups and older packages.
+        self.local_chunks = LocalChunks(swarm.store, self._reuse_candidates)
+        swarm.local_chunks = self.local_chunks.fill
         # Node reports (docs/protocol.md): the last outcome per channel comes from the
         # events as they are written; every one that changes it re-issues the report.
         self.outcomes: dict[str, tuple[str, str, str]] = {}
@@ -377,7 +383,13 @@ class Agent:
                         size=b.size,
                         seconds=round(time.monotonic() - started, 3),
                         sources=result.sources,
+                        reused_bytes=result.reused_bytes,
                     )
+                    st.last_download = {
+                        "version": b.version,
+                        "bytes_total": b.size,
+                        "reused_bytes": result.reused_bytes,
+                    }
                 st.progress = {"progress": 1.0, "bytes_done": b.size, "bytes_total": b.size}
         finally:
             if st.scope is scope:
@@ -608,6 +620,20 @@ class Agent:
         if r.scope.cancelled_caught or r.step != INSTALL or r.target is None:
             return
         await self._apply(r.ann, r.target)
+
+    def _reuse_candidates(self, channel: str) -> list[Path]:
+        """Files that may hold chunks of a new package of ``channel``, likeliest first:
+        the installed target (a directory target: its live release), then its backups,
+        newest first (the store's cached packages are added by LocalChunks)."""
+        out: list[Path] = []
+        target = self.targets.get(channel)
+        if target is not None:
+            out.append(target.path)
+        ch = self.applicator.status()["channels"].get(channel, {})
+        for b in reversed(ch.get("backups", [])):
+            if isinstance(b.get("path"), str):
+                out.append(Path(b["path"]))
+        return out
 
     # -- cache --------------------------------------------------------------------------
     def _refresh_cache_index(self) -> None:
@@ -881,6 +907,7 @@ class Agent:
                 ],
                 "last": a.get("last"),
                 "retry": retry,
+                "last_download": st.last_download,
             }
         self._refresh_cache_index()
         return {

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,7 @@ class DownloadResult:
     ok: bool
     reason: str = ""
     sources: dict[str, int] = field(default_factory=dict)
+    reused_bytes: int = 0  # copied from local files, not fetched (shell.transfer.reuse)
 
 
 @dataclass
@@ -120,6 +121,7 @@ class _Package:
     pending_have: list[int] = field(default_factory=list)
     cancel_scope: trio.CancelScope | None = None
     bad_table_peers: set[bytes] = field(default_factory=set)
+    reused_bytes: int = 0
 
     @property
     def nchunks(self) -> int:
@@ -196,6 +198,11 @@ class Swarm:
         # peer -> package -> when we last sent it our BITFIELD (a refresh is answered at
         # most once per bitfield_refresh_interval); dropped with the peer.
         self._bitfield_sent: dict[bytes, dict[bytes, float]] = {}
+        # Local chunk reuse (shell.transfer.reuse.LocalChunks.fill, set by the agent):
+        # (channel, package id, table, have, size) -> bytes copied, marked in ``have``.
+        self.local_chunks: (
+            Callable[[str, bytes, Sequence[bytes], bitarray, int], Awaitable[int]] | None
+        ) = None
         node.package_service = self
 
     # -- what we hold ---------------------------------------------------------------
@@ -667,6 +674,8 @@ class Swarm:
         if resumed:
             for i in await self.store.scan_unclaimed(pid, pkg.hashes, have, pkg.size):
                 have[i] = 1
+        if self.local_chunks is not None:
+            pkg.reused_bytes = await self.local_chunks(pkg.channel, pid, pkg.hashes, have, pkg.size)
         dl: Downloader[bytes] = Downloader(
             pid,
             pkg.size,
@@ -720,7 +729,9 @@ class Swarm:
                     for peer in list(self.node.peers.values()):
                         peer.post(Complete(pid))
                     self._flush_have(pkg)
-                    return DownloadResult(True, sources=self._sources(dl))
+                    return DownloadResult(
+                        True, sources=self._sources(dl), reused_bytes=pkg.reused_bytes
+                    )
                 if dl.state is DownloadState.FAILED:
                     await self._persist(pkg, dl)
                     return DownloadResult(
@@ -870,5 +881,6 @@ class Swarm:
                 "bytes_done": pkg.size if pkg.complete else (dl.bytes_done if dl else 0),
                 "state": "complete" if pkg.complete else (dl.state.value if dl else "pending"),
                 "uploaded": self.bytes_uploaded_by_package.get(pid, 0),
+                "reused_bytes": pkg.reused_bytes,
             }
         return out

@@ -1,0 +1,166 @@
+"""Local chunk reuse: a download copies the chunks it finds in local files and fetches
+only the rest (real files, real TCP on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+from pathlib import Path
+
+import trio
+from bitarray.util import zeros
+
+from p2pupdate.config import DEFAULT_LIMITS
+from p2pupdate.core.announcement import Announcement, AnnouncementBody, sign_announcement
+from p2pupdate.core.chunks import ContentInfo
+from p2pupdate.shell.transfer.memstore import MemoryStore
+from p2pupdate.shell.transfer.reuse import LocalChunks
+from p2pupdate.shell.transfer.store import DiskStore
+from tests.helpers import content_of
+from tests.shell.swarm_helpers import AUTHORITY, seed_with, start_peer, wait_connected
+
+C = 65536
+
+
+def announce(data: bytes, version: str = "2.0.0") -> tuple[ContentInfo, Announcement]:
+    info = content_of(data)
+    now = int(time.time())
+    body = AnnouncementBody(
+        channel="app/stable",
+        version=version,
+        package_id=info.package_id,
+        size=info.size,
+        table_root=info.root,
+        created=now,
+        expires=now + 3600,
+    )
+    return info, sign_announcement(body, [AUTHORITY])
+
+
+def changed(old: bytes, chunks: list[int], seed: int = 2) -> bytes:
+    """``old`` with the given chunks replaced by other bytes of the same length."""
+    rng = random.Random(seed)
+    new = bytearray(old)
+    for c in chunks:
+        end = min(len(old), (c + 1) * C)
+        new[c * C : end] = rng.randbytes(end - c * C)
+    return bytes(new)
+
+
+async def test_download_fetches_only_the_chunks_not_found_in_the_installed_file(
+    tmp_path: Path,
+) -> None:
+    old = random.Random(1).randbytes(40 * C + 1234)
+    new = changed(old, [3, 17, 40])  # two full chunks and the short last one
+    info, ann = announce(new)
+    installed = tmp_path / "app"
+    installed.write_bytes(old)
+    store = DiskStore(tmp_path / "store")
+    async with trio.open_nursery() as nursery:
+        seed = await start_peer(nursery, 0, [])
+        await seed_with(seed, ann, info, new)
+        me = await start_peer(nursery, 1, [seed.node.listen_addr], store=store)
+        reuse = LocalChunks(store, lambda channel: [installed] if channel == "app/stable" else [])
+        me.swarm.local_chunks = reuse.fill
+        await wait_connected([me], 1)
+        result = await me.swarm.download(ann)
+        assert result.ok
+        assert sum(result.sources.values()) == 3
+        assert result.reused_bytes == 38 * C
+        assert me.swarm.status()[info.package_id.hex()]["reused_bytes"] == 38 * C
+        path = store.complete_path(info.package_id)
+        assert path is not None and path.read_bytes() == new
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_chunks_come_from_older_cached_packages_and_moved_offsets(tmp_path: Path) -> None:
+    old = random.Random(5).randbytes(12 * C)
+    old_info, _ = announce(old, "1.0.0")
+    # The new package starts with a new chunk: every old chunk moved one place on.
+    new = random.Random(6).randbytes(C) + old
+    info, _ = announce(new)
+    src = tmp_path / "old.pkg"
+    src.write_bytes(old)
+    store = DiskStore(tmp_path / "store")
+    await store.add_complete_file(old_info.package_id, src)
+    src.unlink()
+    await store.open_partial(info.package_id, info.size)
+    have = zeros(info.nchunks)
+    copied = await LocalChunks(store).fill(
+        "app/stable", info.package_id, info.chunk_hashes, have, info.size
+    )
+    assert copied == 12 * C
+    assert have.to01() == "0" + "1" * 12
+    for i in range(1, 13):
+        assert await store.read_chunk(info.package_id, i, C) == new[i * C : (i + 1) * C]
+    store.close()
+
+
+async def test_a_file_changed_after_hashing_is_checked_again_when_copied(tmp_path: Path) -> None:
+    old = random.Random(7).randbytes(8 * C)
+    info, _ = announce(old)  # the package is the old file itself
+    f = tmp_path / "app"
+    f.write_bytes(old)
+    store = MemoryStore()
+    reuse = LocalChunks(store, lambda _: [f])
+    # First download: hashes the file (digests remembered for this file identity).
+    await store.open_partial(info.package_id, info.size)
+    assert await reuse.fill("c", info.package_id, info.chunk_hashes, zeros(8), info.size) == 8 * C
+    hashed = reuse.bytes_hashed
+    # The file's chunk 2 changes behind our back, size and mtime kept: the remembered
+    # digests still claim the old bytes, the copy must not.
+    st = f.stat()
+    with f.open("r+b") as fh:
+        fh.seek(2 * C + 10)
+        fh.write(b"tampered")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    have = zeros(8)
+    copied = await reuse.fill("c", info.package_id, info.chunk_hashes, have, info.size)
+    assert reuse.bytes_hashed == hashed  # not hashed again
+    assert copied == 7 * C
+    assert have.to01() == "11011111"
+
+
+async def test_directory_candidates_are_walked_and_the_index_is_bounded(tmp_path: Path) -> None:
+    a = random.Random(8).randbytes(3 * C)
+    b = random.Random(9).randbytes(2 * C + 5)
+    release = tmp_path / "release"
+    (release / "sub").mkdir(parents=True)
+    (release / "a.bin").write_bytes(a)
+    (release / "sub" / "b.bin").write_bytes(b)
+    (release / "link").symlink_to("/etc/hostname")  # not followed
+    new = a + b[: 2 * C] + b"\0" * 100
+    info, _ = announce(new)
+    store = MemoryStore()
+    await store.open_partial(info.package_id, info.size)
+    have = zeros(info.nchunks)
+    copied = await LocalChunks(store, lambda _: [release]).fill(
+        "c", info.package_id, info.chunk_hashes, have, info.size
+    )
+    assert copied == 5 * C
+    assert have.to01() == "111110"
+    # With room for 2 index entries, only the first file's first 2 pieces are hashed.
+    small = dataclasses.replace(DEFAULT_LIMITS, max_reuse_index_chunks=2)
+    have = zeros(info.nchunks)
+    reuse = LocalChunks(store, lambda _: [release], limits=small)
+    copied = await reuse.fill("c", info.package_id, info.chunk_hashes, have, info.size)
+    assert copied == 2 * C
+    assert have.to01() == "110000"
+    assert reuse.bytes_hashed == 2 * C
+
+
+async def test_nothing_local_means_nothing_copied(tmp_path: Path) -> None:
+    new = random.Random(10).randbytes(3 * C)
+    info, _ = announce(new)
+    store = MemoryStore()
+    await store.open_partial(info.package_id, info.size)
+    other = tmp_path / "other"
+    other.write_bytes(random.Random(11).randbytes(3 * C))
+    have = zeros(3)
+    missing = tmp_path / "missing"
+    reuse = LocalChunks(store, lambda _: [missing, other])
+    assert await reuse.fill("c", info.package_id, info.chunk_hashes, have, info.size) == 0
+    assert not have.any()
