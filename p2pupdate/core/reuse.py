@@ -4,49 +4,36 @@ Before a download asks peers for anything, the shell offers the files that may
 hold old copies of the package's chunks: the installed target (a file target,
 or the files of a directory target's live release), its backups, and older
 packages in the cache. Each such file is cut at 64 KiB-aligned offsets, exactly
-as a package is, and every piece is hashed once; :class:`ReuseIndex` remembers
-hash -> where. :func:`plan_reuse` then matches the new package's signed chunk
-table against the index and says which local piece to copy into which missing
-chunk. The shell copies, re-checks every copied chunk against the table with
-:func:`verified` (a file may have changed since it was hashed) and only then
-marks it in the download's bitmap: a reused chunk is trusted exactly as much
+as a package is, and every piece is hashed (once: the shell remembers the
+digests per file). :class:`Wanted` holds the package's missing chunks by hash,
+from the signed table; a piece whose hash and length it wants fills those
+chunks. A piece is copied only with the BLAKE3 computed over the very bytes
+written (:func:`verified` when the digest was remembered from an earlier pass:
+the file may have changed since), so a reused chunk is trusted exactly as much
 as one received from a peer.
 
-Memory is bounded: :func:`select_files` spends a budget of chunks (the
-``max_reuse_index_chunks`` limit) over the candidate files in the order given,
-so the index never holds more entries than that, and files past the budget are
-not read at all.
+Memory and work are bounded: :func:`select_files` spends a budget of pieces
+(the ``max_reuse_index_chunks`` limit) over the candidate files in the order
+given, and files past the budget are not read at all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from bitarray import bitarray
 
 from p2pupdate.config import DEFAULT_LIMITS
-from p2pupdate.core.chunks import HASH_LEN, chunk_count, chunk_length, hash_chunk
+from p2pupdate.core.chunks import chunk_count, chunk_length, hash_chunk
 
 __all__ = [
-    "ChunkSource",
-    "ReuseIndex",
+    "Wanted",
     "file_pieces",
-    "plan_reuse",
     "select_files",
     "verified",
 ]
 
 CHUNK_SIZE = DEFAULT_LIMITS.chunk_size
-
-
-@dataclass(frozen=True)
-class ChunkSource:
-    """Where a piece of a local file lies: file number (the shell's list), offset, length."""
-
-    file: int
-    offset: int
-    length: int
 
 
 def file_pieces(size: int, chunk_size: int = CHUNK_SIZE) -> list[tuple[int, int]]:
@@ -89,67 +76,49 @@ def select_files(
     return out
 
 
-class ReuseIndex:
-    """BLAKE3 of a local piece -> where it lies; at most ``max_entries`` entries.
+class Wanted:
+    """The chunks a download still misses, by hash: what a local piece can fill.
 
-    The first location recorded for a hash wins (files are offered most likely first).
+    Built from the signed table and the download's bitmap; :meth:`take` hands out
+    the missing chunks a piece with that hash and length can fill (a short last
+    piece never stands in for a full chunk, nor the other way round) and forgets
+    them, so each chunk is copied once however many local copies exist.
     """
 
-    def __init__(self, max_entries: int = DEFAULT_LIMITS.max_reuse_index_chunks) -> None:
-        if max_entries < 0:
-            raise ValueError("max_entries is not negative")
-        self.max_entries = max_entries
-        self._where: dict[bytes, ChunkSource] = {}
-        self.pieces = 0  # pieces offered to add (hashed), duplicates included
+    def __init__(
+        self, table: Sequence[bytes], have: bitarray, size: int, chunk_size: int = CHUNK_SIZE
+    ) -> None:
+        n = chunk_count(size, chunk_size)
+        if len(table) != n or len(have) != n:
+            raise ValueError(f"table of {len(table)} and bitmap of {len(have)} for {n} chunks")
+        self._by_hash: dict[tuple[bytes, int], list[int]] = {}
+        self._count = 0
+        for i in have.search(0):
+            self._by_hash.setdefault((table[i], chunk_length(size, i, chunk_size)), []).append(i)
+            self._count += 1
 
     def __len__(self) -> int:
-        return len(self._where)
+        """Missing chunks not handed out yet."""
+        return self._count
 
-    @property
-    def full(self) -> bool:
-        return self.pieces >= self.max_entries
+    def digests(self) -> frozenset[bytes]:
+        """The hashes still wanted (a snapshot a worker thread can test pieces against)."""
+        return frozenset(d for d, _ in self._by_hash)
 
-    def add(self, digest: bytes, source: ChunkSource) -> bool:
-        """Record one hashed piece; False (nothing recorded) once the index is full."""
-        if len(digest) != HASH_LEN:
-            raise ValueError(f"a chunk hash is {HASH_LEN} bytes")
-        if source.offset < 0 or not 0 < source.length <= CHUNK_SIZE or source.file < 0:
-            raise ValueError(f"not a piece of a file: {source}")
-        if self.full:
-            return False
-        self.pieces += 1
-        self._where.setdefault(digest, source)
-        return True
+    def wants(self, digest: bytes, length: int) -> bool:
+        return (digest, length) in self._by_hash
 
-    def get(self, digest: bytes) -> ChunkSource | None:
-        return self._where.get(digest)
+    def take(self, digest: bytes, length: int) -> list[int]:
+        """The missing chunks a piece of ``length`` bytes hashing to ``digest`` fills."""
+        chunks = self._by_hash.pop((digest, length), [])
+        self._count -= len(chunks)
+        return chunks
 
-
-def plan_reuse(
-    table: Sequence[bytes],
-    have: bitarray,
-    index: ReuseIndex,
-    size: int,
-    chunk_size: int = CHUNK_SIZE,
-) -> list[tuple[int, ChunkSource]]:
-    """(chunk, local piece) for every chunk not in ``have`` whose hash is in the index.
-
-    A piece qualifies only if its length is the chunk's length (a short last piece of
-    a file never stands in for a full chunk, nor the other way round, even if a hash
-    collided). Chunks come in index order, so the copies read the partial file's
-    offsets forwards.
-    """
-    n = chunk_count(size, chunk_size)
-    if len(table) != n or len(have) != n:
-        raise ValueError(f"table of {len(table)} and bitmap of {len(have)} for {n} chunks")
-    plan: list[tuple[int, ChunkSource]] = []
-    if len(index) == 0:
-        return plan
-    for i in have.search(0):
-        src = index.get(table[i])
-        if src is not None and src.length == chunk_length(size, i, chunk_size):
-            plan.append((i, src))
-    return plan
+    def put_back(self, digest: bytes, length: int, chunks: Sequence[int]) -> None:
+        """Chunks taken but not filled after all (the local copy changed): wanted again."""
+        if chunks:
+            self._by_hash.setdefault((digest, length), []).extend(chunks)
+            self._count += len(chunks)
 
 
 def verified(table: Sequence[bytes], chunk: int, data: bytes | bytearray | memoryview) -> bool:

@@ -1,4 +1,4 @@
-"""Local chunk reuse decisions: file pieces, the bounded index, the copy plan."""
+"""Local chunk reuse decisions: file pieces, the hashing budget, what a piece fills."""
 
 from __future__ import annotations
 
@@ -9,28 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pupdate.core.chunks import hash_chunk
-from p2pupdate.core.reuse import (
-    ChunkSource,
-    ReuseIndex,
-    file_pieces,
-    plan_reuse,
-    select_files,
-    verified,
-)
+from p2pupdate.core.reuse import Wanted, file_pieces, select_files, verified
 
 C = 16  # a small chunk size keeps the examples readable
 
 
 def chunks_of(data: bytes, size: int = C) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
-
-
-def index_of(files: list[bytes], max_entries: int = 1000) -> ReuseIndex:
-    idx = ReuseIndex(max_entries)
-    for f, data in enumerate(files):
-        for off, length in file_pieces(len(data), C):
-            idx.add(hash_chunk(data[off : off + length]), ChunkSource(f, off, length))
-    return idx
 
 
 def test_file_pieces_cut_like_a_package() -> None:
@@ -48,50 +33,59 @@ def test_select_files_spends_the_budget_in_order() -> None:
     assert select_files([16, 16], budget=10, chunk_size=C) == [(0, 1), (1, 1)]
 
 
-def test_plan_copies_only_missing_chunks_found_locally() -> None:
+def fill(wanted: Wanted, files: list[bytes]) -> dict[int, bytes]:
+    """What the shell does: offer every piece of every file; chunk -> bytes written."""
+    out: dict[int, bytes] = {}
+    for data in files:
+        for off, length in file_pieces(len(data), C):
+            piece = data[off : off + length]
+            for i in wanted.take(hash_chunk(piece), length):
+                out[i] = piece
+    return out
+
+
+def test_only_missing_chunks_found_locally_are_filled() -> None:
     old = bytes(range(64))  # 4 chunks
     new = old[:16] + b"X" * 16 + old[32:]  # chunk 1 changed
     table = [hash_chunk(c) for c in chunks_of(new)]
-    have = bitarray("0001")  # chunk 3 already downloaded
-    plan = plan_reuse(table, have, index_of([old]), len(new), C)
-    assert plan == [(0, ChunkSource(0, 0, 16)), (2, ChunkSource(0, 32, 16))]
+    wanted = Wanted(table, bitarray("0001"), len(new), C)  # chunk 3 already downloaded
+    assert len(wanted) == 3
+    assert fill(wanted, [old]) == {0: old[:16], 2: old[32:48]}
+    assert len(wanted) == 1 and wanted.wants(table[1], 16)
 
 
-def test_plan_finds_chunks_that_moved_and_in_other_files() -> None:
+def test_chunks_that_moved_or_repeat_are_found_in_any_file() -> None:
     a, b = b"A" * 16, b"B" * 16
-    new = b + a + b"tail"
+    new = b + a + a + b"tail"
     table = [hash_chunk(c) for c in chunks_of(new)]
-    plan = plan_reuse(table, zeros(3), index_of([a + b"Z" * 16, b"Q" * 16 + b]), len(new), C)
-    assert plan == [(0, ChunkSource(1, 16, 16)), (1, ChunkSource(0, 0, 16))]
+    wanted = Wanted(table, zeros(4), len(new), C)
+    got = fill(wanted, [a + b"Z" * 16, b"Q" * 16 + b])
+    assert got == {0: b, 1: a, 2: a}  # one piece fills both copies of chunk "A"
+    assert len(wanted) == 1
 
 
-def test_a_short_piece_never_stands_in_for_a_full_chunk() -> None:
-    # Same hash registered for a short piece (a forged index entry): refused by length.
+def test_a_piece_fills_only_chunks_of_its_own_length() -> None:
     full = b"F" * 16
     table = [hash_chunk(full)]
-    idx = ReuseIndex(10)
-    idx.add(hash_chunk(full), ChunkSource(0, 0, 8))
-    assert plan_reuse(table, zeros(1), idx, 16, C) == []
+    wanted = Wanted(table, zeros(1), 16, C)
+    assert wanted.take(hash_chunk(full), 8) == []  # same hash claimed for 8 bytes: refused
+    assert wanted.take(hash_chunk(full), 16) == [0]
+    assert wanted.take(hash_chunk(full), 16) == []  # handed out once
 
 
-def test_index_is_bounded_and_first_location_wins() -> None:
-    idx = ReuseIndex(2)
-    h = hash_chunk(b"x")
-    assert idx.add(h, ChunkSource(0, 0, 1))
-    assert idx.add(h, ChunkSource(1, 0, 1))
-    assert idx.full
-    assert not idx.add(hash_chunk(b"y"), ChunkSource(2, 0, 1))
-    assert idx.get(h) == ChunkSource(0, 0, 1)
-    assert idx.get(hash_chunk(b"y")) is None
+def test_put_back_makes_chunks_wanted_again() -> None:
+    table = [hash_chunk(b"a" * 16)] * 2
+    wanted = Wanted(table, zeros(2), 32, C)
+    assert wanted.digests() == frozenset({table[0]})
+    taken = wanted.take(table[0], 16)
+    assert taken == [0, 1] and len(wanted) == 0 and not wanted.digests()
+    wanted.put_back(table[0], 16, taken)
+    assert len(wanted) == 2 and wanted.take(table[0], 16) == [0, 1]
+
+
+def test_wanted_rejects_mismatched_sizes() -> None:
     with pytest.raises(ValueError):
-        idx.add(b"short", ChunkSource(0, 0, 1))
-    with pytest.raises(ValueError):
-        ReuseIndex(5).add(h, ChunkSource(0, -1, 1))
-
-
-def test_plan_rejects_mismatched_sizes() -> None:
-    with pytest.raises(ValueError):
-        plan_reuse([hash_chunk(b"a")], zeros(2), ReuseIndex(1), 16, C)
+        Wanted([hash_chunk(b"a")], zeros(2), 16, C)
 
 
 def test_verified_checks_the_signed_hash() -> None:
@@ -108,7 +102,7 @@ def test_verified_checks_the_signed_hash() -> None:
     edits=st.lists(st.tuples(st.integers(0, 199), st.binary(min_size=1, max_size=20))),
     have_seed=st.integers(0, 2**32),
 )
-def test_plan_is_exactly_the_missing_chunks_whose_bytes_exist_locally(
+def test_filled_are_exactly_the_missing_chunks_whose_bytes_exist_locally(
     old: bytes, edits: list[tuple[int, bytes]], have_seed: int
 ) -> None:
     new = bytearray(old)
@@ -119,13 +113,14 @@ def test_plan_is_exactly_the_missing_chunks_whose_bytes_exist_locally(
     table = [hash_chunk(c) for c in pieces]
     have = bitarray([(have_seed >> (i % 32)) & 1 == 1 for i in range(len(pieces))])
     local = {old[o : o + n] for o, n in file_pieces(len(old), C)}
-    plan = plan_reuse(table, have, index_of([old]), len(new_b), C)
-    planned = [i for i, _ in plan]
+    wanted = Wanted(table, have, len(new_b), C)
+    got = fill(wanted, [old])
     # Exactly the missing chunks whose bytes are a piece of the old file ...
-    assert planned == [i for i, c in enumerate(pieces) if not have[i] and c in local]
-    # ... and each source really holds those bytes.
-    for i, src in plan:
-        assert verified(table, i, old[src.offset : src.offset + src.length])
+    assert sorted(got) == [i for i, c in enumerate(pieces) if not have[i] and c in local]
+    # ... each filled with bytes the table vouches for ...
+    assert all(verified(table, i, data) for i, data in got.items())
+    # ... and the rest still wanted.
+    assert len(wanted) == (~have).count() - len(got)
 
 
 @settings(max_examples=100, deadline=None)

@@ -32,15 +32,7 @@ from bitarray import bitarray
 
 from p2pupdate.config import DEFAULT_LIMITS, Limits
 from p2pupdate.core.chunks import hash_chunk
-from p2pupdate.core.reuse import (
-    ChunkSource,
-    ReuseIndex,
-    file_pieces,
-    plan_reuse,
-    select_files,
-    verified,
-)
-from p2pupdate.errors import DiskFullError
+from p2pupdate.core.reuse import Wanted, file_pieces, select_files, verified
 from p2pupdate.shell.transfer.store import ChunkStore
 
 __all__ = ["LocalChunks"]
@@ -100,38 +92,92 @@ class LocalChunks:
                     paths.append(path)
         if not paths:
             return 0
+        started = trio.current_time()
         files = await trio.to_thread.run_sync(self._collect, paths)
-        budget = self.limits.max_reuse_index_chunks
-        index = ReuseIndex(budget)
-        for fi, npieces in select_files([f.size for f in files], budget):
-            f = files[fi]
-            digests = await self._hash(f, npieces)
-            for (off, length), digest in zip(file_pieces(f.size), digests, strict=False):
-                if not index.add(digest, ChunkSource(fi, off, length)):
-                    break
-        plan = plan_reuse(table, have, index, size)
-        if not plan:
-            return 0
+        wanted = Wanted(table, have, size)
+        missing = len(wanted)
         copied = 0
-        for start in range(0, len(plan), _BATCH):
-            batch = plan[start : start + _BATCH]
-            chunks = await trio.to_thread.run_sync(_read_checked, files, table, batch)
-            for i, data in chunks:
-                try:
-                    await self.store.write_chunk(package_id, i, data)
-                except (OSError, DiskFullError) as exc:
-                    # The download itself meets (and reports) the same disk soon enough.
-                    log.warning("copying local chunk %d failed: %s", i, exc)
-                    return copied
-                have[i] = 1
-                copied += len(data)
-        log.info(
-            "%s: %d of %d missing chunks found locally (%d bytes)",
-            channel,
-            len(plan),
-            len(plan) + have.count(0),
-            copied,
-        )
+        budget = self.limits.max_reuse_index_chunks
+        for fi, npieces in select_files([f.size for f in files], budget):
+            if not wanted:
+                break
+            f = files[fi]
+            known = self._digests.get(f.key)
+            if known is not None and len(known) >= npieces:
+                self._digests.move_to_end(f.key)
+                copied += await self._copy_known(
+                    f, known[:npieces], wanted, table, package_id, have
+                )
+            else:
+                copied += await self._hash_and_copy(f, npieces, wanted, package_id, have)
+        if copied:
+            log.info(
+                "%s: %d of %d missing chunks found locally (%d bytes) in %.2fs",
+                channel,
+                missing - len(wanted),
+                missing,
+                copied,
+                trio.current_time() - started,
+            )
+        return copied
+
+    async def _write(
+        self, package_id: bytes, chunks: Sequence[int], data: bytes, have: bitarray
+    ) -> int:
+        """Write verified ``data`` as each of ``chunks``; the bytes written. A disk error
+        propagates: the download fails as it would on a chunk from a peer."""
+        for i in chunks:
+            await self.store.write_chunk(package_id, i, data)
+            have[i] = 1
+        return len(data) * len(chunks)
+
+    async def _hash_and_copy(
+        self, f: _File, npieces: int, wanted: Wanted, package_id: bytes, have: bitarray
+    ) -> int:
+        """One pass over a file not hashed before: read each piece once, hash it, and
+        write the wanted ones (verified by that very hash); remember the digests."""
+        pieces = file_pieces(f.size)[:npieces]
+        digests: list[bytes] = []
+        copied = 0
+        for start in range(0, len(pieces), _BATCH):
+            batch = pieces[start : start + _BATCH]
+            try:
+                got, found = await trio.to_thread.run_sync(_hash_batch, f, batch, wanted.digests())
+            except OSError as exc:
+                log.info("not reusing chunks of %s: %s", f.path, exc)
+                return copied
+            self.bytes_hashed += sum(n for _, n in batch[: len(got)])
+            digests += got
+            for k, data in found:
+                copied += await self._write(package_id, wanted.take(got[k], len(data)), data, have)
+            if len(got) < len(batch):
+                return copied  # the file changed or shrank under us: digests not kept
+        self._remember(f.key, digests)
+        return copied
+
+    async def _copy_known(
+        self,
+        f: _File,
+        digests: Sequence[bytes],
+        wanted: Wanted,
+        table: Sequence[bytes],
+        package_id: bytes,
+        have: bitarray,
+    ) -> int:
+        """A file hashed before: read only the wanted pieces, each checked again."""
+        copied = 0
+        todo: list[tuple[int, int, bytes, list[int]]] = []
+        for (off, length), digest in zip(file_pieces(f.size), digests, strict=False):
+            if wanted.wants(digest, length):
+                todo.append((off, length, digest, wanted.take(digest, length)))
+        for start in range(0, len(todo), _BATCH):
+            batch = todo[start : start + _BATCH]
+            datas = await trio.to_thread.run_sync(_read_checked, f, table, batch)
+            for (_, length, digest, chunks), data in zip(batch, datas, strict=True):
+                if data is None:
+                    wanted.put_back(digest, length, chunks)  # changed since: fetched instead
+                else:
+                    copied += await self._write(package_id, chunks, data, have)
         return copied
 
     def _collect(self, paths: Sequence[Path]) -> list[_File]:
@@ -155,20 +201,6 @@ class LocalChunks:
             elif stat.S_ISDIR(st.st_mode):
                 budget = _walk(path, add, budget)
         return out
-
-    async def _hash(self, f: _File, npieces: int) -> list[bytes]:
-        known = self._digests.get(f.key)
-        if known is not None and len(known) >= npieces:
-            self._digests.move_to_end(f.key)
-            return known[:npieces]
-        try:
-            digests = await trio.to_thread.run_sync(_hash_pieces, f, npieces)
-        except OSError as exc:
-            log.info("not reusing chunks of %s: %s", f.path, exc)
-            return []
-        self.bytes_hashed += sum(n for _, n in file_pieces(f.size)[: len(digests)])
-        self._remember(f.key, digests)
-        return digests
 
     def _remember(self, key: _FileKey, digests: list[bytes]) -> None:
         old = self._digests.pop(key, None)
@@ -204,52 +236,52 @@ def _walk(root: Path, add: Callable[[Path, os.stat_result], None], budget: int) 
     return budget
 
 
-def _hash_pieces(f: _File, npieces: int) -> list[bytes]:
-    """BLAKE3 of the first ``npieces`` aligned pieces of ``f`` (in a thread).
-
-    Stops early (fewer digests) if the file shrank or changed under us: the
-    digests then no longer describe it, and the copies are checked anyway.
-    """
-    out: list[bytes] = []
+def _open_same(f: _File) -> int:
+    """An fd of ``f``, or OSError if it is no longer the file that was listed."""
     fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
+    if _key(os.fstat(fd)) != f.key:
+        os.close(fd)
+        raise OSError(f"{f.path} changed")
+    return fd
+
+
+def _hash_batch(
+    f: _File, pieces: Sequence[tuple[int, int]], wanted: frozenset[bytes]
+) -> tuple[list[bytes], list[tuple[int, bytes]]]:
+    """Digests of ``pieces`` of ``f``, and (piece number, bytes) of those whose digest
+    is wanted (in a thread). Stops early if the file is cut short under us."""
+    digests: list[bytes] = []
+    found: list[tuple[int, bytes]] = []
+    fd = _open_same(f)
     try:
-        if _key(os.fstat(fd)) != f.key:
-            return out
-        for off, length in file_pieces(f.size)[:npieces]:
+        for k, (off, length) in enumerate(pieces):
             data = os.pread(fd, length, off)
             if len(data) != length:
                 break
-            out.append(hash_chunk(data))
+            digest = hash_chunk(data)
+            digests.append(digest)
+            if digest in wanted:
+                found.append((k, data))
     finally:
         os.close(fd)
-    return out
+    return digests, found
 
 
 def _read_checked(
-    files: Sequence[_File], table: Sequence[bytes], batch: Sequence[tuple[int, ChunkSource]]
-) -> list[tuple[int, bytes]]:
-    """Read each planned piece and keep those that are the chunk the table says (in a thread)."""
-    fds: dict[int, int] = {}
-    out: list[tuple[int, bytes]] = []
+    f: _File, table: Sequence[bytes], batch: Sequence[tuple[int, int, bytes, list[int]]]
+) -> list[bytes | None]:
+    """Each planned piece's bytes if they are still the chunk the table says, else None
+    (in a thread)."""
+    out: list[bytes | None] = []
     try:
-        for i, src in batch:
-            fd = fds.get(src.file)
-            if fd is None:
-                try:
-                    fd = os.open(files[src.file].path, os.O_RDONLY | os.O_CLOEXEC)
-                except OSError:
-                    fd = -1  # gone since it was hashed: none of its pieces
-                fds[src.file] = fd
-            if fd < 0:
-                continue
-            try:
-                data = os.pread(fd, src.length, src.offset)
-            except OSError:
-                continue
-            if len(data) == src.length and verified(table, i, data):
-                out.append((i, data))
+        fd = _open_same(f)
+    except OSError:
+        return [None] * len(batch)
+    try:
+        for off, length, _digest, chunks in batch:
+            data = os.pread(fd, length, off)
+            ok = len(data) == length and bool(chunks) and verified(table, chunks[0], data)
+            out.append(data if ok else None)
     finally:
-        for fd in fds.values():
-            if fd >= 0:
-                os.close(fd)
+        os.close(fd)
     return out
