@@ -332,7 +332,7 @@ def _format_channel(name: str, ch: Any, add: Callable[[str], None]) -> None:
         total = _get(last, "bytes_total", int, 0) or 0
         reused = _get(last, "reused_bytes", int, 0) or 0
         add(
-            f"  fetched     {_get(last, 'version', str, '?')}: {_size(total - reused)} "
+            f"  fetched     {_get(last, 'version', str, '?')}: {_size(max(0, total - reused))} "
             f"from peers, {_size(reused)} reused from local files"
         )
     for item in _get(ch, "waiting", list, []):
