@@ -164,3 +164,69 @@ async def test_nothing_local_means_nothing_copied(tmp_path: Path) -> None:
     reuse = LocalChunks(store, lambda _: [missing, other])
     assert await reuse.fill("c", info.package_id, info.chunk_hashes, have, info.size) == 0
     assert not have.any()
+
+
+async def test_agent_reuses_the_installed_target_and_reports_reused_bytes(
+    tmp_path: Path,
+) -> None:
+    from p2pupdate.shell.install.applicator import TargetSpec
+    from tests.shell.test_agent_retry import CHANNEL, Recorder, make_agent
+
+    old = random.Random(12).randbytes(30 * C + 99)
+    new = changed(old, [0, 29])
+    info, ann = announce(new)
+    target = tmp_path / "app"
+    target.write_bytes(old)
+    store = DiskStore(tmp_path / "store")
+    events = Recorder()
+    async with trio.open_nursery() as nursery:
+        seed = await start_peer(nursery, 0, [])
+        await seed_with(seed, ann, info, new)
+        me = await start_peer(nursery, 1, [seed.node.listen_addr], store=store)
+        spec = TargetSpec(CHANNEL, target, version="1.0.0")
+        agent = make_agent(me, tmp_path, events, targets_=(spec,))
+        await nursery.start(agent.run)
+        await events.wait_for(lambda: bool(events.named("update_complete")))
+        done = events.named("download_complete")[0]
+        assert done["reused_bytes"] == 28 * C + 99  # the short last chunk too
+        assert sum(done["sources"].values()) == 2
+        assert target.read_bytes() == new
+        last = agent.status()["channels"][CHANNEL]["last_download"]
+        assert last == {"version": "2.0.0", "bytes_total": len(new), "reused_bytes": 28 * C + 99}
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_packed_releases_reuse_the_previous_archive_or_the_live_release(
+    tmp_path: Path,
+) -> None:
+    from p2pupdate.shell.install.pack import pack_directory
+    from p2pupdate.shell.install.targets import extract_release
+    from tests.shell.test_pack import make_tree
+
+    tree = tmp_path / "tree"
+    make_tree(tree)
+    pack_directory(tree, tmp_path / "v1.tar")
+    release = tmp_path / "release"
+    extract_release(tmp_path / "v1.tar", release, 1 << 30)
+    # v2: bin/app grows by a few bytes (every later file moves in the archive).
+    app = tree / "bin" / "app"
+    app.write_bytes(app.read_bytes() + b"v2")
+    pack_directory(tree, tmp_path / "v2.tar")
+    new = (tmp_path / "v2.tar").read_bytes()
+    info, _ = announce(new)
+    store = MemoryStore()
+    for candidates in ([tmp_path / "v1.tar"], [release]):
+        await store.open_partial(info.package_id, info.size)
+        have = zeros(info.nchunks)
+        reuse = LocalChunks(store, dict.fromkeys(["c"], candidates).__getitem__)
+        copied = await reuse.fill("c", info.package_id, info.chunk_hashes, have, info.size)
+        # Everything but a few chunks around the changed file's end and the headers.
+        assert have.count(0) <= 6, (candidates, have.count(0))
+        assert copied >= info.size - 6 * C
+        for i in have.search(1):
+            assert (
+                await store.read_chunk(info.package_id, i, len(new[i * C : (i + 1) * C]))
+                == (new[i * C : (i + 1) * C])
+            )
+        await store.remove(info.package_id)
