@@ -160,7 +160,7 @@ class Agent:
         swarm.on_source = self.on_source
         # Unchanged chunks come from the installed target, its backups and older packages.
         self.local_chunks = LocalChunks(swarm.store, self._reuse_candidates)
-        swarm.local_chunks = self.local_chunks.fill
+        swarm.fetcher.local_chunks = self.local_chunks.fill
         # Node reports (docs/protocol.md): the last outcome per channel comes from the
         # events as they are written; every one that changes it re-issues the report.
         self.outcomes: dict[str, tuple[str, str, str]] = {}

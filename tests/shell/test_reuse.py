@@ -63,7 +63,7 @@ async def test_download_fetches_only_the_chunks_not_found_in_the_installed_file(
         await seed_with(seed, ann, info, new)
         me = await start_peer(nursery, 1, [seed.node.listen_addr], store=store)
         reuse = LocalChunks(store, lambda channel: [installed] if channel == "app/stable" else [])
-        me.swarm.local_chunks = reuse.fill
+        me.swarm.fetcher.local_chunks = reuse.fill
         await wait_connected([me], 1)
         result = await me.swarm.download(ann)
         assert result.ok
