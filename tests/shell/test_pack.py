@@ -9,10 +9,13 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import blake3
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pupdate.cli import main
 from p2pupdate.shell.install.pack import ALIGN, ALIGN_MIN, pack_directory
@@ -156,3 +159,44 @@ def test_publish_file_dir_packs_the_directory_the_same_way(tmp_path: Path) -> No
     data = pack(tmp_path / "a", tmp_path / "a.tar")
     assert described["package_id"] == blake3.blake3(data).hexdigest()
     assert described["size"] == len(data)
+
+
+_NAMES = st.sampled_from(["a", "b", "c", "d.bin", "z", "sub/x", "sub/y", "sub/deep/q", "é"])
+_SIZES = st.one_of(st.integers(0, 3000), st.integers(ALIGN_MIN, ALIGN_MIN + 3 * C))
+
+
+@settings(max_examples=15, deadline=None)
+@given(files=st.dictionaries(_NAMES, st.tuples(_SIZES, st.booleans()), min_size=1, max_size=6))
+def test_any_tree_packs_deterministically_aligned_and_round_trips(
+    files: dict[str, tuple[int, bool]],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        root = tmp / "t"
+        root.mkdir()
+        rng = random.Random(len(files))
+        for name, (size, executable) in files.items():
+            path = root / name
+            if path.parent.exists() and not path.parent.is_dir():
+                continue  # "sub" is a file already: skip what would go under it
+            if path.exists():
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(rng.randbytes(size))
+            path.chmod(0o755 if executable else 0o600)
+        first = pack(root, tmp / "1.tar")
+        for p in root.rglob("*"):
+            os.utime(p, (rng.randrange(1 << 30), rng.randrange(1 << 30)))
+        assert pack(root, tmp / "2.tar") == first
+        with tarfile.open(tmp / "1.tar") as tar:
+            for m in tar.getmembers():
+                assert m.mtime == 0 and m.uid == 0 and m.uname == ""
+                if m.isreg() and m.size >= ALIGN_MIN:
+                    assert m.offset_data % ALIGN == 0
+        out = tmp / "x"
+        extract_release(tmp / "1.tar", out, 1 << 30, package_id=blake3.blake3(first).digest())
+        for p in root.rglob("*"):
+            if p.is_file():
+                q = out / p.relative_to(root)
+                assert q.read_bytes() == p.read_bytes()
+                assert os.access(q, os.X_OK) == bool(p.stat().st_mode & 0o111)
