@@ -9,6 +9,7 @@ import random
 import time
 from pathlib import Path
 
+import pytest
 import trio
 from bitarray.util import zeros
 
@@ -230,3 +231,36 @@ async def test_packed_releases_reuse_the_previous_archive_or_the_live_release(
                 == (new[i * C : (i + 1) * C])
             )
         await store.remove(info.package_id)
+
+
+async def test_a_fifo_swapped_in_for_a_hashed_file_is_skipped_not_waited_on(
+    tmp_path: Path,
+) -> None:
+    old = random.Random(13).randbytes(4 * C)
+    info, _ = announce(old)
+    f = tmp_path / "app"
+    f.write_bytes(old)
+    store = MemoryStore()
+    reuse = LocalChunks(store, lambda _: [f])
+    await store.open_partial(info.package_id, info.size)
+    assert await reuse.fill("c", info.package_id, info.chunk_hashes, zeros(4), info.size) == 4 * C
+    # Same path, now a FIFO nobody writes to: listed as not a regular file, skipped.
+    f.unlink()
+    os.mkfifo(f)
+    have = zeros(4)
+    with trio.fail_after(30):  # a hang guard: opening a FIFO for reading would block
+        assert await reuse.fill("c", info.package_id, info.chunk_hashes, have, info.size) == 0
+    assert not have.any()
+
+
+async def test_opening_a_listed_file_that_became_a_fifo_fails_at_once(tmp_path: Path) -> None:
+    from p2pupdate.shell.transfer.reuse import _File, _key, _open_same
+
+    f = tmp_path / "app"
+    f.write_bytes(b"x" * 100)
+    listed = _File(f, _key(f.stat()), 100)
+    f.unlink()
+    os.mkfifo(f)  # swapped in between the listing and the read, nobody writing
+    with trio.fail_after(30):  # a hang guard (the thread is abandoned if it blocks)
+        with pytest.raises(OSError):
+            await trio.to_thread.run_sync(_open_same, listed, abandon_on_cancel=True)

@@ -237,8 +237,12 @@ def _walk(root: Path, add: Callable[[Path, os.stat_result], None], budget: int) 
 
 
 def _open_same(f: _File) -> int:
-    """An fd of ``f``, or OSError if it is no longer the file that was listed."""
-    fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
+    """An fd of ``f``, or OSError if it is no longer the file that was listed.
+
+    O_NONBLOCK: a FIFO swapped in since the listing must not block the open (it then
+    fails the identity check); on a regular file the flag changes nothing.
+    """
+    fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     if _key(os.fstat(fd)) != f.key:
         os.close(fd)
         raise OSError(f"{f.path} changed")
