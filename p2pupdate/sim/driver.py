@@ -7,7 +7,7 @@ import time
 
 from p2pupdate.sim.preparing import Preparation
 from p2pupdate.sim.procs import Child
-from p2pupdate.sim.report import PublishRecord
+from p2pupdate.sim.records import PublishRecord
 from p2pupdate.sim.scenario import (
     BadReleaseFault,
     Kill9Fault,

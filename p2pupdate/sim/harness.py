@@ -47,7 +47,7 @@ import trio
 
 from p2pupdate.errors import P2PUpdateError
 from p2pupdate.sim.driver import Driver
-from p2pupdate.sim.report import RunRecord
+from p2pupdate.sim.records import RunRecord
 from p2pupdate.sim.scenario import (
     AdversaryFault,
     IntruderFault,

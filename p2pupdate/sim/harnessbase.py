@@ -19,7 +19,7 @@ from p2pupdate.sim.adversary import Adversary
 from p2pupdate.sim.intruder import Intruder
 from p2pupdate.sim.netns import NetnsNetwork
 from p2pupdate.sim.procs import Child, Supervisor
-from p2pupdate.sim.report import FaultRecord, PublishRecord, RunRecord
+from p2pupdate.sim.records import FaultRecord, PublishRecord, RunRecord
 from p2pupdate.sim.scenario import (
     Scenario,
 )

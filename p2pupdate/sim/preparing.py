@@ -22,7 +22,7 @@ from p2pupdate.sim.app import APP_NAME, app_bytes
 from p2pupdate.sim.harnessbase import HarnessBase
 from p2pupdate.sim.intruder import Intruder
 from p2pupdate.sim.netns import NetnsNetwork
-from p2pupdate.sim.report import FaultRecord
+from p2pupdate.sim.records import FaultRecord
 from p2pupdate.sim.scenario import (
     AdversaryFault,
     IntruderFault,
