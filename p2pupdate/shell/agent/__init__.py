@@ -35,13 +35,13 @@ import trio
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.reasons import Reason
 from p2pupdate.shell.agent.base import AgentOptions, SelfUpdateHook
-from p2pupdate.shell.agent.control import Control, _relevant_refusal, _waiting
+from p2pupdate.shell.agent.control import Control
 from p2pupdate.shell.events import EventLog
 from p2pupdate.shell.install.applicator import Applicator, TargetSpec
 from p2pupdate.shell.net.node import Node, PeerConn
 from p2pupdate.shell.transfer.swarm import Swarm
 
-__all__ = ["Agent", "AgentOptions", "SelfUpdateHook", "_relevant_refusal", "_waiting"]
+__all__ = ["Agent", "AgentOptions", "SelfUpdateHook"]
 
 log = logging.getLogger("p2pupdate.agent")
 

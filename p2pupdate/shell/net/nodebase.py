@@ -41,6 +41,8 @@ log = logging.getLogger("p2pupdate.node")
 
 
 class NodeBase:
+    """What a node holds, and the per-peer bookkeeping its parts share (module doc)."""
+
     def __init__(
         self,
         options: NodeOptions,
@@ -100,7 +102,6 @@ class NodeBase:
         # Signed revocations (shell.net.yanks).
         self.yanks = YankGossip(self, options.limits)
 
-    # -- lifecycle ------------------------------------------------------------
     @property
     def listen_addr(self) -> Addr:
         return (self.options.listen[0], self.listen_port)
