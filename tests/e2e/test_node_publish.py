@@ -342,6 +342,36 @@ def test_republishing_a_version_with_a_wider_rollout_applies_it_where_it_was_hel
         assert len(node.events("download_complete", version="2.0.0")) == 1
         assert len(node.events("update_complete", new_version="2.0.0")) == 1
 
+    # Without the file: --renew takes the package a node has cached (its data dir), after
+    # hashing it again, and every node takes the renewal as before.
+    before = [stored_expires(n) for n in nodes]
+    second = int(time.time()) + 1
+    while time.time() < second:
+        time.sleep(0.05)
+    res = run_cli(
+        "publish", "--key", authority.key, "--channel", CHANNEL, "--renew", "2.0.0",
+        "--data-dir", nodes[1].data_dir, "--peer", nodes[0].addr, "--replicas", "2",
+        "--expires", "60d", "--timeout", "20", timeout=40,
+    )  # fmt: skip
+    assert res.rc == 0, res.stderr
+    for node, was in zip(nodes, before, strict=True):
+
+        def renewed_again(n: NodeProc = node, w: int = was) -> bool:
+            return stored_expires(n) > w
+
+        wait_until(f"{node.name} to hold the second renewal", renewed_again)
+        assert len(node.events("download_complete", version="2.0.0")) == 1
+
+    # The same bytes as a new version: the publisher hears 2.0.0 from the fleet and warns.
+    res = run_cli(
+        "publish", "--key", authority.key, "--channel", CHANNEL, "--version", "3.0.0",
+        "--file", pkg, "--peer", nodes[0].addr, "--wait", "applied", "--timeout", "20",
+        timeout=40,
+    )  # fmt: skip
+    assert res.rc == 0, res.stderr
+    assert f"same bytes (package id {blake3.blake3(new).hexdigest()[:16]}" in res.stderr
+    assert f"as {CHANNEL} 2.0.0, which the fleet already has" in res.stderr
+
 
 # ---------------------------------------------------------------- approval, rollback, quarantine
 

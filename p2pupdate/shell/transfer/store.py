@@ -62,6 +62,7 @@ __all__ = [
     "ChunkStore",
     "DiskOps",
     "DiskStore",
+    "cached_package_path",
     "check_chunk_length",
     "check_package_id",
     "check_package_size",
@@ -169,6 +170,12 @@ class ChunkStore(Protocol):
         """Release open files; the store is not used afterwards."""
 
 
+def cached_package_path(root: Path, package_id: bytes) -> Path:
+    """Where the store rooted at ``root`` keeps the complete package ``package_id``
+    (a reader outside the node, e.g. ``publish --renew``, finds it here)."""
+    return root / "cache" / f"{check_package_id(package_id)}.pkg"
+
+
 class DiskStore:
     """ChunkStore on files under ``root`` (the node passes DATA_DIR/store).
 
@@ -218,7 +225,7 @@ class DiskStore:
         return self._partial_dir / f"{check_package_id(package_id)}.bitmap"
 
     def _cache_path(self, package_id: bytes) -> Path:
-        return self._cache_dir / f"{check_package_id(package_id)}.pkg"
+        return cached_package_path(self._root, package_id)
 
     def _table_path(self, package_id: bytes) -> Path:
         return self._table_dir / f"{check_package_id(package_id)}.table"
