@@ -139,6 +139,12 @@ def test_pack_command_and_its_refusals(tmp_path: Path, capsys: pytest.CaptureFix
     assert not (tmp_path / "z.tar").exists()
     assert not list(tmp_path.glob(".z.tar.*"))
     assert main(["pack", str(tmp_path / "nope"), "--out", str(tmp_path / "z.tar")]) == 2
+    (tmp_path / "a" / "fifo").unlink()
+    assert main(["pack", str(tmp_path / "a"), "--out", str(tmp_path / "no" / "z.tar")]) == 2
+    if os.geteuid() != 0:  # root reads anything
+        (tmp_path / "a" / "README").chmod(0)
+        assert main(["pack", str(tmp_path / "a"), "--out", str(tmp_path / "z.tar")]) == 2
+    capsys.readouterr()
     assert main(["pack", str(tmp_path / "a"), "--out", str(tmp_path / "a" / "in.tar")]) == 2
 
 

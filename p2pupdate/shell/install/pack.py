@@ -149,8 +149,14 @@ def pack_directory(root: Path, dest: Path) -> int:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        # An unreadable file, a vanished one, no room or no directory for the archive:
+        # the person's to fix, one line (exit 2).
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise UsageError(f"cannot pack {root} into {dest}: {exc.strerror or exc}{where}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(dest.parent)
     return count
