@@ -29,6 +29,7 @@ from p2pupdate.core.chunks import chunk_count, chunk_length, hash_chunk
 __all__ = [
     "Wanted",
     "file_pieces",
+    "may_hold_chunks",
     "select_files",
     "verified",
 ]
@@ -48,6 +49,16 @@ def file_pieces(size: int, chunk_size: int = CHUNK_SIZE) -> list[tuple[int, int]
         (i * chunk_size, chunk_length(size, i, chunk_size))
         for i in range(chunk_count(size, chunk_size))
     ]
+
+
+def may_hold_chunks(file_size: int, package_size: int, chunk_size: int = CHUNK_SIZE) -> bool:
+    """Whether a file of ``file_size`` bytes can hold any chunk of the package: it has a
+    whole chunk's worth, or it is exactly as long as the package's short last chunk.
+    (A directory release's many small files are then not even opened.)"""
+    if file_size <= 0 or package_size <= 0:
+        return False
+    last = chunk_length(package_size, chunk_count(package_size, chunk_size) - 1, chunk_size)
+    return file_size >= chunk_size or file_size == last
 
 
 def select_files(

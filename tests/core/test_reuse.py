@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pupdate.core.chunks import hash_chunk
-from p2pupdate.core.reuse import Wanted, file_pieces, select_files, verified
+from p2pupdate.core.reuse import Wanted, file_pieces, may_hold_chunks, select_files, verified
 
 C = 16  # a small chunk size keeps the examples readable
 
@@ -24,6 +24,15 @@ def test_file_pieces_cut_like_a_package() -> None:
     assert file_pieces(40, C) == [(0, 16), (16, 16), (32, 8)]
     with pytest.raises(ValueError):
         file_pieces(-1, C)
+
+
+def test_only_files_that_can_hold_a_chunk_are_looked_at() -> None:
+    # A 40-byte package: chunks of 16, 16 and 8 bytes.
+    assert may_hold_chunks(16, 40, C) and may_hold_chunks(1000, 40, C)
+    assert may_hold_chunks(8, 40, C)  # as long as the short last chunk
+    assert not may_hold_chunks(7, 40, C) and not may_hold_chunks(9, 40, C)
+    assert not may_hold_chunks(0, 40, C) and not may_hold_chunks(16, 0, C)
+    assert may_hold_chunks(15, 32 + 15, C) and not may_hold_chunks(15, 32, C)
 
 
 def test_select_files_spends_the_budget_in_order() -> None:

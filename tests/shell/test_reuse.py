@@ -133,16 +133,17 @@ async def test_directory_candidates_are_walked_and_the_index_is_bounded(tmp_path
     (release / "a.bin").write_bytes(a)
     (release / "sub" / "b.bin").write_bytes(b)
     (release / "link").symlink_to("/etc/hostname")  # not followed
+    (release / "tiny.cfg").write_bytes(b"x" * 10)  # can hold no chunk: not even read
     new = a + b[: 2 * C] + b"\0" * 100
     info, _ = announce(new)
     store = MemoryStore()
     await store.open_partial(info.package_id, info.size)
     have = zeros(info.nchunks)
-    copied = await LocalChunks(store, lambda _: [release]).fill(
-        "c", info.package_id, info.chunk_hashes, have, info.size
-    )
+    whole = LocalChunks(store, lambda _: [release])
+    copied = await whole.fill("c", info.package_id, info.chunk_hashes, have, info.size)
     assert copied == 5 * C
     assert have.to01() == "111110"
+    assert whole.bytes_hashed == len(a) + len(b)
     # With room for 2 index entries, only the first file's first 2 pieces are hashed.
     small = dataclasses.replace(DEFAULT_LIMITS, max_reuse_index_chunks=2)
     have = zeros(info.nchunks)

@@ -32,7 +32,7 @@ from bitarray import bitarray
 
 from p2pupdate.config import DEFAULT_LIMITS, Limits
 from p2pupdate.core.chunks import hash_chunk
-from p2pupdate.core.reuse import Wanted, file_pieces, select_files, verified
+from p2pupdate.core.reuse import Wanted, file_pieces, may_hold_chunks, select_files, verified
 from p2pupdate.shell.transfer.store import ChunkStore
 
 __all__ = ["LocalChunks"]
@@ -93,7 +93,8 @@ class LocalChunks:
         if not paths:
             return 0
         started = trio.current_time()
-        files = await trio.to_thread.run_sync(self._collect, paths)
+        listed = await trio.to_thread.run_sync(self._collect, paths)
+        files = [f for f in listed if may_hold_chunks(f.size, size)]
         wanted = Wanted(table, have, size)
         missing = len(wanted)
         copied = 0
