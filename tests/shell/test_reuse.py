@@ -265,3 +265,45 @@ async def test_opening_a_listed_file_that_became_a_fifo_fails_at_once(tmp_path: 
     with trio.fail_after(30):  # a hang guard (the thread is abandoned if it blocks)
         with pytest.raises(OSError):
             await trio.to_thread.run_sync(_open_same, listed, abandon_on_cancel=True)
+
+
+async def test_a_directory_target_reuses_its_live_release(tmp_path: Path) -> None:
+    from p2pupdate.shell.install.applicator import TargetSpec
+    from p2pupdate.shell.install.pack import pack_directory
+    from tests.shell.test_agent_retry import CHANNEL, Recorder, make_agent
+    from tests.shell.test_pack import make_tree
+
+    tree = tmp_path / "tree"
+    make_tree(tree)
+    pack_directory(tree, tmp_path / "v1.tar")
+    v1 = (tmp_path / "v1.tar").read_bytes()
+    info1, ann1 = announce(v1, "1.0.0")
+    store = DiskStore(tmp_path / "store")
+    events = Recorder()
+    spec = TargetSpec(CHANNEL, tmp_path / "srv" / "svc", is_dir=True, health_cmd=["/bin/true"])
+    (tmp_path / "srv").mkdir()
+    async with trio.open_nursery() as nursery:
+        seed1 = await start_peer(nursery, 0, [])
+        await seed_with(seed1, ann1, info1, v1)
+        me = await start_peer(nursery, 1, [seed1.node.listen_addr], store=store)
+        agent = make_agent(me, tmp_path, events, targets_=(spec,))
+        await nursery.start(agent.run)
+        await events.wait_for(lambda: len(events.named("update_complete")) == 1)
+        # The cached 1.0.0 goes: what 2.0.0 reuses can only come from the live release.
+        await me.swarm.forget(info1.package_id)
+        app = tree / "bin" / "app"
+        app.write_bytes(app.read_bytes() + b"v2")
+        pack_directory(tree, tmp_path / "v2.tar")
+        v2 = (tmp_path / "v2.tar").read_bytes()
+        info2, ann2 = announce(v2, "2.0.0")
+        seed2 = await start_peer(nursery, 2, [me.node.listen_addr])
+        await seed_with(seed2, ann2, info2, v2)
+        await seed2.node.inject(ann2)
+        await events.wait_for(lambda: len(events.named("update_complete")) == 2)
+        done = next(d for d in events.named("download_complete") if d["version"] == "2.0.0")
+        fetched = sum(done["sources"].values())
+        assert fetched <= 6, fetched  # headers, the grown file's tail, the small files
+        assert done["reused_bytes"] >= len(v2) - 6 * C
+        assert (spec.path / "bin" / "app").read_bytes() == app.read_bytes()
+        nursery.cancel_scope.cancel()
+    store.close()
