@@ -19,6 +19,7 @@ from p2pupdate.core.messages import Announce, Inventory
 from p2pupdate.core.policy import Decision, TrustConfig
 from p2pupdate.core.reasons import Reason
 from p2pupdate.errors import RemoteProtocolError
+from p2pupdate.shell.datadir import announcement_path, announcements_dir
 from p2pupdate.shell.fsutil import atomic_write_bytes
 from p2pupdate.shell.net.nodebase import NodeBase
 from p2pupdate.shell.net.peerconn import PeerConn
@@ -42,7 +43,7 @@ class AnnouncementGossip(NodeBase):
         """
         if self.options.data_dir is None:
             return
-        directory = self.options.data_dir / "announcements"
+        directory = announcements_dir(self.options.data_dir)
         if not directory.is_dir():
             return
         for path in sorted(directory.glob("*.ann")):
@@ -147,8 +148,7 @@ class AnnouncementGossip(NodeBase):
             )
             self._refused(None, ann, decision)
             if self.options.data_dir is not None:
-                name = ann.body.channel.replace("/", "+") + ".ann"
-                (self.options.data_dir / "announcements" / name).unlink(missing_ok=True)
+                announcement_path(self.options.data_dir, ann.body.channel).unlink(missing_ok=True)
         # One anti-entropy round now: peers answer with what we lack under the new keys.
         self.broadcast_all(Inventory(self.book.inventory()))
         return [ann for ann, _ in dropped]
@@ -156,11 +156,10 @@ class AnnouncementGossip(NodeBase):
     async def _persist_announcement(self, ann: Announcement) -> None:
         if self.options.data_dir is None:
             return
-        directory = self.options.data_dir / "announcements"
-        name = ann.body.channel.replace("/", "+") + ".ann"
+        path = announcement_path(self.options.data_dir, ann.body.channel)
 
         def write() -> None:
-            directory.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(directory / name, ann.encode())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, ann.encode())
 
         await trio.to_thread.run_sync(write)
