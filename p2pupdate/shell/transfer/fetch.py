@@ -45,7 +45,7 @@ from p2pupdate.core.download import (
     VerifyPackage,
     WriteChunk,
 )
-from p2pupdate.core.messages import Bitfield, Cancel, Chunk, Complete, Request
+from p2pupdate.core.messages import Bitfield, Cancel, Chunk, Complete, Have, Request
 from p2pupdate.core.ratelimit import TokenBucket
 from p2pupdate.errors import DiskFullError
 from p2pupdate.shell.transfer.packages import Package, SwarmOptions, ban_peer, set_table
@@ -309,7 +309,16 @@ class Fetcher:
         for msg in pkg.take_have():
             frame = encode(msg)  # once, not once per peer
             for peer in list(self.node.peers.values()):
-                peer.post(frame)
+                bits = pkg.bitfields.get(peer.node_id)
+                if bits is None or peer.node_id not in pkg.requesters:
+                    peer.post(frame)
+                    continue
+                # A downloader that holds some of these already: only the others.
+                news = tuple(i for i in msg.indices if not bits[i])
+                if len(news) == len(msg.indices):
+                    peer.post(frame)
+                elif news:
+                    peer.post(Have(pkg.package_id, news))
 
     def _refresh_sources(self, pkg: Package) -> None:
         """A stalled download re-examines its sources (the core's RefreshSources)."""

@@ -77,6 +77,10 @@ class Package:
     # who advertised what (for tables, and the downloader once it exists)
     bitfields: dict[bytes, bitarray] = field(default_factory=dict)
     completes: set[bytes] = field(default_factory=set)
+    # Connected peers that asked us for chunks of it: downloaders, never its publisher
+    # (whose super-seeder needs every HAVE), so a HAVE of a chunk they hold tells them
+    # nothing and is left out (fetch.py). At most one entry per connection.
+    requesters: set[bytes] = field(default_factory=set)
     wake: trio.Event = field(default_factory=trio.Event)
     table_wake: trio.Event = field(default_factory=trio.Event)
     pending_have: list[int] = field(default_factory=list)

@@ -155,6 +155,7 @@ class Server:
 
     def peer_left_package(self, pkg: Package, nid: bytes) -> None:
         """A peer left: the super-seeder forgets it and reveals to the others."""
+        pkg.requesters.discard(nid)
         if pkg.seeder is not None:
             pkg.seeder.on_peer_gone(nid)
             self.reveal_all(pkg)
@@ -240,6 +241,8 @@ class Server:
         """Queue ``peer``'s REQUEST, or REJECT it (not ours to serve, queue full)."""
         pkg = self.packages.get(msg.package_id)
         uploads = self.uploads.get(peer.node_id)
+        if pkg is not None and uploads is not None:
+            pkg.requesters.add(peer.node_id)
         if pkg is None or uploads is None or not can_serve(pkg, msg.index):
             peer.post(Reject(msg.package_id, msg.index))
             return
