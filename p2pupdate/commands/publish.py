@@ -54,6 +54,7 @@ from p2pupdate.core.rollout import WaitVerdict, parse_abort, parse_stages, wait_
 from p2pupdate.core.units import format_size, parse_duration, parse_rate
 from p2pupdate.errors import P2PUpdateError, TransferError, UsageError
 from p2pupdate.shell.datadir import resolve_data_dir
+from p2pupdate.shell.install.pack import pack_directory
 from p2pupdate.shell.keyfile import load_secret_key
 from p2pupdate.shell.net.node import Node, NodeOptions, PeerConn
 from p2pupdate.shell.net.transport import TcpTransport
@@ -133,11 +134,14 @@ def _check_args(args: argparse.Namespace) -> list[nacl.signing.SigningKey]:
     path: Path = args.file
     if not path.exists():
         raise UsageError(f"package file {path} does not exist")
-    if not path.is_file():
+    # A directory is packed by run_publish_command (shell.install.pack).
+    args.pack_dir = path if path.is_dir() and args.expect_package_id is None else None
+    if args.pack_dir is None and not path.is_file():
         raise UsageError(f"package file {path} is not a regular file")
     try:
-        with open(path, "rb") as f:
-            f.read(1)
+        if args.pack_dir is None:
+            with open(path, "rb") as f:
+                f.read(1)
     except OSError as exc:
         raise UsageError(f"cannot read package file {path}: {exc.strerror}") from None
     if getattr(args, "fleet_key", None) is not None:
@@ -168,7 +172,13 @@ def run_publish_command(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return trio.run(_publish, args, keys)
+        if args.pack_dir is None:
+            return trio.run(_publish, args, keys)
+        # A directory: packed deterministically (docs/applying.md), then published.
+        with tempfile.TemporaryDirectory(prefix="p2pupdate-pack-") as tmp:
+            args.file = Path(tmp) / "package.tar"
+            pack_directory(args.pack_dir, args.file)
+            return trio.run(_publish, args, keys)
     except BaseExceptionGroup as group:
         leaf: BaseException = group
         while isinstance(leaf, BaseExceptionGroup):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, assert_never
 
@@ -73,6 +73,7 @@ class DownloadResult:
     ok: bool
     reason: str = ""
     sources: dict[str, int] = field(default_factory=dict)
+    reused_bytes: int = 0  # copied from local files, not fetched (shell.transfer.reuse)
 
 
 class Fetcher:
@@ -103,6 +104,11 @@ class Fetcher:
         self.bytes_downloaded = 0
         self.critical_active: set[bytes] = set()  # critical downloads in progress
         self.labels: dict[bytes, str] = {}  # node id -> label of sources that left
+        # Local chunk reuse (shell.transfer.reuse.LocalChunks.fill, set by the agent):
+        # (channel, package id, table, have, size) -> bytes copied, marked in ``have``.
+        self.local_chunks: (
+            Callable[[str, bytes, Sequence[bytes], bitarray, int], Awaitable[int]] | None
+        ) = None
 
     # -- peers ------------------------------------------------------------------------
     def peer_down(self, peer: PeerConn) -> None:
@@ -197,6 +203,8 @@ class Fetcher:
         if resumed:
             for i in await self.store.scan_unclaimed(pid, pkg.hashes, have, pkg.size):
                 have[i] = 1
+        if self.local_chunks is not None:
+            pkg.reused_bytes = await self.local_chunks(pkg.channel, pid, pkg.hashes, have, pkg.size)
         dl: Downloader[bytes] = Downloader(
             pid,
             pkg.size,
@@ -244,7 +252,9 @@ class Fetcher:
                     for peer in list(self.node.peers.values()):
                         peer.post(Complete(pid))
                     self._flush_have(pkg)
-                    return DownloadResult(True, sources=self.sources(dl))
+                    return DownloadResult(
+                        True, sources=self.sources(dl), reused_bytes=pkg.reused_bytes
+                    )
                 if dl.state is DownloadState.FAILED:
                     await self._persist(pkg, dl)
                     return DownloadResult(
