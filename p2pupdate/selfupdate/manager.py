@@ -124,11 +124,11 @@ class SelfUpdateOptions:
 class SelfUpdater:
     """Self-update of one node running from a managed install.
 
-    Kept as one class over 300 lines (about 360) on purpose: its methods are the steps of one
-    sequence (announcement, download, install, switch, wait for the others, re-exec,
-    confirm, report a rollback) sharing one state (``state``, ``restart_to``, the
-    registration) that a split would have to pass around; the decisions themselves are
-    already apart in :mod:`p2pupdate.core.selfupdate`, the file work in
+    Size: kept as one class over 300 lines (about 360) on purpose: its methods are the
+    steps of one sequence (announcement, download, install, switch, wait for the others,
+    re-exec, confirm, report a rollback) sharing one state (``state``, ``restart_to``,
+    the registration) that a split would have to pass around; the decisions themselves
+    are already apart in :mod:`p2pupdate.core.selfupdate`, the file work in
     :mod:`p2pupdate.selfupdate.install`, and the two blocking steps that need none of
     its state (:func:`install_and_switch`, :func:`other_nodes`) are functions below.
     """
