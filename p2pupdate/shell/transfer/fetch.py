@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from p2pupdate.shell.transfer.serve import Server
     from p2pupdate.shell.transfer.store import ChunkStore
 
-__all__ = ["HAVE_FLUSH", "DownloadResult", "Fetcher", "ProgressFn"]
+__all__ = ["HAVE_FLUSH", "DownloadResult", "Fetcher", "LocalChunksFn", "ProgressFn"]
 
 log = logging.getLogger("p2pupdate.swarm")
 
@@ -65,6 +65,9 @@ HAVE_FLUSH = 0.01
 
 ProgressFn = Callable[[float, int, int, float], None]
 """on_progress(fraction, bytes_done, size, bytes per second)."""
+
+LocalChunksFn = Callable[[str, bytes, Sequence[bytes], bitarray, int], Awaitable[int]]
+"""local_chunks(channel, package id, table, have, size) -> bytes copied from local files."""
 
 _ACTIVE = (DownloadState.PENDING, DownloadState.DOWNLOADING)
 
@@ -107,9 +110,7 @@ class Fetcher:
         self.labels: dict[bytes, str] = {}  # node id -> label of sources that left
         # Local chunk reuse (shell.transfer.reuse.LocalChunks.fill, set by the agent):
         # (channel, package id, table, have, size) -> bytes copied, marked in ``have``.
-        self.local_chunks: (
-            Callable[[str, bytes, Sequence[bytes], bitarray, int], Awaitable[int]] | None
-        ) = None
+        self.local_chunks: LocalChunksFn | None = None
 
     # -- peers ------------------------------------------------------------------------
     def peer_down(self, peer: PeerConn) -> None:
