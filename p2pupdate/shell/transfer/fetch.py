@@ -45,7 +45,7 @@ from p2pupdate.core.download import (
     VerifyPackage,
     WriteChunk,
 )
-from p2pupdate.core.messages import Bitfield, Cancel, Chunk, Complete, Have, Request
+from p2pupdate.core.messages import Bitfield, Cancel, Chunk, Complete, Request
 from p2pupdate.core.ratelimit import TokenBucket
 from p2pupdate.errors import DiskFullError
 from p2pupdate.shell.transfer.packages import Package, SwarmOptions, ban_peer, set_table
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from p2pupdate.shell.transfer.serve import Server
     from p2pupdate.shell.transfer.store import ChunkStore
 
-__all__ = ["HAVE_FLUSH", "DownloadResult", "Fetcher", "LocalChunksFn", "ProgressFn"]
+__all__ = ["HAVE_FLUSH", "DownloadResult", "Fetcher", "LocalChunksFn", "ProgressFn", "post_have"]
 
 log = logging.getLogger("p2pupdate.swarm")
 
@@ -143,9 +143,7 @@ class Fetcher:
         if (dl := pkg.downloader) is not None and dl.state in _ACTIVE:
             actions = dl.on_peer_have(peer.node_id, indices, trio.current_time())
             self._run_actions(pkg, actions)
-            # Most HAVEs (every peer announces every chunk) change nothing poll() does:
-            # the download loop runs only for those that might.
-            if actions or dl.could_ask(peer.node_id, indices):
+            if actions or dl.could_ask(peer.node_id, indices):  # most HAVEs cannot matter
                 pkg.poke()
 
     def on_reject(self, peer: PeerConn, package_id: bytes, index: int) -> None:
@@ -307,19 +305,7 @@ class Fetcher:
         await self.store.persist(pkg.package_id, snapshot)
 
     def _flush_have(self, pkg: Package) -> None:
-        for msg in pkg.take_have():
-            frame = encode(msg)  # once, not once per peer
-            for peer in list(self.node.peers.values()):
-                bits = pkg.bitfields.get(peer.node_id)
-                if bits is None or peer.node_id not in pkg.requesters:
-                    peer.post(frame)
-                    continue
-                # A downloader that holds some of these already: only the others.
-                news = tuple(i for i in msg.indices if not bits[i])
-                if len(news) == len(msg.indices):
-                    peer.post(frame)
-                elif news:
-                    peer.post(Have(pkg.package_id, news))
+        post_have(pkg, list(self.node.peers.values()))
 
     def _refresh_sources(self, pkg: Package) -> None:
         """A stalled download re-examines its sources (the core's RefreshSources)."""
@@ -393,3 +379,12 @@ class Fetcher:
                     await self._run_actions_async(pkg, dl.on_chunk_written(index))
                 case _:
                     self._do(pkg, act)
+
+
+def post_have(pkg: Package, peers: list[PeerConn]) -> None:
+    """Send ``peers`` HAVE for the chunks of ``pkg`` written since the last call."""
+    for msg in pkg.take_have():
+        frame = encode(msg)  # once, not once per peer
+        for peer in peers:
+            if (out := pkg.have_for(peer.node_id, msg, frame)) is not None:
+                peer.post(out)

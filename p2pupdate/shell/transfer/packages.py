@@ -103,6 +103,18 @@ class Package:
             for start in range(0, len(indices), 4096)
         ]
 
+    def have_for(self, node_id: bytes, msg: Have, frame: bytes) -> Have | bytes | None:
+        """What of ``msg`` (encoded: ``frame``) to send to peer ``node_id``: all of it, or
+        for a downloader (one of ``requesters``) only the chunks it does not hold; None
+        when it holds them all."""
+        bits = self.bitfields.get(node_id)
+        if bits is None or node_id not in self.requesters:
+            return frame
+        news = tuple(i for i in msg.indices if not bits[i])
+        if len(news) == len(msg.indices):
+            return frame
+        return Have(self.package_id, news) if news else None
+
 
 def package_for(
     packages: dict[bytes, Package], pending: PendingBitfields[bytes, bytes], ann: Announcement
