@@ -12,7 +12,6 @@ import itertools
 from typing import Protocol
 
 import trio
-import trio.testing
 
 __all__ = ["Listener", "MemoryNetwork", "MemoryTransport", "TcpTransport", "Transport"]
 
@@ -147,7 +146,10 @@ class MemoryTransport:
         listener = self._network._listeners.get((host, port))
         if listener is None:
             raise OSError(errno.ECONNREFUSED, f"connection to {host}:{port} refused")
-        ours, theirs = trio.testing.memory_stream_pair()
+        # Imported here: trio.testing pulls in pytest, ~70 ms of start-up for every node.
+        from trio.testing import memory_stream_pair
+
+        ours, theirs = memory_stream_pair()
         try:
             listener._send.send_nowait((theirs, self.host))
         except (trio.WouldBlock, trio.ClosedResourceError):
