@@ -336,6 +336,9 @@ class Swarm:
     # Chunks per tick of some nodes ("seed" or "d<k>"), others upload_per_tick; fractions
     # accumulate (0.1 = one chunk every ten ticks).
     rates: dict[str, float] = field(default_factory=dict)
+    # Who knows whom among the downloaders (None: everyone); the seed knows everyone.
+    neighbours: dict[str, set[str]] | None = None
+    pipeline_depth: int = 8
     tick: int = 0
 
     def __post_init__(self) -> None:
@@ -352,7 +355,7 @@ class Swarm:
                 len(self.content),
                 hashes,
                 rng=random.Random(k),
-                pipeline_depth=8,
+                pipeline_depth=self.pipeline_depth,
                 request_timeout=1e9,
                 chunk_size=cs,
             )
@@ -372,9 +375,14 @@ class Swarm:
         for name in self.names:
             seed_bits = zeros(self.nchunks) if self.super_seed else ones(self.nchunks)
             self.send("seed", name, "bitfield", seed_bits)
-            for other in [*self.names, "seed"]:
-                if other != name:
-                    self.send(name, other, "bitfield", zeros(self.nchunks))
+            for other in [*self.linked(name), "seed"]:
+                self.send(name, other, "bitfield", zeros(self.nchunks))
+
+    def linked(self, name: str) -> list[str]:
+        """The downloaders ``name`` is connected to."""
+        if self.neighbours is None:
+            return [other for other in self.names if other != name]
+        return sorted(self.neighbours[name])
 
     def send(self, src: str, dst: str, kind: str, arg: object) -> None:
         self.inbox.append((src, dst, kind, arg))
@@ -391,9 +399,8 @@ class Swarm:
                 self.disk[node][a.index] = a.data
                 self.act(node, dl.on_chunk_written(a.index))
             elif isinstance(a, AnnounceHave):
-                for other in [*sorted(self.alive), "seed"]:
-                    if other != node:
-                        self.send(node, other, "have", list(a.indices))
+                for other in [*sorted(self.alive & set(self.linked(node))), "seed"]:
+                    self.send(node, other, "have", list(a.indices))
             elif isinstance(a, VerifyPackage):
                 whole = b"".join(self.disk[node][i] for i in range(self.nchunks))
                 self.act(node, dl.on_package_verified(whole == self.content))
