@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -140,6 +141,7 @@ class PeerConn:
         self.cancel_scope = trio.CancelScope()
         self.strikes = 0
         self.closing = False
+        self.pex_sent_at = -math.inf  # when we last posted it our PEERS
 
     def post(self, msg: Message | bytes) -> bool:
         """Queue a message without waiting; False (the peer is dropped) if the outbox is full."""
@@ -276,6 +278,9 @@ class Node:
         self._connections = 0
         self._dialing: set[Addr] = set()
         self._wake_dialer = trio.Event()
+        # PEX pull (see _pex_pull): when the next one may go, and the wait after it.
+        self._pull_wait = self.limits.pex_pull_interval
+        self._pull_at = 0.0
         self._nursery: trio.Nursery | None = None
         self.handshakes_completed = 0
         self.first_handshake = trio.Event()
@@ -398,11 +403,33 @@ class Node:
                     break
                 self._dialing.add(addr)
                 self.nursery.start_soon(self._dial, addr)
+            wait = self._pex_pull(now, active)
             deadline = self.peerbook.next_deadline()
-            wait = 1.0 if deadline is None else max(0.05, min(1.0, deadline - now))
+            if deadline is not None:
+                wait = min(wait, max(0.05, deadline - now))
             with trio.move_on_after(wait):
                 await self._wake_dialer.wait()
             self._wake_dialer = trio.Event()
+
+    def _pex_pull(self, now: float, active: int) -> float:
+        """Below target with no address left to dial: send our PEERS to every peer, which
+        answers with its own (``_send_pex``), first ``pex_pull_interval`` after we ran
+        short, then at doubling intervals up to ``pex_interval``. Returns how long the
+        dial loop may sleep (at most 1 s)."""
+        if not self.peers or not self.peerbook.short_of_addresses(now, active, self._dialing):
+            self._pull_wait = self.limits.pex_pull_interval
+            self._pull_at = now + self._pull_wait
+            return 1.0
+        if now >= self._pull_at:
+            for peer in list(self.peers.values()):
+                self._send_pex(peer, now)
+            self._pull_wait = min(2 * self._pull_wait, self.options.pex_interval)
+            self._pull_at = now + self._pull_wait
+        return max(0.05, min(1.0, self._pull_at - now))
+
+    def _send_pex(self, peer: PeerConn, now: float) -> None:
+        peer.pex_sent_at = now
+        peer.post(Peers(self._pex_sample()))
 
     async def _dial(self, addr: Addr) -> None:
         try:
@@ -748,7 +775,7 @@ class Node:
                 nursery.start_soon(self._writer, peer)
                 nursery.start_soon(self._keepalive, peer)
                 peer.post(Inventory(self.book.inventory()))
-                peer.post(Peers(self._pex_sample()))
+                self._send_pex(peer, trio.current_time())
                 for rev in self.fleet.lists.values():
                     peer.post(Revoke(rev.raw))
                 self.reports.on_peer_up(peer)
@@ -837,6 +864,9 @@ class Node:
             added = sum(self.peerbook.add(a, source) for a in msg.peers)
             if added:
                 self._wake_dialer.set()
+            now = trio.current_time()
+            if now - peer.pex_sent_at >= self.limits.pex_reply_interval:
+                self._send_pex(peer, now)  # a pull (or news): answer with what we know
         elif isinstance(msg, Inventory):
             for ann_id in self.book.wants(msg.entries):
                 peer.post(GetAnnounce(ann_id))
@@ -983,7 +1013,7 @@ class Node:
             if trio.current_time() - last_pex >= self.options.pex_interval and self.peers:
                 last_pex = trio.current_time()
                 target = self.rng.choice(list(self.peers.values()))
-                target.post(Peers(self._pex_sample()))
+                self._send_pex(target, trio.current_time())
 
     async def _isolation_watch(self) -> None:
         """One WARNING once the node has had no connected peer for a while (again only
