@@ -113,6 +113,20 @@ def test_dialing_never_exceeds_target_nor_picks_connected_or_in_flight(ops: list
             in_flight |= set(chosen)
 
 
+def test_a_dial_that_became_a_connection_counts_once() -> None:
+    # The shell keeps a dialled address in ``in_flight`` for the connection's life; it
+    # is also in ``active``. Counted twice, 2 outbound peers of a target of 4 left no
+    # room: nodes of a 10-node fleet stopped at 5-7 peers of their 8.
+    book = PeerBook(random.Random(6), [A, B], target=4)
+    assert book.add(C) and book.add(("127.0.0.1", 4004))
+    book.on_connected(A)
+    book.on_connected(B)
+    chosen = book.to_dial(0.0, active=2, in_flight={A, B})
+    assert set(chosen) == {C, ("127.0.0.1", 4004)}
+    assert not book.short_of_addresses(0.0, 2, {A, B})
+    assert book.to_dial(0.0, active=2, in_flight={A, B, *chosen}) == []
+
+
 def test_short_of_addresses_below_target_with_nothing_left_to_dial() -> None:
     book = PeerBook(random.Random(5), [A], target=3, base_backoff=1.0)
     assert not book.short_of_addresses(0.0, 0, set())  # A can be dialed

@@ -184,6 +184,18 @@ async def test_simultaneous_dials_leave_exactly_one_connection_per_pair(
         nursery.cancel_scope.cancel()
 
 
+async def test_ten_nodes_each_given_three_reach_their_target_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Node i is given the three before it; PEX tells it the rest. Every node must reach
+    # target_connections (8): outbound peers once counted twice, leaving nodes at 5-7.
+    net = MemoryNetwork()
+    async with running_nodes(
+        10, lambda i, addrs: addrs[-3:], lambda i: net.transport("127.0.0.1")
+    ) as nodes:
+        await wait_until(lambda: all(len(nd.peers) >= 8 for nd in nodes), timeout=60)
+
+
 async def test_a_node_short_of_peers_pulls_addresses_its_peers_learned_later(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
