@@ -43,11 +43,11 @@ Every process listens on 127.0.0.1, every wait is bounded, every child is killed
 exit (and by the kernel if this script dies: PR_SET_PDEATHSIG). Files go to /dev/shm
 when it exists. Quick run (< 1 minute):
 
-    /work/venv/bin/python benchmarks/bench_swarm.py --size 8MiB
+    .venv/bin/python benchmarks/bench_swarm.py --size 8MiB
 
 Full run (targets in docs/performance.md):
 
-    /work/venv/bin/python benchmarks/bench_swarm.py
+    .venv/bin/python benchmarks/bench_swarm.py
 """
 
 from __future__ import annotations

@@ -253,8 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the new version (semver, newer than what nodes run); required unless --renew",
     )  # fmt: skip
     pub.add_argument(
-        "--file", required=True, type=Path, metavar="PACKAGE", help="the package file; required"
-    )
+        "--file", type=Path, metavar="PACKAGE",
+        help="the package file; required, except with --renew on a node that has the "
+        "package cached (see --data-dir)",
+    )  # fmt: skip
     pub.add_argument(
         "--peer", action="append", default=[], metavar="HOST:PORT",
         help="a node to hand the announcement and the package to (repeatable); "
@@ -324,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--renew", metavar="VERSION",
         help="re-sign VERSION (same --file) with a new --expires: nodes that have it keep it, "
         "re-imaged hosts can fetch it again",
+    )  # fmt: skip
+    pub.add_argument(
+        "--data-dir", type=Path, metavar="DIR",
+        help="with --renew and no --file: re-sign the package cached in this node's data dir "
+        "(default: $P2PUPDATE_DATA_DIR, else the platform default)",
     )  # fmt: skip
 
     fl = _sub(sub, "fleet", "the fleet as this node sees it (from node reports)",

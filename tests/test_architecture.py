@@ -192,3 +192,57 @@ def test_layer_check_catches_arrows_up_and_sideways() -> None:
     # Down, or inside one's own package: fine.
     assert not layer_violations("p2pupdate.commands.nodecmd", {"p2pupdate.selfupdate.manager"})
     assert not layer_violations("p2pupdate.shell.net.node", {"p2pupdate.shell.net.peer.Connection"})
+
+
+# ---------------------------------------------------------------- no module cycles
+#
+# Inside one package too, imports run one way: two modules that import each other
+# (even only for type checking, under TYPE_CHECKING) are one concern cut in two, or
+# need a small protocol between them (as shell.net.host is for reports and yanks).
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle of ``graph`` (module -> modules it imports), each once, as a path."""
+    cycles: list[list[str]] = []
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str], on_path: set[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in on_path:
+                cycle = path[path.index(nxt) :]
+                if min(cycle) == nxt:  # report each cycle once, from its smallest module
+                    cycles.append([*cycle, nxt])
+            elif nxt not in done:
+                visit(nxt, [*path, nxt], on_path | {nxt})
+        done.add(node)
+
+    for start in sorted(graph):
+        if start not in done:
+            visit(start, [start], {start})
+    return cycles
+
+
+def _module_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in ALL_MODULES:
+        me = _module_name(path)
+        targets = {_target_module(name) for name in _imports(path)}
+        graph[me] = {t for t in targets if t != me}
+    return graph
+
+
+def test_no_module_imports_itself_back() -> None:
+    assert import_cycles(_module_graph()) == []
+
+
+def test_cycle_check_catches_a_type_checking_circle() -> None:
+    # The old shape: the node imported its report gossip, which imported the node back.
+    graph = {
+        "p2pupdate.shell.net.node": {"p2pupdate.shell.net.reports"},
+        "p2pupdate.shell.net.reports": {"p2pupdate.shell.net.node", "p2pupdate.core.reports"},
+        "p2pupdate.core.reports": set(),
+    }
+    assert import_cycles(graph) == [
+        ["p2pupdate.shell.net.node", "p2pupdate.shell.net.reports", "p2pupdate.shell.net.node"]
+    ]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []

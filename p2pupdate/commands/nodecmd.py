@@ -43,6 +43,7 @@ from p2pupdate.selfupdate.manager import (
 from p2pupdate.shell import sdnotify
 from p2pupdate.shell.agent import Agent, AgentOptions
 from p2pupdate.shell.control import serve_control, write_status_snapshot
+from p2pupdate.shell.datadir import store_dir
 from p2pupdate.shell.events import EventLog, setup_logging
 from p2pupdate.shell.fleetfiles import load_admission, load_revocations
 from p2pupdate.shell.install.applicator import Applicator
@@ -184,7 +185,7 @@ async def run_node(
         encrypt=settings.encrypt,
     )
     node = Node(options, transport, key, emit=events.emit, rng=random.Random())
-    store = DiskStore(settings.data_dir / "store", free_margin=settings.min_free_space)
+    store = DiskStore(store_dir(settings.data_dir), free_margin=settings.min_free_space)
     swarm = Swarm(
         node,
         store,

@@ -31,6 +31,7 @@ from typing import Any
 import nacl.signing
 import trio
 
+from p2pupdate.commands.renewsource import find_cached_release
 from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core import reports
 from p2pupdate.core.announcement import (
@@ -47,11 +48,12 @@ from p2pupdate.core.fleet import sign_admission
 from p2pupdate.core.keys import format_pubkey
 from p2pupdate.core.messages import Announce, Chunk, Message, Reject
 from p2pupdate.core.messages import Request as RequestMsg
-from p2pupdate.core.policy import TrustConfig, in_rollout
+from p2pupdate.core.policy import Decision, TrustConfig, in_rollout
 from p2pupdate.core.replicas import ReplicaProof
 from p2pupdate.core.rollout import WaitVerdict, parse_abort, parse_stages, wait_verdict
 from p2pupdate.core.units import format_size, parse_duration, parse_rate
 from p2pupdate.errors import P2PUpdateError, TransferError, UsageError
+from p2pupdate.shell.datadir import resolve_data_dir
 from p2pupdate.shell.keyfile import load_secret_key
 from p2pupdate.shell.net.node import Node, NodeOptions, PeerConn
 from p2pupdate.shell.net.transport import TcpTransport
@@ -120,6 +122,14 @@ def _check_args(args: argparse.Namespace) -> list[nacl.signing.SigningKey]:
         )
     args.peer_addrs = [parse_hostport(p, allow_port_zero=False) for p in args.peer]
     args.listen_addr = parse_hostport(args.listen)
+    keys = [load_secret_key(k) for k in args.key]
+    args.expect_package_id = None
+    if args.file is None:
+        if renew is None:
+            raise UsageError("--file is required (or --renew VERSION to re-sign a cached package)")
+        data_dir, _ = resolve_data_dir(getattr(args, "data_dir", None), None)
+        cached = find_cached_release(data_dir, args.channel, renew, keys)
+        args.file, args.expect_package_id = cached.path, cached.package_id
     path: Path = args.file
     if not path.exists():
         raise UsageError(f"package file {path} does not exist")
@@ -130,7 +140,6 @@ def _check_args(args: argparse.Namespace) -> list[nacl.signing.SigningKey]:
             f.read(1)
     except OSError as exc:
         raise UsageError(f"cannot read package file {path}: {exc.strerror}") from None
-    keys = [load_secret_key(k) for k in args.key]
     if getattr(args, "fleet_key", None) is not None:
         load_secret_key(args.fleet_key)  # a wrong key file is a usage error, now
     if len({bytes(k.verify_key) for k in keys}) != len(keys):
@@ -320,6 +329,41 @@ class _RolloutWatch:
         print(line, file=sys.stderr, end=end, flush=True)
 
 
+class _SameBytesWarning:
+    """Warn once per version when the fleet already has this file under another version.
+
+    The nodes' inventories name the announcement each holds per channel; the publisher
+    pulls them like any node. One for the same channel, another version and this very
+    package id means the same bytes are being published as a new version (a build that
+    did not change, the wrong file): nodes will "update" to identical bytes.
+    """
+
+    def __init__(self, args: argparse.Namespace, package_id: bytes) -> None:
+        self.channel: str = args.channel
+        self.version: str = args.pkg_version
+        self.file: Path = args.file
+        self.package_id = package_id
+        self.warned: set[str] = set()
+
+    def check(self, ann: Announcement, _decision: Decision) -> None:
+        b = ann.body
+        if (
+            b.channel != self.channel
+            or b.version == self.version
+            or b.package_id != self.package_id
+            or b.version in self.warned
+        ):
+            return
+        self.warned.add(b.version)
+        print(
+            f"publish: warning: {self.file} has the same bytes (package id "
+            f"{self.package_id.hex()[:16]}...) as {b.channel} {b.version}, which the fleet "
+            f"already has: {self.version} would change nothing",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def describe_announcement(ann: Announcement) -> dict[str, object]:
     """What ``publish --dry-run`` prints: every signed field, the signers, the sizes."""
     b = ann.body
@@ -347,6 +391,12 @@ def describe_announcement(ann: Announcement) -> dict[str, object]:
 async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]) -> int:
     started = time.monotonic()
     info = await hash_file_async(args.file)
+    expected = getattr(args, "expect_package_id", None)
+    if expected is not None and info.package_id != expected:
+        raise UsageError(
+            f"the cached package {args.file} does not hash to the package id its "
+            f"announcement names ({expected.hex()[:16]}...): the cache is damaged; give --file"
+        )
     now = int(time.time())
     body = AnnouncementBody(
         channel=args.channel,
@@ -380,6 +430,7 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
             **_fleet_options(args, key),
         )
         node = Node(options, TcpTransport(), key, rng=random.Random())
+        node.book.on_genuine = _SameBytesWarning(args, info.package_id).check
         store = DiskStore(Path(tmp) / "store")
         swarm = Swarm(node, store, SwarmOptions(max_upload_speed=args.upload_rate, super_seed=True))
         swarm.set_table(ann, list(info.chunk_hashes))

@@ -36,6 +36,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from p2pupdate.config import DEFAULT_LIMITS, Limits
+from p2pupdate.core.reasons import Reason
 
 __all__ = [
     "ConnectionSlots",
@@ -169,12 +170,12 @@ class ConnectionSlots:
         lim = self.limits
         if not self.exempt(host):
             if self._hs_ip[host] >= lim.max_handshakes_per_ip:
-                return "handshakes_per_ip"
+                return Reason.HANDSHAKES_PER_IP
             if (
                 not is_private(host)
                 and self._hs_group[netgroup(host)] >= lim.max_handshakes_per_netgroup
             ):
-                return "handshakes_per_netgroup"
+                return Reason.HANDSHAKES_PER_NETGROUP
         if self.handshakes >= self.max_handshakes:
             return "evict_oldest"
         return "ok"
@@ -195,12 +196,12 @@ class ConnectionSlots:
         lim = self.limits
         if not self.exempt(host):
             if self._conn_ip[host] >= lim.max_conns_per_ip:
-                return "connections_per_ip"
+                return Reason.CONNECTIONS_PER_IP
             if (
                 not is_private(host)
                 and self._conn_group[netgroup(host)] >= lim.max_conns_per_netgroup
             ):
-                return "connections_per_netgroup"
+                return Reason.CONNECTIONS_PER_NETGROUP
         if self.inbound >= self.max_inbound:
             return "evict"
         return "ok"

@@ -28,6 +28,7 @@ import nacl.exceptions
 import nacl.signing
 
 from p2pupdate.config import DEFAULT_LIMITS, Limits
+from p2pupdate.core.reasons import Reason
 from p2pupdate.core.signedwire import unpack_limited
 from p2pupdate.errors import RemoteProtocolError
 
@@ -246,22 +247,22 @@ class FleetPolicy:
     def enabled(self) -> bool:
         return bool(self.fleet_keys)
 
-    def check(self, admission: Admission | None, node_id: bytes, now: float) -> str | None:
+    def check(self, admission: Admission | None, node_id: bytes, now: float) -> Reason | None:
         """None if ``admission`` admits the proven ``node_id`` now; else the reason."""
         if not self.enabled:
             return None
         if admission is None:
-            return "no_admission"
+            return Reason.NO_ADMISSION
         if admission.fleet_key not in self.fleet_keys:
-            return "foreign_fleet"
+            return Reason.FOREIGN_FLEET
         if admission.node_id != node_id:
-            return "wrong_node"
+            return Reason.WRONG_NODE
         if not admission.signature_ok():
-            return "bad_signature"
+            return Reason.BAD_SIGNATURE
         if now >= admission.expires:
-            return "expired"
+            return Reason.EXPIRED
         if node_id in self._revoked:
-            return "revoked"
+            return Reason.REVOKED
         self._seen[node_id] = admission.expires
         self._seen.move_to_end(node_id)
         while len(self._seen) > self.limits.max_fleet_members_seen:
@@ -279,15 +280,15 @@ class FleetPolicy:
     def is_revoked(self, node_id: bytes) -> bool:
         return node_id in self._revoked
 
-    def offer(self, rev: Revocations) -> str | None:
+    def offer(self, rev: Revocations) -> Reason | None:
         """Take a revocation list if it is newer for its fleet key; None if taken."""
         if rev.fleet_key not in self.fleet_keys:
-            return "foreign_fleet"
+            return Reason.FOREIGN_FLEET
         current = self.lists.get(rev.fleet_key)
         if current is not None and rev.issued <= current.issued:
-            return "not_newer"
+            return Reason.NOT_NEWER
         if not rev.signature_ok():
-            return "bad_signature"
+            return Reason.BAD_SIGNATURE
         self.lists[rev.fleet_key] = rev
         self._revoked = frozenset(n for r in self.lists.values() for n in r.revoked)
         return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 import blake3
@@ -47,6 +47,10 @@ class AnnouncementBook:
         self._seen_wire: OrderedDict[bytes, None] = OrderedDict()
         self._seen_ids: OrderedDict[bytes, None] = OrderedDict()
         self._newest: dict[str, Announcement] = {}
+        # Told of every announcement offered whose signers were trusted, with the
+        # verdict (accepted or not: an older version is refused as stale but is still a
+        # genuine release). ``publish`` uses it to learn what the fleet already runs.
+        self.on_genuine: Callable[[Announcement, Decision], None] | None = None
 
     def seen(self, ann_id: bytes) -> bool:
         """Whether the announcement with this body id was settled (not worth pulling)."""
@@ -68,6 +72,8 @@ class AnnouncementBook:
         decision = relay_decision(ann, self.trust, now, self._newest.get(ann.body.channel))
         if decision.ok or decision.reason not in _SIGNER_REASONS:
             self._mark(self._seen_ids, ann.id)
+            if self.on_genuine is not None:
+                self.on_genuine(ann, decision)
         if decision.ok:
             self._newest[ann.body.channel] = ann
         return decision

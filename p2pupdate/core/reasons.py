@@ -9,8 +9,9 @@ tools read ``reason``; docs/operations.md lists them per event).
 
 Used by the trust policy (relay and act decisions), the applicator's decisions
 (:mod:`p2pupdate.core.apply`), the retry rules (:mod:`p2pupdate.core.retry`),
-the self-update decisions (:mod:`p2pupdate.core.selfupdate`), the node and
-the agent.
+the self-update decisions (:mod:`p2pupdate.core.selfupdate`), fleet membership
+(:mod:`p2pupdate.core.fleet`), connection admission (:mod:`p2pupdate.core.admission`),
+the node and the agent.
 """
 
 from __future__ import annotations
@@ -71,6 +72,25 @@ class Reason(enum.StrEnum):
     # -- self-update: the installing node's rollback of a release (core.selfupdate)
     FAILED_ON_OTHERS = "failed_on_others"
     NOT_SEEN_HEALTHY = "not_seen_healthy"
+    # -- fleet membership: why a peer is not a member (core.fleet; peer_refused), or
+    # why a revocation list was not taken (besides BAD_SIGNATURE, EXPIRED, NOT_NEWER)
+    NO_ADMISSION = "no_admission"
+    MALFORMED_ADMISSION = "malformed_admission"
+    FOREIGN_FLEET = "foreign_fleet"
+    WRONG_NODE = "wrong_node"
+    REVOKED = "revoked"
+    # -- connections: why the node refused one (core.admission; the node's log lines)
+    IP_BANNED = "ip_banned"
+    HANDSHAKES_FULL = "handshakes_full"
+    HANDSHAKES_PER_IP = "handshakes_per_ip"
+    HANDSHAKES_PER_NETGROUP = "handshakes_per_netgroup"
+    INBOUND_FULL = "inbound_full"
+    CONNECTIONS_PER_IP = "connections_per_ip"
+    CONNECTIONS_PER_NETGROUP = "connections_per_netgroup"
+    # The two kinds the node's per-peer refusals are counted (throttled) and summarised
+    # under: a connection refused for one of the reasons above, a peer not a member.
+    REFUSED = "refused"
+    NOT_MEMBER = "not_member"
 
 
 RELAY_REASONS = frozenset(

@@ -88,6 +88,13 @@ class SuperSeeder(Generic[PeerT]):
     ``window`` is how many shown-but-not-held chunks each peer is kept with (its own
     pipeline to the seed); it should be at least the peers' pipeline depth. ``spread``
     (default ``window``) caps those plus the chunks it got from us and has not passed on.
+
+    Size: just over the 300 lines the team aims for, on purpose. It is one state machine
+    whose every input moves the same per-chunk books together (availability, shown,
+    in transit, sole holder, sends): splitting them over classes would put one invariant
+    in several places, and much of its length is the contract of its six entry points and
+    twelve views. What it shares with the downloader (availability levels, random picks)
+    is already in :mod:`p2pupdate.core.availability`.
     """
 
     def __init__(

@@ -22,7 +22,15 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["DATA_DIR_ENV", "ROOT_DATA_DIR", "default_data_dir", "resolve_data_dir"]
+__all__ = [
+    "DATA_DIR_ENV",
+    "ROOT_DATA_DIR",
+    "announcement_path",
+    "announcements_dir",
+    "default_data_dir",
+    "resolve_data_dir",
+    "store_dir",
+]
 
 DATA_DIR_ENV = "P2PUPDATE_DATA_DIR"
 ROOT_DATA_DIR = Path("/var/lib/p2pupdate")
@@ -57,3 +65,18 @@ def resolve_data_dir(
         return Path(value).expanduser().absolute(), DATA_DIR_ENV
     uid = os.geteuid() if euid is None else euid
     return default_data_dir(uid, environ), "the default data dir"
+
+
+def store_dir(data_dir: Path) -> Path:
+    """Where a node's package store (partial downloads, cache, tables) lives."""
+    return data_dir / "store"
+
+
+def announcements_dir(data_dir: Path) -> Path:
+    """Where a node keeps the newest announcement of each channel it accepted."""
+    return data_dir / "announcements"
+
+
+def announcement_path(data_dir: Path, channel: str) -> Path:
+    """The file holding a channel's newest accepted announcement (``/`` becomes ``+``)."""
+    return announcements_dir(data_dir) / (channel.replace("/", "+") + ".ann")

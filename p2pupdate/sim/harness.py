@@ -24,54 +24,47 @@ SIGKILL leaves its dir behind (its children die with it, see
 
 What the figures mean is ``p2pupdate.sim.report``; the display is
 ``p2pupdate.sim.view``.
+
+The parts live beside this module: :mod:`.workdir` (work dir, ports, node
+specs), :mod:`.harnessbase` (state, commands, signals), :mod:`.preparing` (step
+1-2) and :mod:`.driver` (publishing, faults, reaping); :class:`Harness` runs the
+main loop, decides when the run is settled and finishes it. They share one
+state (the nodes, their tracks and children), so they are mixins of one class.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import random
-import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 import blake3
-import nacl.signing
 import trio
 
-import p2pupdate
 from p2pupdate.errors import P2PUpdateError
-from p2pupdate.shell.fsutil import pid_alive
-from p2pupdate.shell.keyfile import write_secret_key
-from p2pupdate.sim.adversary import Adversary
-from p2pupdate.sim.app import APP_NAME, app_bytes
-from p2pupdate.sim.intruder import Intruder
-from p2pupdate.sim.netns import NetnsNetwork
-from p2pupdate.sim.procs import Child, Supervisor
-from p2pupdate.sim.report import FaultRecord, PublishRecord, RunRecord
+from p2pupdate.sim.driver import Driver
+from p2pupdate.sim.records import RunRecord
 from p2pupdate.sim.scenario import (
     AdversaryFault,
-    BadReleaseFault,
     IntruderFault,
     Kill9Fault,
-    LateJoinFault,
     PublisherKillFault,
-    Scenario,
 )
 from p2pupdate.sim.selfupdate import SelfUpdateRun
-from p2pupdate.sim.topology import authority_targets, bootstrap_peers
-from p2pupdate.sim.tracker import EventTail, NodeTrack
-from p2pupdate.sim.view import PlainView, View
+from p2pupdate.sim.workdir import (
+    OWNER_FILE,
+    WORK_PREFIX,
+    NodeSpec,
+    SimInterrupted,
+    collapse,
+    free_ports,
+    last_line,
+    sweep_stale_workdirs,
+)
 
 __all__ = ["Harness", "SimInterrupted", "free_ports", "sweep_stale_workdirs"]
 
@@ -81,113 +74,10 @@ _REFRESH = 0.25
 # exit once enough replicas are confirmed; on a loaded machine that can lag the nodes).
 # Only a publisher that is stuck past this is stopped, and the report shows its exit code.
 _PUBLISH_GRACE = 60.0
-_READY_TIMEOUT = 60.0
-_NETNS_PORT = 7100
-_UPLOADED_RE = re.compile(r"uploaded (\d+) bytes")
-_WORK_PREFIX = "p2pupdate-sim-"
-_OWNER_FILE = "harness.pid"
 
 
-class SimInterrupted(Exception):
-    """The run was stopped by a signal (Ctrl-C, SIGTERM, SIGHUP)."""
-
-
-def sweep_stale_workdirs(tmp: Path | None = None) -> list[Path]:
-    """Remove work dirs left by harnesses that died without cleaning up (SIGKILL).
-
-    Only directories named like ours that hold an owner file naming a process
-    that no longer exists are removed.
-    """
-    removed = []
-    for path in (tmp or Path(tempfile.gettempdir())).glob(f"{_WORK_PREFIX}*"):
-        try:
-            pid = int((path / _OWNER_FILE).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if pid == os.getpid() or pid_alive(pid):
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports free on ``host`` right now (all held until all are found)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-@dataclass
-class _NodeSpec:
-    index: int
-    name: str
-    host: str
-    port: int
-    root: Path
-    events: Path
-    log: Path
-    peers: list[str]
-    late: bool
-    argv: list[str] = field(default_factory=list)
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def target(self) -> Path:
-        return self.root / "app" / APP_NAME
-
-
-class Harness:
+class Harness(Driver):
     """One run of one scenario; :meth:`run` returns the finished :class:`RunRecord`."""
-
-    def __init__(self, scenario: Scenario, out_dir: Path, view: View | None = None) -> None:
-        self.sc = scenario
-        self.out = out_dir.absolute()  # children run in their own dirs
-        self.started = time.time()
-        self.view: View = view or PlainView(self.started)
-        self.sup = Supervisor()
-        self.rng = random.Random(scenario.seed)
-        self.net: NetnsNetwork | None = None
-        self.work: Path | None = None
-        self.nodes: list[_NodeSpec] = []
-        self.tracks: list[NodeTrack] = []
-        self.tails: list[EventTail] = []
-        self.children: dict[int, Child] = {}  # node index -> current process
-        self.killed: set[int] = set()  # nodes we killed on purpose (not yet restarted)
-        self.addresses: dict[str, str] = {}
-        self.packages: dict[str, Path] = {}
-        self.digests: dict[str, str] = {}  # blake3 hex of app bytes -> version
-        self.pubkey = ""
-        self.key_path: Path | None = None
-        self.authority_host = "127.0.0.1"
-        self.authority_port = 0
-        self.publishes: list[PublishRecord] = []
-        self.pub_children: list[tuple[PublishRecord, Child]] = []
-        self.republish_due: dict[int, float] = {}  # publication index -> when to run again
-        self.faults: list[tuple[Any, FaultRecord]] = []
-        self.restart_due: dict[int, float] = {}
-        self.adversary: Adversary | None = None
-        self.intruder: Intruder | None = None
-        self.fleet_key: Path | None = None  # the fleet's secret key (scenario fleet = true)
-        self.fleet_pub = ""
-        self.su: SelfUpdateRun | None = None  # a [self_update] scenario
-        self.rec = RunRecord(scenario, self.tracks, self.addresses, started=self.started)
-        self._stop_signal: int | None = None
-        self._env = self._child_env()
 
     # -- the whole run ------------------------------------------------------------
     async def run(self) -> RunRecord:
@@ -198,8 +88,8 @@ class Harness:
             (self.out / "logs").mkdir(exist_ok=True)
             (self.out / "events").mkdir(exist_ok=True)
             sweep_stale_workdirs()
-            self.work = Path(tempfile.mkdtemp(prefix=_WORK_PREFIX))
-            (self.work / _OWNER_FILE).write_text(f"{os.getpid()}\n")
+            self.work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+            (self.work / OWNER_FILE).write_text(f"{os.getpid()}\n")
             # Children's own temporary files (the publisher's store, ...) go inside
             # the work dir, so they go with it even if a child is killed.
             (self.work / "tmp").mkdir()
@@ -208,7 +98,7 @@ class Harness:
             try:
                 await self._run_inner()
             except BaseExceptionGroup as group:
-                raise _collapse(group) from None
+                raise collapse(group) from None
         except (KeyboardInterrupt, SimInterrupted):
             self.rec.interrupted = True
             self.view.note("interrupted: stopping every process")
@@ -249,302 +139,6 @@ class Harness:
                 await self._start_intruder(nursery, intruders[0])
             await self._loop()
             nursery.cancel_scope.cancel()
-
-    # -- preparation --------------------------------------------------------------
-    def _child_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        # Children import the same p2pupdate as the harness, installed or not.
-        pkg_root = str(Path(p2pupdate.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
-        env.pop("NOTIFY_SOCKET", None)
-        env.pop("WATCHDOG_USEC", None)
-        return env
-
-    def _cmd(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "p2pupdate", *args]
-
-    def _prepare(self) -> None:
-        sc = self.sc
-        assert self.work is not None
-        self._check_stop()
-        # Network: addresses for the authority and each node.
-        if sc.network == "netns":
-            rate = sc.upload_limit
-            rates = [rate] + [sc.node_upload_limit(i) for i in range(sc.nodes)]
-            self.net = NetnsNetwork(slots=sc.nodes + 1, rates=rates)
-            self.net.setup(self.rng)
-            self.rec.network = {
-                "kind": "netns",
-                "prefix": self.net.prefix,
-                "subnet": f"{self.net.subnet}.0/24",
-                "shaping": f"tc tbf {rate} bytes/s per slot" if rate else "none",
-            }
-            self.authority_host, self.authority_port = self.net.address(0), _NETNS_PORT
-            hosts = [(self.net.address(i + 1), _NETNS_PORT) for i in range(sc.nodes)]
-        else:
-            ports = free_ports(sc.nodes + 1)
-            self.authority_port = ports[0]
-            hosts = [("127.0.0.1", p) for p in ports[1:]]
-            self.rec.network = {"kind": "loopback", "shaping": "node limiters"}
-        self.addresses[f"{self.authority_host}:{self.authority_port}"] = "authority"
-        # Authority key, through the CLI like a person would.
-        self.key_path = self.work / "authority.key"
-        out = subprocess.run(
-            self._cmd("keygen", "--out", str(self.key_path)),
-            capture_output=True, text=True, env=self._env, check=False,
-        )  # fmt: skip
-        if out.returncode != 0:
-            raise P2PUpdateError(f"p2pupdate keygen failed: {out.stderr.strip()}")
-        self.pubkey = out.stdout.strip().splitlines()[-1]
-        # Packages: the installed version and each publication.
-        pkg_dir = self.work / "packages"
-        pkg_dir.mkdir()
-        versions = [(sc.initial_version, True)] + [(p.version, p.healthy) for p in sc.publications]
-        for version, healthy in versions if self.su is None else []:
-            data = app_bytes(version, healthy, sc.package_size)
-            path = pkg_dir / f"{APP_NAME}-{version}"
-            path.write_bytes(data)
-            path.chmod(0o755)
-            self.packages[version] = path
-            self.digests[blake3.blake3(data).hexdigest()] = version
-        # Nodes.
-        late = self.sc.late_nodes
-        edges = bootstrap_peers(sc.topology, sc.nodes, sc.degree, self.rng, late)
-        initial = self.packages[sc.initial_version].read_bytes()
-        for i, (host, port) in enumerate(hosts):
-            name = f"n{i:02d}"
-            root = self.work / name
-            spec = _NodeSpec(
-                index=i,
-                name=name,
-                host=host,
-                port=port,
-                root=root,
-                events=self.out / "events" / f"{name}.jsonl",
-                log=self.out / "logs" / f"{name}.log",
-                peers=[],
-                late=i in late,
-            )
-            self.nodes.append(spec)
-            self.addresses[spec.address] = name
-        for spec in self.nodes:
-            spec.peers = [self.nodes[j].address for j in edges[spec.index]]
-            spec.target.parent.mkdir(parents=True)
-            spec.data_dir.mkdir(parents=True)
-            if any(p.stages for p in sc.publications):
-                # Node keys from the scenario's seed: which nodes a stage takes in (a
-                # hash of node id and version) is then the same on every run.
-                seeded = random.Random(sc.seed * 100_003 + spec.index).randbytes(32)
-                write_secret_key(spec.data_dir / "node.key", nacl.signing.SigningKey(seeded))
-            spec.target.write_bytes(initial)
-            spec.target.chmod(0o755)
-            spec.events.unlink(missing_ok=True)
-            config = spec.root / "node.toml"
-            config.write_text(self._node_config(spec))
-            argv = (self.su.node_argv if self.su is not None else self._cmd)(
-                "node",
-                "--data-dir", str(spec.data_dir),
-                "--listen", spec.address,
-                "--trust", self.pubkey,
-                "--events", str(spec.events),
-                "--config", str(config),
-            )  # fmt: skip
-            for peer in spec.peers:
-                argv += ["--peer", peer]
-            if sc.node_upload_limit(spec.index) and sc.network == "loopback":
-                argv += ["--upload-limit", str(sc.node_upload_limit(spec.index))]
-            spec.argv = self.net.wrap(spec.index + 1, argv) if self.net else argv
-            if self.su is not None:
-                self.su.add_node(spec.index, spec.data_dir)
-            track = NodeTrack(spec.index, spec.name, spec.address, version=sc.initial_version)
-            self.tracks.append(track)
-            self.tails.append(EventTail(spec.events))
-        if sc.fleet:
-            self._prepare_fleet()
-        for fault in sc.faults:
-            node = getattr(fault, "node", None)
-            self.faults.append((fault, FaultRecord(fault.kind, node=node)))
-        self.rec.faults = [r for _, r in self.faults]
-
-    def _node_config(self, spec: _NodeSpec) -> str:
-        sc = self.sc
-        lines = [
-            "# written by p2pupdate sim",
-            f"check_interval = {sc.check_interval!r}",
-            'log_level = "info"',
-        ]
-        if sc.topology == "star":
-            # Fetch from the authority only: once it is connected, nobody else gets in,
-            # and the node dials nobody the authority's peer exchange tells it about.
-            lines += ["max_connections = 1", "target_connections = 1"]
-        if self.su is not None:  # no app target: the publications are p2pupdate itself
-            return "\n".join([*lines, *self.su.config_lines(), ""])
-        lines += [
-            "",
-            f'[targets."{sc.channel}"]',
-            f'path = "{spec.target}"',
-            f'version = "{sc.initial_version}"',
-            "",
-        ]
-        return "\n".join(lines)
-
-    # -- processes ----------------------------------------------------------------
-    def _start_node(self, spec: _NodeSpec) -> None:
-        track = self.tracks[spec.index]
-        env = self.su.node_env() if self.su is not None else self._env
-        child = self.sup.spawn(spec.name, spec.argv, log_path=spec.log, env=env, cwd=spec.root)
-        self.children[spec.index] = child
-        if self.su is not None:
-            self.su.on_start(spec.index, child.pid)
-        if track.started_at is None:
-            track.started_at = time.time()
-        track.process = "running"
-
-    async def _wait_ready(self, specs: list[_NodeSpec]) -> None:
-        """Until each node accepts TCP connections (or exits: an error to report)."""
-        deadline = time.monotonic() + _READY_TIMEOUT
-        pending = list(specs)
-        while pending:
-            self._check_stop()
-            still = []
-            for spec in pending:
-                child = self.children[spec.index]
-                if not child.alive():
-                    raise P2PUpdateError(
-                        f"node {spec.name} exited with code {child.returncode} at start: "
-                        f"{_last_line(spec.log)} (log: {spec.log})"
-                    )
-                if not await _can_connect(spec.host, spec.port):
-                    still.append(spec)
-            pending = still
-            if pending and time.monotonic() > deadline:
-                names = ", ".join(s.name for s in pending)
-                raise P2PUpdateError(f"nodes not listening after {_READY_TIMEOUT:.0f}s: {names}")
-            if pending:
-                await trio.sleep(0.1)
-
-    async def _start_adversary(self, nursery: trio.Nursery, fault: AdversaryFault) -> None:
-        host = self.net.bridge_address if self.net else "127.0.0.1"
-        targets = [(s.host, s.port) for s in self.nodes]
-        self.adversary = Adversary(fault.mode, host, targets, rng=random.Random(self.sc.seed + 1))
-        await nursery.start(self.adversary.run)
-        self.addresses[self.adversary.address] = "adversary"
-        for f, rec in self.faults:
-            if f is fault:
-                rec.fired, rec.fired_at = True, time.time()
-                rec.detail = f"{fault.mode} at {self.adversary.address}"
-        self.view.note(f"adversary ({fault.mode}) listening on {self.adversary.address}")
-
-    async def _start_intruder(self, nursery: trio.Nursery, fault: IntruderFault) -> None:
-        self.intruder = Intruder([(s.host, s.port) for s in self.nodes], foreign=fault.foreign)
-        await nursery.start(self.intruder.run)
-        for f, rec in self.faults:
-            if f is fault:
-                rec.fired, rec.fired_at = True, time.time()
-                rec.detail = "no admission" if not fault.foreign else "another fleet's admission"
-        self.view.note("intruder (a node key, no admission to this fleet) dials every node")
-
-    def _prepare_fleet(self) -> None:
-        """A fleet key and one admission per node, made through the CLI like a person
-        would: the node keys are made first (keygen into each data dir)."""
-        assert self.work is not None
-        self.fleet_key = self.work / "fleet.key"
-        self.fleet_pub = self._cli("keygen", "--out", str(self.fleet_key))
-        ids = [self._cli("keygen", "--out", str(s.data_dir / "node.key")) for s in self.nodes]
-        (self.work / "node-ids").write_text("\n".join(ids) + "\n")
-        certs = self.work / "certs"
-        certs.mkdir()
-        self._cli(
-            "admit", "--fleet-key", str(self.fleet_key),
-            "--nodes-file", str(self.work / "node-ids"), "--out", str(certs),
-        )  # fmt: skip
-        for spec, node_id in zip(self.nodes, ids, strict=True):
-            cert = certs / f"{node_id.removeprefix('ed25519:')}.cert"
-            spec.argv += ["--fleet", self.fleet_pub, "--admission", str(cert)]
-
-    def _cli(self, *args: str) -> str:
-        out = subprocess.run(
-            self._cmd(*args), capture_output=True, text=True, env=self._env, check=False
-        )
-        if out.returncode != 0:
-            raise P2PUpdateError(f"p2pupdate {args[0]} failed: {out.stderr.strip()}")
-        return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
-
-    def _publish(self, index: int) -> None:
-        sc = self.sc
-        pub = sc.publications[index]
-        runs = sum(r.version == pub.version for r in self.publishes)
-        name = f"publish-{pub.version}" + (f"-{runs + 1}" if runs else "")
-        assert self.key_path is not None
-        targets = authority_targets(sc.topology, sc.nodes, sc.authority_peers, sc.late_nodes)
-        star = sc.topology == "star"
-        argv = self._cmd(
-            "publish",
-            "--key", str(self.key_path),
-            "--channel", sc.channel,
-            "--version", pub.version,
-            "--file", str(self.packages[pub.version]),
-            "--replicas", str(min(sc.replicas, len(targets) if star else sc.nodes)),
-            "--timeout", str(sc.timeout),
-            "--listen", f"{self.authority_host}:{self.authority_port}",
-        )  # fmt: skip
-        for j in targets:
-            argv += ["--peer", self.nodes[j].address]
-        if pub.stages:
-            argv += ["--stages", pub.stages]
-        if pub.abort_after:
-            argv += ["--abort-after", pub.abort_after]
-        if sc.upload_limit and sc.network == "loopback":
-            argv += ["--upload-limit", str(sc.upload_limit)]
-        if self.fleet_key is not None:
-            argv += ["--fleet-key", str(self.fleet_key)]
-        if self.net is not None:
-            argv = self.net.wrap(0, argv)
-        record = PublishRecord(
-            pub.version, pub.healthy, time.time(),
-            address=f"{self.authority_host}:{self.authority_port}",
-        )  # fmt: skip
-        child = self.sup.spawn(
-            name,
-            argv,
-            log_path=self.out / "logs" / f"{name}.log",
-            stdout_path=self.out / "logs" / f"{name}.out",
-            env=self._env,
-            cwd=self.work,
-        )
-        record.log_name = name
-        self.publishes.append(record)
-        self.pub_children.append((record, child))
-        for fault, rec in self.faults:
-            if isinstance(fault, BadReleaseFault) and fault.version == pub.version:
-                rec.fired, rec.fired_at = True, record.started
-                rec.detail = f"{pub.version} fails its health check"
-                if self.su is not None:
-                    rec.detail = f"{pub.version} is a bad release ({self.su.spec.defect})"
-        self.rec.publishes = self.publishes
-        peers = ", ".join(self.nodes[j].name for j in targets)
-        again = " again (the same command)" if runs else ""
-        self.view.note(
-            f"publishing {pub.version}{again}{'' if pub.healthy else ' (bad release)'} to {peers}"
-        )
-
-    def _publish_done(self, record: PublishRecord, child: Child) -> None:
-        record.ended = time.time()
-        record.exit_code = child.returncode
-        if child.stdout_path is not None and child.stdout_path.exists():
-            record.stdout = child.stdout_path.read_text(errors="replace").strip()
-            m = _UPLOADED_RE.search(record.stdout)
-            if m:
-                record.bytes_uploaded = int(m.group(1))
-        if record.exit_code == 0:
-            self.view.note(f"publish {record.version} done: {record.stdout}")
-        elif record.killed:
-            self.view.note(f"publish {record.version} was killed (kill -9)")
-        else:
-            log = self.out / "logs" / f"{record.log_name}.log"
-            self.view.note(
-                f"publish {record.version} exited with {record.exit_code}: {_last_line(log)}"
-            )
 
     # -- the main loop ------------------------------------------------------------
     async def _loop(self) -> None:
@@ -616,7 +210,7 @@ class Harness:
                 log = self.out / "logs" / f"{record.log_name}.log"
                 return (
                     f"publish {record.version} failed (exit {record.exit_code}) and no node "
-                    f"received its announcement: {_last_line(log)}"
+                    f"received its announcement: {last_line(log)}"
                 )
         return ""
 
@@ -638,122 +232,6 @@ class Harness:
                 if ev.get("event") == "download_progress":
                     self._maybe_kill(spec, track)
                     self._maybe_kill_publisher()
-
-    def _maybe_kill_publisher(self) -> None:
-        """kill_publisher: SIGKILL a running publish once the furthest node is far enough."""
-        furthest = max((t.progress for t in self.tracks), default=0.0)
-        for fault, rec in self.faults:
-            if not isinstance(fault, PublisherKillFault) or rec.fired:
-                continue
-            if not furthest >= fault.at_progress or furthest >= 1.0:
-                continue
-            running = [
-                (r, c) for r, c in self.pub_children if r.version == fault.version and c.alive()
-            ]
-            if not running:
-                continue
-            record, child = running[-1]
-            self.sup.kill9(child)
-            record.killed = True
-            self._publish_done(record, child)  # reaped by kill9: noted now, not at the end
-            rec.fired, rec.fired_at, rec.progress_at_kill = True, time.time(), furthest
-            rec.detail = f"publish {fault.version} killed at {100 * furthest:.0f}% (furthest node)"
-            index = next(
-                i for i, p in enumerate(self.sc.publications) if p.version == fault.version
-            )
-            self.republish_due[index] = time.time() + fault.restart_after
-            self.view.note(
-                f"kill -9 publish {fault.version} with the furthest node at "
-                f"{100 * furthest:.0f}%; the same publish again in {fault.restart_after:g}s"
-            )
-
-    def _publisher_restarted(self, index: int) -> None:
-        version = self.sc.publications[index].version
-        for fault, rec in self.faults:
-            if isinstance(fault, PublisherKillFault) and fault.version == version:
-                rec.restarted_at = time.time()
-                rec.detail += "; published again"
-
-    def _maybe_kill(self, spec: _NodeSpec, track: NodeTrack) -> None:
-        for fault, rec in self.faults:
-            if (
-                isinstance(fault, Kill9Fault)
-                and fault.node == spec.index
-                and not rec.fired
-                and track.progress >= fault.at_progress
-                and track.progress < 1.0
-            ):
-                child = self.children.get(spec.index)
-                if child is None or not child.alive():
-                    return
-                self.sup.kill9(child)
-                self.killed.add(spec.index)
-                rec.fired, rec.fired_at, rec.progress_at_kill = True, time.time(), track.progress
-                rec.detail = f"killed at {100 * track.progress:.0f}%"
-                track.process = "killed"
-                self.restart_due[spec.index] = time.time() + fault.restart_after
-                self.view.note(
-                    f"kill -9 {spec.name} at {100 * track.progress:.0f}%; "
-                    f"restart in {fault.restart_after:g}s"
-                )
-
-    def _restart(self, index: int) -> None:
-        spec = self.nodes[index]
-        track = self.tracks[index]
-        self.killed.discard(index)
-        self._start_node(spec)
-        track.restarts += 1
-        for fault, rec in self.faults:
-            if isinstance(fault, Kill9Fault) and fault.node == index:
-                rec.restarted_at = time.time()
-                rec.detail += "; restarted"
-        self.view.note(f"restarted {spec.name}")
-
-    def _late_joins(self, now: float, published: int) -> None:
-        if not self.publishes:
-            return
-        first_pub = self.publishes[0].started
-        for fault, rec in self.faults:
-            if not isinstance(fault, LateJoinFault) or rec.fired:
-                continue
-            if fault.at is not None:
-                due = now >= first_pub + fault.at
-            else:
-                final = self.sc.final_publication.version
-                others = [
-                    t
-                    for t in self.tracks
-                    if t.index not in self.sc.late_nodes or t.started_at is not None
-                ]
-                due = published == len(self.sc.publications) and all(
-                    t.settled(final) for t in others
-                )
-            if due:
-                spec = self.nodes[fault.node]
-                self._start_node(spec)
-                rec.fired, rec.fired_at = True, now
-                rec.detail = f"joined {now - first_pub:.1f}s after the first publication"
-                self.view.note(f"late joiner {spec.name} starts")
-
-    def _reap(self) -> None:
-        for child in self.sup.reap():
-            for record, pchild in self.pub_children:
-                if pchild is child:
-                    self._publish_done(record, child)
-            for index, nchild in self.children.items():
-                if nchild is child and index not in self.killed:
-                    track = self.tracks[index]
-                    track.process = "exited"
-                    track.exit_code = child.returncode
-                    self.view.note(
-                        f"{track.name} exited unexpectedly with code {child.returncode}: "
-                        f"{_last_line(self.nodes[index].log)}"
-                    )
-                    delay = self.su.on_exit(index, child.returncode) if self.su else None
-                    if delay is not None:  # a supervisor (Restart=always) starts it again
-                        self.restart_due[index] = time.time() + delay
-                    elif self.su is not None:
-                        self.view.note(f"{track.name}: too many restarts, not started again")
 
     def _settled(self) -> bool:
         """Every node settled on the last publication, every fault done."""
@@ -786,10 +264,6 @@ class Harness:
                 return False
         return True
 
-    def _pids(self) -> dict[int, int | None]:
-        """Node index -> pid of its running process (None: not running)."""
-        return {i: c.pid if c.alive() else None for i, c in self.children.items()}
-
     def _read_peer_counts(self) -> None:
         """Peers column: from peer events when the node emits them, else its status file."""
         for spec, track in zip(self.nodes, self.tracks, strict=True):
@@ -803,26 +277,6 @@ class Harness:
             peers = data.get("peers") if isinstance(data, dict) else None
             if isinstance(peers, list):
                 track.peers = len(peers)
-
-    # -- signals --------------------------------------------------------------------
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        old: dict[int, Any] = {}
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            # ValueError: not the main thread, where the caller handles signals.
-            with contextlib.suppress(ValueError):
-                old[sig] = signal.signal(sig, self._on_signal)
-        return old
-
-    def _restore_signal_handlers(self, old: dict[int, Any]) -> None:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._stop_signal = signum
-
-    def _check_stop(self) -> None:
-        if self._stop_signal is not None:
-            raise SimInterrupted(signal.Signals(self._stop_signal).name)
 
     # -- the end ----------------------------------------------------------------------
     @trio.lowlevel.enable_ki_protection
@@ -867,7 +321,7 @@ class Harness:
                         shutil.rmtree(self.work, ignore_errors=True)
                     rec.ended = time.time()
 
-    def _final_version(self, spec: _NodeSpec) -> str:
+    def _final_version(self, spec: NodeSpec) -> str:
         try:
             data = spec.target.read_bytes()
         except FileNotFoundError:
@@ -875,46 +329,3 @@ class Harness:
         except OSError:
             return "unreadable"
         return self.digests.get(blake3.blake3(data).hexdigest(), "unknown")
-
-
-async def _can_connect(host: str, port: int) -> bool:
-    try:
-        with trio.move_on_after(1.0):
-            stream = await trio.open_tcp_stream(host, port)
-            await stream.aclose()
-            return True
-    except OSError:
-        return False
-    return False
-
-
-def _last_line(path: Path) -> str:
-    """The last meaningful line of a log (skipping traceback box drawing)."""
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    for line in reversed(lines):
-        text = line.strip().lstrip("|+- ").strip()
-        if any(ch.isalnum() for ch in text):
-            return text[:300]
-    return ""
-
-
-def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one exception to re-raise for a task group's failure (interrupts first)."""
-    leaves: list[BaseException] = []
-
-    def walk(g: BaseExceptionGroup[BaseException]) -> None:
-        for e in g.exceptions:
-            if isinstance(e, BaseExceptionGroup):
-                walk(e)
-            else:
-                leaves.append(e)
-
-    walk(group)
-    for kind in (KeyboardInterrupt, SimInterrupted, P2PUpdateError):
-        for e in leaves:
-            if isinstance(e, kind):
-                return e
-    return group

@@ -13,25 +13,54 @@ scenario at a small size.
 Every mistake (unknown scenario, unknown key, wrong type, out-of-range value)
 is a :class:`UsageError` naming the scenario and the key. This module only
 reads and checks; running a scenario is ``p2pupdate.sim.harness``.
+
+This module is the parser; the model it builds is :mod:`.scenariomodel` (its
+names are re-exported here), finding and reading files is :mod:`.scenariofiles`.
 """
 
 from __future__ import annotations
 
-import importlib.resources
-import math
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import semver
 
 from p2pupdate.core.announcement import validate_channel, validate_version
 from p2pupdate.core.rollout import parse_abort, parse_stages
-from p2pupdate.core.units import parse_rate, parse_size
 from p2pupdate.errors import UsageError
 from p2pupdate.selfupdate.release import platform_channel
+from p2pupdate.sim.scenariofiles import (
+    TableReader,
+    merge_tables,
+    resolve_scenario,
+    shipped_scenarios,
+)
+from p2pupdate.sim.scenariomodel import (
+    ADVERSARY_MODES,
+    FAULT_KINDS,
+    MAX_NODES,
+    MAX_PACKAGE,
+    MAX_VIRTUAL_NODES,
+    MIN_PACKAGE,
+    MODES,
+    NETWORKS,
+    SELF_UPDATE_DEFECTS,
+    TOPOLOGIES,
+    VIRTUAL_EXPECT,
+    AdversaryFault,
+    BadReleaseFault,
+    Expect,
+    Fault,
+    IntruderFault,
+    Kill9Fault,
+    LateJoinFault,
+    Publication,
+    PublisherKillFault,
+    Scenario,
+    SelfUpdate,
+    VirtualSpec,
+)
 
 __all__ = [
     "FAULT_KINDS",
@@ -56,327 +85,6 @@ __all__ = [
     "shipped_scenarios",
 ]
 
-MODES = ("processes", "virtual")
-# What a virtual run measures and can check.
-VIRTUAL_EXPECT = (
-    "all_applied",
-    "max_time",
-    "max_bound_ratio",
-    "max_authority_ratio",
-    "max_hops",
-    "max_spread",
-)
-TOPOLOGIES = ("ring", "random-k", "star")
-NETWORKS = ("loopback", "netns")
-FAULT_KINDS = ("kill9", "late_join", "adversary", "bad_release", "kill_publisher", "intruder")
-SELF_UPDATE_DEFECTS = ("crash", "noimport")
-ADVERSARY_MODES = ("bad-chunks", "bad-tables")
-# One /24 per run in netns mode: .1 is the bridge, .2 the authority, then nodes.
-MAX_NODES = 200
-# A virtual run holds every node in one process: about 2 MB per node with a download.
-MAX_VIRTUAL_NODES = 20000
-MIN_PACKAGE = 4096  # the app's shell header must fit, with room to spare
-MAX_PACKAGE = 4 * 1024**3
-_SHIPPED_PACKAGE = "p2pupdate.sim"
-_SHIPPED_DIR = "scenarios"
-
-
-@dataclass(frozen=True)
-class Publication:
-    """The authority publishes ``version`` ``at`` seconds after all nodes are up."""
-
-    version: str
-    at: float = 0.0
-    healthy: bool = True  # False: the release fails its health check (bad_release fault)
-    # A staged rollout and an abort rule, as publish's --stages / --abort-after take them.
-    stages: str | None = None
-    abort_after: str | None = None
-
-
-@dataclass(frozen=True)
-class Kill9Fault:
-    """SIGKILL ``node`` once its download passes ``at_progress``; restart it later."""
-
-    node: int
-    at_progress: float
-    restart_after: float
-    kind: str = "kill9"
-
-
-@dataclass(frozen=True)
-class LateJoinFault:
-    """Start ``node`` only ``at`` seconds after the first publication, or (at=None)
-    once every other node has applied the last publication."""
-
-    node: int
-    at: float | None
-    kind: str = "late_join"
-
-
-@dataclass(frozen=True)
-class AdversaryFault:
-    """An extra peer inside the harness, speaking the real protocol, serving garbage."""
-
-    mode: str  # "bad-chunks": right tables, corrupt chunks; "bad-tables": both wrong
-    kind: str = "adversary"
-
-
-@dataclass(frozen=True)
-class BadReleaseFault:
-    """The publication of ``version`` ships an app whose health check fails."""
-
-    version: str
-    kind: str = "bad_release"
-
-
-@dataclass(frozen=True)
-class PublisherKillFault:
-    """SIGKILL the ``publish`` of ``version`` once the furthest node's download passes
-    ``at_progress``; run the very same ``publish`` command again ``restart_after`` s later
-    (an operator whose terminal died). None: the first publication."""
-
-    at_progress: float
-    restart_after: float
-    version: str | None = None
-    kind: str = "kill_publisher"
-
-
-@dataclass(frozen=True)
-class IntruderFault:
-    """A peer with a real node key but no admission (or, ``foreign``, one from another
-    fleet) that dials every node over TLS and asks for data (``membership``)."""
-
-    foreign: bool = True
-    kind: str = "intruder"
-
-
-Fault = (
-    Kill9Fault
-    | LateJoinFault
-    | AdversaryFault
-    | BadReleaseFault
-    | PublisherKillFault
-    | IntruderFault
-)
-
-
-@dataclass(frozen=True)
-class SelfUpdate:
-    """``[self_update]``: the nodes run from one managed install and the publications are
-    releases of p2pupdate itself (run by ``p2pupdate.sim.selfupdate``)."""
-
-    track: str = "stable"
-    boot_attempts: int = 3  # the nodes' boot_attempts
-    confirm_window: float = 2.0  # the nodes' confirm_window (seconds)
-    wait_for_others: float = 20.0  # the nodes' self_update_wait (seconds)
-    defect: str = "crash"  # what a bad_release is: "crash" on start, or "noimport"
-    max_restarts: int = 20  # per node: the harness (the supervisor) gives up after this
-
-
-@dataclass(frozen=True)
-class VirtualSpec:
-    """``mode = "virtual"``: every node in one process, in virtual time (``p2pupdate.sim.virtual``).
-
-    Rates are bytes/s (0 = unlimited); ``upload_limit`` of the scenario is each node's upload.
-    """
-
-    download: int = 0  # each node's download rate
-    authority_upload: int | None = None  # None: the nodes' upload_limit
-    latency: float = 0.01  # one-way access latency of a node (a link has two)
-    latency_spread: float = 0.5  # each node's latency drawn in latency * (1 +- spread)
-    slow_fraction: float = 0.0  # this share of nodes has its rates divided by slow_factor
-    slow_factor: float = 10.0
-    connection_loss: float = 0.0  # mean losses per connection-hour (0: none)
-    churn: float = 0.0  # share of nodes that leave once during the transfer and come back
-    churn_window: tuple[float, float] = (1.0, 10.0)  # seconds after the publication
-    churn_downtime: float = 5.0
-    late_joiners: int = 0  # nodes started only late_join_at seconds after the publication
-    late_join_at: float = 30.0
-    gossip_only: bool = False  # announcement propagation only: no swarm, no download
-    target_connections: int = 8
-    max_connections: int = 64
-    fanout: int = 8
-    time_quantum: float = 0.001  # the clock jumps to deadlines rounded up to this (0: exact)
-
-
-@dataclass(frozen=True)
-class Expect:
-    """The outcome a run must reach; each key that is set is checked (None: not checked)."""
-
-    all_applied: bool | None = None
-    max_time: float | None = None
-    rolled_back: bool | None = None
-    adversary_banned: bool | None = None
-    no_honest_bans: bool | None = None
-    resumed: bool | None = None
-    max_authority_ratio: float | None = None
-    min_authority_ratio: float | None = None
-    max_bound_ratio: float | None = None
-    final_version: str | None = None
-    all_running: bool | None = None
-    self_updated: bool | None = None
-    self_update_rolled_back: bool | None = None
-    # The rollout aborted: every node that did not attempt the release saw the abort
-    # (rollout_aborted) and never applied it.
-    aborted: bool | None = None
-    # At most this many nodes attempted the release (applying) before it aborted.
-    max_attempted: int | None = None
-    intruder_got_nothing: bool | None = None
-    max_hops: int | None = None  # virtual: announcement hops to the farthest node
-    max_spread: float | None = None  # virtual: p99 / p50 of the completion times
-
-    def items(self) -> list[tuple[str, object]]:
-        """The keys that are set, in declaration order."""
-        return [(k, v) for k, v in self.__dict__.items() if v is not None]
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    description: str = ""
-    nodes: int = 10
-    package_size: int = 32 * 1024 * 1024
-    topology: str = "ring"
-    degree: int = 2
-    seed: int = 1
-    upload_limit: int = 0  # bytes/s per node and for the authority; 0 = unlimited
-    # The last ``slow_nodes`` nodes upload at ``slow_upload_limit`` instead (a branch
-    # office, a busy host): a heterogeneous fleet.
-    slow_nodes: int = 0
-    slow_upload_limit: int = 0
-    network: str = "loopback"
-    authority_peers: int = 2
-    replicas: int = 1
-    channel: str = "app/stable"
-    initial_version: str = "1.0.0"
-    check_interval: float = 1.0
-    timeout: float = 300.0
-    publications: tuple[Publication, ...] = (Publication("2.0.0"),)
-    faults: tuple[Fault, ...] = ()
-    expect: Expect = field(default_factory=lambda: Expect(all_applied=True))
-    source: str = ""
-    self_update: SelfUpdate | None = None
-    # Fleet membership: the harness makes a fleet key, admits every node and the
-    # publisher, and runs the nodes with --fleet (and so TLS).
-    fleet: bool = False
-    mode: str = "processes"
-    virtual: VirtualSpec | None = None
-
-    def node_upload_limit(self, index: int) -> int:
-        """Upload limit of node ``index`` (bytes/s, 0 = unlimited)."""
-        if index >= self.nodes - self.slow_nodes:
-            return self.slow_upload_limit
-        return self.upload_limit
-
-    def faults_of(self, kind: type[Any]) -> list[Any]:
-        return [f for f in self.faults if isinstance(f, kind)]
-
-    @property
-    def late_nodes(self) -> set[int]:
-        return {f.node for f in self.faults if isinstance(f, LateJoinFault)}
-
-    @property
-    def final_publication(self) -> Publication:
-        return self.publications[-1]
-
-    @property
-    def last_good_version(self) -> str:
-        """The version every node should run at the end."""
-        for pub in reversed(self.publications):
-            if pub.healthy:
-                return pub.version
-        return self.initial_version
-
-
-# -- finding scenarios --------------------------------------------------------------
-
-
-def shipped_scenarios() -> list[str]:
-    """Names of the scenarios shipped inside the package, sorted."""
-    root = importlib.resources.files(_SHIPPED_PACKAGE).joinpath(_SHIPPED_DIR)
-    return sorted(
-        p.name.removesuffix(".toml")
-        for p in root.iterdir()
-        if p.name.endswith(".toml") and p.is_file()
-    )
-
-
-def _looks_like_path(arg: str) -> bool:
-    return arg.endswith(".toml") or "/" in arg or arg.startswith(".")
-
-
-def _read_shipped(name: str) -> tuple[str, str]:
-    res = importlib.resources.files(_SHIPPED_PACKAGE).joinpath(_SHIPPED_DIR, f"{name}.toml")
-    if not res.is_file():
-        raise UsageError(
-            f"unknown scenario {name!r} (shipped: {', '.join(shipped_scenarios())}; "
-            "or give the path of a .toml file)"
-        )
-    return res.read_text(encoding="utf-8"), f"{name} (shipped)"
-
-
-def _read_path(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"scenario file {path} does not exist") from None
-    except IsADirectoryError:
-        raise UsageError(f"scenario file {path} is a directory") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"scenario file {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read scenario file {path}: {exc.strerror}") from None
-
-
-def _parse_toml(text: str, where: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"scenario {where}: not valid TOML: {exc}") from None
-
-
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _load_raw(
-    arg: str, relative_to: Path | None, seen: tuple[str, ...]
-) -> tuple[dict[str, Any], str]:
-    """The merged raw table of a scenario (its ``base`` chain resolved) and its name."""
-    if _looks_like_path(arg):
-        path = Path(arg)
-        if relative_to is not None and not path.is_absolute():
-            path = relative_to / path
-        key = str(path.resolve())
-        text, where, name, here = _read_path(path), str(path), path.stem, path.parent
-    else:
-        key = f"shipped:{arg}"
-        text, where = _read_shipped(arg)
-        name, here = arg, None
-    if key in seen:
-        raise UsageError(f"scenario {where}: 'base' chain loops back to itself")
-    raw = _parse_toml(text, where)
-    base = raw.pop("base", None)
-    if base is None:
-        return raw, name
-    if not isinstance(base, str) or not base:
-        raise UsageError(f"scenario {where}: 'base' must be a scenario name or path")
-    base_raw, _ = _load_raw(base, here, (*seen, key))
-    return _merge(base_raw, raw), name
-
-
-def resolve_scenario(arg: str) -> tuple[dict[str, Any], str, str]:
-    """Raw merged table, scenario name and a description of where it came from."""
-    raw, name = _load_raw(arg, None, ())
-    where = arg if _looks_like_path(arg) else f"{arg} (shipped)"
-    return raw, name, where
-
 
 def load_scenario(arg: str, overrides: Mapping[str, Any] | None = None) -> Scenario:
     """Find, read and validate a scenario by shipped name or path.
@@ -386,93 +94,11 @@ def load_scenario(arg: str, overrides: Mapping[str, Any] | None = None) -> Scena
     """
     raw, name, where = resolve_scenario(arg)
     if overrides:
-        raw = _merge(raw, overrides)
+        raw = merge_tables(raw, overrides)
     return parse_scenario(raw, name=name, source=where)
 
 
-# -- validation ----------------------------------------------------------------------
-
-
-class _Reader:
-    """Typed access to one TOML table that remembers which keys were used."""
-
-    def __init__(self, table: Mapping[str, Any], where: str) -> None:
-        self.table = table
-        self.where = where
-        self.used: set[str] = set()
-
-    def fail(self, key: str, message: str) -> UsageError:
-        return UsageError(f"scenario {self.where}: {key}: {message}")
-
-    def get(self, key: str) -> Any:
-        self.used.add(key)
-        return self.table.get(key)
-
-    def has(self, key: str) -> bool:
-        return key in self.table
-
-    def int_(self, key: str, default: int, lo: int, hi: int) -> int:
-        v = self.get(key)
-        if v is None:
-            return default
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise self.fail(key, f"expected an integer, got {v!r}")
-        if not lo <= v <= hi:
-            raise self.fail(key, f"must be in {lo}..{hi}, got {v}")
-        return v
-
-    def float_(
-        self, key: str, default: float | None, lo: float, hi: float = math.inf
-    ) -> float | None:
-        v = self.get(key)
-        if v is None:
-            return default
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise self.fail(key, f"expected a number, got {v!r}")
-        if not lo <= v <= hi:
-            raise self.fail(key, f"must be in {lo}..{hi}, got {v}")
-        return float(v)
-
-    def bool_(self, key: str, default: bool | None) -> bool | None:
-        v = self.get(key)
-        if v is None:
-            return default
-        if not isinstance(v, bool):
-            raise self.fail(key, f"expected true or false, got {v!r}")
-        return v
-
-    def str_(self, key: str, default: str, choices: tuple[str, ...] | None = None) -> str:
-        v = self.get(key)
-        if v is None:
-            return default
-        if not isinstance(v, str):
-            raise self.fail(key, f"expected a string, got {v!r}")
-        if choices is not None and v not in choices:
-            raise self.fail(key, f"expected one of {', '.join(choices)}, got {v!r}")
-        return v
-
-    def size(self, key: str, default: int, *, rate: bool = False) -> int:
-        v = self.get(key)
-        if v is None:
-            return default
-        if isinstance(v, int) and not isinstance(v, bool):
-            if v < 0:
-                raise self.fail(key, "must not be negative")
-            return v
-        if not isinstance(v, str):
-            raise self.fail(key, f"expected a number or a string like '32MiB', got {v!r}")
-        try:
-            return parse_rate(v) if rate else parse_size(v)
-        except ValueError as exc:
-            raise self.fail(key, str(exc)) from None
-
-    def done(self) -> None:
-        unknown = sorted(set(self.table) - self.used)
-        if unknown:
-            raise UsageError(f"scenario {self.where}: unknown key(s): {', '.join(unknown)}")
-
-
-def _version(r: _Reader, key: str, default: str) -> str:
+def _version(r: TableReader, key: str, default: str) -> str:
     v = r.str_(key, default)
     try:
         return validate_version(v)
@@ -480,7 +106,7 @@ def _version(r: _Reader, key: str, default: str) -> str:
         raise r.fail(key, str(exc)) from None
 
 
-def _node_index(r: _Reader, nodes: int) -> int:
+def _node_index(r: TableReader, nodes: int) -> int:
     if not r.has("node"):
         raise r.fail("node", "missing (which node, counting from 0)")
     return r.int_("node", 0, 0, nodes - 1)
@@ -489,7 +115,7 @@ def _node_index(r: _Reader, nodes: int) -> int:
 def _parse_fault(table: object, where: str, nodes: int) -> Fault:
     if not isinstance(table, Mapping):
         raise UsageError(f"scenario {where}: expected a table [[faults]]")
-    r = _Reader(table, where)
+    r = TableReader(table, where)
     kind = r.str_("kind", "", FAULT_KINDS)
     if not kind:
         raise r.fail("kind", f"missing (one of {', '.join(FAULT_KINDS)})")
@@ -528,7 +154,7 @@ def _parse_fault(table: object, where: str, nodes: int) -> Fault:
 def _parse_expect(table: object, where: str) -> Expect:
     if not isinstance(table, Mapping):
         raise UsageError(f"scenario {where}: 'expect' must be a table")
-    r = _Reader(table, where)
+    r = TableReader(table, where)
     final_version = r.get("final_version")
     if final_version is not None:
         final_version = _version(r, "final_version", "")
@@ -559,7 +185,7 @@ def _parse_expect(table: object, where: str) -> Expect:
 def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Scenario:
     """Validate a raw TOML table into a :class:`Scenario` (UsageError naming the key)."""
     where = source or name
-    r = _Reader(raw, where)
+    r = TableReader(raw, where)
     mode = r.str_("mode", "processes", MODES)
     cap = MAX_VIRTUAL_NODES if mode == "virtual" else MAX_NODES
     nodes = r.int_("nodes", 10, 1, cap)
@@ -615,7 +241,7 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
         pwhere = f"{where}: publications[{i}]"
         if not isinstance(table, Mapping):
             raise UsageError(f"scenario {pwhere}: expected a table")
-        pr = _Reader(table, pwhere)
+        pr = TableReader(table, pwhere)
         if not pr.has("version"):
             raise pr.fail("version", "missing")
         version = _version(pr, "version", "")
@@ -747,7 +373,7 @@ def _parse_virtual(
         table = {}
     if not isinstance(table, Mapping):
         raise UsageError(f"scenario {vwhere}: expected a table [virtual]")
-    r = _Reader(table, vwhere)
+    r = TableReader(table, vwhere)
     authority_upload = (
         r.size("authority_upload", -1, rate=True) if r.has("authority_upload") else None
     )
@@ -801,7 +427,7 @@ def _parse_self_update(
     swhere = f"{where}: self_update"
     if not isinstance(table, Mapping):
         raise UsageError(f"scenario {swhere}: expected a table [self_update]")
-    r = _Reader(table, swhere)
+    r = TableReader(table, swhere)
     spec = SelfUpdate(
         track=r.str_("track", "stable"),
         boot_attempts=r.int_("boot_attempts", 3, 1, 100),

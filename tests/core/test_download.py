@@ -17,15 +17,15 @@ from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core.download import (
     TRANSITIONS,
     AnnounceHave,
+    AskChunk,
     Ban,
-    Cancel,
+    CancelAsk,
     Completed,
     DownloadAction,
     Downloader,
     DownloadFailed,
     DownloadState,
     RefreshSources,
-    Request,
     VerifyPackage,
     WriteChunk,
 )
@@ -74,12 +74,12 @@ def bits_of(n: int, indices: set[int] | range) -> bitarray:
 
 
 def requests(actions: list[DownloadAction[str]]) -> set[tuple[str, int]]:
-    return {(a.peer, a.index) for a in actions if isinstance(a, Request)}
+    return {(a.peer, a.index) for a in actions if isinstance(a, AskChunk)}
 
 
-def only_requests(actions: list[DownloadAction[str]]) -> list[Request[str]]:
-    assert all(isinstance(a, Request) for a in actions), actions
-    return [a for a in actions if isinstance(a, Request)]
+def only_requests(actions: list[DownloadAction[str]]) -> list[AskChunk[str]]:
+    assert all(isinstance(a, AskChunk) for a in actions), actions
+    return [a for a in actions if isinstance(a, AskChunk)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ def test_three_peers_each_holding_a_third_all_serve() -> None:
     pending = dl.poll(0.0)
     while pending:
         a = pending.pop(0)
-        if isinstance(a, Request):
+        if isinstance(a, AskChunk):
             for b in dl.on_chunk(a.peer, a.index, chunks[a.index], 1.0):
                 if isinstance(b, WriteChunk):
                     pending.extend(dl.on_chunk_written(b.index))
@@ -241,11 +241,11 @@ def test_write_failure_makes_the_chunk_wanted_again() -> None:
     chunks = split(content)
     dl = make_dl(content, depth=1)
     dl.on_peer_bitfield("A", bits_of(2, {0}), 0.0)
-    assert only_requests(dl.poll(0.0)) == [Request("A", 0)]
+    assert only_requests(dl.poll(0.0)) == [AskChunk("A", 0)]
     dl.on_chunk("A", 0, chunks[0], 0.1)
     assert dl.poll(0.1) == []  # 0 is being written; A has nothing else
     assert dl.on_write_failed(0) == []
-    assert only_requests(dl.poll(0.2)) == [Request("A", 0)]
+    assert only_requests(dl.poll(0.2)) == [AskChunk("A", 0)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,13 +263,13 @@ def test_timeout_rerequests_from_another_peer_and_strikes_the_slow_one() -> None
     slow, other = first.peer, ("B" if first.peer == "A" else "A")
     assert dl.next_deadline() == 10.0
     assert dl.on_timer(9.99) == []
-    assert dl.on_timer(10.0) == [Cancel(slow, 0)]
+    assert dl.on_timer(10.0) == [CancelAsk(slow, 0)]
     assert dl.strikes(slow) == 1 and dl.strikes(other) == 0
     assert dl.requests_to(slow) == [] and dl.next_deadline() is None
-    assert only_requests(dl.poll(10.0)) == [Request(other, 0)]
+    assert only_requests(dl.poll(10.0)) == [AskChunk(other, 0)]
     assert dl.next_deadline() == 20.0
     # The late copy from the slow peer is still good: taken, the re-request cancelled.
-    assert dl.on_chunk(slow, 0, chunks[0], 10.5) == [WriteChunk(0, chunks[0]), Cancel(other, 0)]
+    assert dl.on_chunk(slow, 0, chunks[0], 10.5) == [WriteChunk(0, chunks[0]), CancelAsk(other, 0)]
     assert dl.next_deadline() is None
 
 
@@ -277,11 +277,11 @@ def test_timed_out_chunk_goes_to_another_peer_not_back_to_the_slow_one() -> None
     content = make_content(2)
     dl = make_dl(content, depth=1, timeout=5.0, endgame_copies=1)
     dl.on_peer_bitfield("slow", ones(2), 0.0)
-    assert only_requests(dl.poll(0.0)) == [Request("slow", dl.requests_to("slow")[0])]
+    assert only_requests(dl.poll(0.0)) == [AskChunk("slow", dl.requests_to("slow")[0])]
     stuck = dl.requests_to("slow")[0]
     dl.on_peer_bitfield("fast", bits_of(2, {stuck}), 1.0)
     assert dl.poll(1.0) == []  # stuck chunk is in flight; endgame copies capped at 1
-    assert dl.on_timer(5.0) == [Cancel("slow", stuck)]
+    assert dl.on_timer(5.0) == [CancelAsk("slow", stuck)]
     acts = requests(dl.poll(5.0))
     assert ("fast", stuck) in acts and ("slow", stuck) not in acts
     assert dl.strikes("slow") == 1
@@ -310,7 +310,7 @@ def test_reject_reroutes_and_forgets_the_peers_claim() -> None:
     other = "B" if first.peer == "A" else "A"
     assert dl.on_reject(first.peer, 0, 0.1) == []
     assert dl.strikes(first.peer) == 0
-    assert only_requests(dl.poll(0.1)) == [Request(other, 0)]
+    assert only_requests(dl.poll(0.1)) == [AskChunk(other, 0)]
     dl.on_peer_gone(other, 0.2)
     assert dl.poll(0.2) == []  # the rejecting peer no longer claims chunk 0
     assert dl.on_reject(first.peer, 0, 0.3) == []  # nothing requested: ignored
@@ -338,10 +338,10 @@ def test_endgame_asks_a_second_peer_and_cancels_the_duplicate() -> None:
     assert dl.in_endgame  # every missing chunk is in flight
     dl.on_chunk("A", reqs["A"], chunks[reqs["A"]], 0.5)
     # A's free slot goes to the straggler B is still sending.
-    assert only_requests(dl.poll(0.5)) == [Request("A", reqs["B"])]
+    assert only_requests(dl.poll(0.5)) == [AskChunk("A", reqs["B"])]
     # B's copy arrives first: A's duplicate is cancelled.
     j = reqs["B"]
-    assert dl.on_chunk("B", j, chunks[j], 0.6) == [WriteChunk(j, chunks[j]), Cancel("A", j)]
+    assert dl.on_chunk("B", j, chunks[j], 0.6) == [WriteChunk(j, chunks[j]), CancelAsk("A", j)]
     assert dl.in_flight == 0
 
 
@@ -391,7 +391,7 @@ def test_illegal_transitions_raise_and_failed_is_sticky() -> None:
     reqs = only_requests(dl.poll(0.0))
     acts = dl.fail("superseded")
     assert acts[-1] == DownloadFailed("superseded")
-    assert {(a.peer, a.index) for a in acts[:-1] if isinstance(a, Cancel)} == {
+    assert {(a.peer, a.index) for a in acts[:-1] if isinstance(a, CancelAsk)} == {
         (r.peer, r.index) for r in reqs
     }
     assert dl.state is DownloadState.FAILED and dl.failure_reason == "superseded"
@@ -517,7 +517,7 @@ def test_stale_deadlines_do_not_pile_up() -> None:
         deadline = dl.next_deadline()
         if dl.in_flight:  # the oldest request in flight went out at most 4 steps ago
             assert deadline is not None and now - 0.05 + 100.0 <= deadline <= now + 100.0
-        assert len(dl._heap) <= 64 + 4 * 4 + 1  # memory follows the pipeline, not the file
+        assert dl._flight.heap_size() <= 64 + 4 * 4 + 1  # memory follows the pipeline, not the file
     assert dl.state is DownloadState.VERIFYING
 
 
@@ -535,15 +535,15 @@ def test_many_chunks_many_peers_complete_without_duplicates() -> None:
     queue = dl.poll(0.0)
     while queue:
         a = queue.pop()
-        if isinstance(a, Request):
+        if isinstance(a, AskChunk):
             for b in dl.on_chunk(a.peer, a.index, chunks[a.index], 1.0):
                 if isinstance(b, WriteChunk):
                     dl.on_chunk_written(b.index)
-                elif isinstance(b, Cancel):
+                elif isinstance(b, CancelAsk):
                     queue.append(b)
             queue.extend(dl.poll(1.0))
-        elif isinstance(a, Cancel) and Request(a.peer, a.index) in queue:
-            queue.remove(Request(a.peer, a.index))  # cancelled before it was served
+        elif isinstance(a, CancelAsk) and AskChunk(a.peer, a.index) in queue:
+            queue.remove(AskChunk(a.peer, a.index))  # cancelled before it was served
     assert dl.state is DownloadState.VERIFYING and dl.duplicates == 0
     assert len(dl.sources()) > npeers // 2  # the load is spread
 
@@ -577,12 +577,12 @@ class World:
 
     def apply(self, actions: list[DownloadAction[str]]) -> None:
         for a in actions:
-            if isinstance(a, Request):
+            if isinstance(a, AskChunk):
                 assert a.peer in self.connected and a.peer not in self.banned
                 assert self.told[a.peer][a.index], "requested what the peer never offered"
                 assert (a.peer, a.index) not in self.outstanding
                 self.outstanding.append((a.peer, a.index))
-            elif isinstance(a, Cancel):
+            elif isinstance(a, CancelAsk):
                 if (a.peer, a.index) in self.outstanding:
                     self.outstanding.remove((a.peer, a.index))
             elif isinstance(a, WriteChunk):
@@ -773,9 +773,9 @@ def test_a_slow_peer_holding_a_rare_chunk_is_asked_little_and_loses_it_to_a_fast
     for r in list(dl.requests_to("F")):  # F delivers what it had in flight: free slots
         _feed(dl, chunks, "F", r, 1.05)
     acts = dl.poll(1.05)
-    moved = {a.index for a in acts if isinstance(a, Cancel) and a.peer == "S"}
+    moved = {a.index for a in acts if isinstance(a, CancelAsk) and a.peer == "S"}
     assert moved and moved <= set(waiting)
-    assert {a.index for a in acts if isinstance(a, Request) and a.peer == "F"} >= moved
+    assert {a.index for a in acts if isinstance(a, AskChunk) and a.peer == "F"} >= moved
     assert not set(dl.requests_to("S")) & moved
 
 
@@ -812,7 +812,7 @@ def test_endgame_duplicates_the_chunk_expected_last() -> None:
         assert dl.in_endgame
         # F is free: it duplicates S's chunk (expected in 0.16 s), not T's (0.13 s).
         _feed(dl, chunks, "F", reqs["F"], 0.25)
-        assert only_requests(dl.poll(0.25)) == [Request("F", reqs["S"])]
+        assert only_requests(dl.poll(0.25)) == [AskChunk("F", reqs["S"])]
 
 
 def test_a_stall_forgets_measured_speeds() -> None:

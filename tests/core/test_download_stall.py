@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pupdate.core.download import (
-    Cancel,
+    AskChunk,
+    CancelAsk,
     Downloader,
     DownloadState,
     RefreshSources,
-    Request,
     WriteChunk,
 )
 from tests.core.test_download import CS, make_content, split
@@ -61,7 +61,7 @@ def test_every_new_chunk_postpones_the_refresh() -> None:
     dl = make_dl(content)
     dl.on_timer(0.0)
     dl.on_peer_bitfield("A", ones(4), 0.0)
-    [first, *_] = [a for a in dl.poll(0.0) if isinstance(a, Request)]
+    [first, *_] = [a for a in dl.poll(0.0) if isinstance(a, AskChunk)]
     assert dl.on_timer(5.0) == []
     dl.on_chunk("A", first.index, chunks[first.index], 20.0)
     assert dl.stall_deadline() == 20.0 + STALL
@@ -88,7 +88,7 @@ def test_claims_dropped_on_reject_come_back_with_the_refresh_and_are_asked_again
     dl = make_dl(content)
     dl.on_timer(0.0)
     dl.on_peer_bitfield("A", ones(3), 0.0)
-    asked = [a.index for a in dl.poll(0.0) if isinstance(a, Request)]
+    asked = [a.index for a in dl.poll(0.0) if isinstance(a, AskChunk)]
     assert sorted(asked) == [0, 1, 2]
     for i in asked:  # A was busy, or lost them for a moment: REJECT forgets its claims
         dl.on_reject("A", i, 1.0)
@@ -96,7 +96,7 @@ def test_claims_dropped_on_reject_come_back_with_the_refresh_and_are_asked_again
     assert dl.on_timer(STALL) == [RefreshSources()]
     # The shell does what RefreshSources asks: what A advertised is told again.
     dl.on_peer_bitfield("A", ones(3), STALL)
-    assert sorted(a.index for a in dl.poll(STALL) if isinstance(a, Request)) == [0, 1, 2]
+    assert sorted(a.index for a in dl.poll(STALL) if isinstance(a, AskChunk)) == [0, 1, 2]
 
 
 def test_timeouts_are_forgiven_and_pipelines_restored() -> None:
@@ -106,7 +106,7 @@ def test_timeouts_are_forgiven_and_pipelines_restored() -> None:
     dl.on_peer_bitfield("A", ones(8), 0.0)
     dl.on_peer_bitfield("B", ones(8), 0.0)
     dl.poll(0.0)
-    cancelled = [a for a in dl.on_timer(10.0) if isinstance(a, Cancel)]
+    cancelled = [a for a in dl.on_timer(10.0) if isinstance(a, CancelAsk)]
     assert len(cancelled) == 8  # everyone timed out: limits halved with each
     assert dl.pipeline_limit("A") == 1 and dl.pipeline_limit("B") == 1
     dl.poll(10.0)
@@ -114,7 +114,7 @@ def test_timeouts_are_forgiven_and_pipelines_restored() -> None:
     assert dl.on_timer(STALL)[-1] == RefreshSources()
     assert dl.pipeline_limit("A") == 4 and dl.pipeline_limit("B") == 4
     assert dl.strikes("A") > 0  # the record stays; only the exclusions go
-    again = {a.index for a in dl.poll(STALL) if isinstance(a, Request)}
+    again = {a.index for a in dl.poll(STALL) if isinstance(a, AskChunk)}
     assert again and len(again) <= 8
 
 
@@ -160,7 +160,7 @@ def test_refresh_comes_exactly_when_nothing_arrived_for_the_stall_timeout(
     dl.on_timer(now)
     dl.on_peer_bitfield("A", ones(n), now)
     last = now
-    pending = [a.index for a in dl.poll(now) if isinstance(a, Request)]
+    pending = [a.index for a in dl.poll(now) if isinstance(a, AskChunk)]
     for dt, deliver in steps:
         now += dt
         if deliver and pending and dl.state is DownloadState.DOWNLOADING:
@@ -174,4 +174,4 @@ def test_refresh_comes_exactly_when_nothing_arrived_for_the_stall_timeout(
         assert got == (1 if due else 0)
         if got:
             last = now
-        pending += [a.index for a in dl.poll(now) if isinstance(a, Request)]
+        pending += [a.index for a in dl.poll(now) if isinstance(a, AskChunk)]

@@ -121,3 +121,18 @@ def test_fanout_is_everyone_but_the_sender_when_few_else_a_random_subset(
         assert sorted(out) == peers[1:]
     else:
         assert len(out) == fanout
+
+
+def test_on_genuine_hears_trusted_announcements_accepted_or_older_never_forged() -> None:
+    heard: list[tuple[str, bool]] = []
+    book = AnnouncementBook(TRUST)
+    book.on_genuine = lambda ann, decision: heard.append((ann.body.version, decision.ok))
+    now = 1_000_000
+    new = make_announcement([KEY], version="2.0.0", created=now, data=b"new")
+    old = make_announcement([KEY], version="1.0.0", created=now - 10, data=b"old")
+    stranger = nacl.signing.SigningKey(b"\x03" * 32)
+    forged = make_announcement([stranger], version="1.5.0", created=now, data=b"x")
+    assert book.offer(new, now).ok
+    assert not book.offer(old, now).ok  # older than the newest: refused, still genuine
+    assert not book.offer(forged, now).ok
+    assert heard == [("2.0.0", True), ("1.0.0", False)]

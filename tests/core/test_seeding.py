@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 
 from p2pupdate.core.download import (
     AnnounceHave,
+    AskChunk,
     Ban,
-    Cancel,
+    CancelAsk,
     Completed,
     DownloadAction,
     Downloader,
     DownloadState,
-    Request,
     VerifyPackage,
     WriteChunk,
 )
@@ -390,9 +390,9 @@ class Swarm:
     def act(self, node: str, actions: list[DownloadAction[str]]) -> None:
         dl = self.dls[node]
         for a in actions:
-            if isinstance(a, Request):
+            if isinstance(a, AskChunk):
                 self.send(node, a.peer, "request", a.index)
-            elif isinstance(a, Cancel):
+            elif isinstance(a, CancelAsk):
                 self.send(node, a.peer, "cancel", a.index)
             elif isinstance(a, WriteChunk):
                 assert a.data == self.chunks[a.index]

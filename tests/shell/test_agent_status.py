@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2pupdate.shell.agent import _relevant_refusal
+from p2pupdate.shell.agent.control import _relevant_refusal
 
 
 def test_a_refusal_of_a_version_the_target_has_reached_is_history() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import resource
@@ -183,7 +184,27 @@ async def test_peer_opening_500_connections_is_refused_and_gossip_goes_on() -> N
         try:
             for _ in range(500):
                 streams.append(await raw_peer(nodes[0], hello=False))
-            await trio.sleep(0.5)
+                assert nodes[0]._connections <= nodes[0].options.max_connections
+            closed = 0
+
+            async def until_closed(stream: trio.SocketStream) -> None:
+                nonlocal closed
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while await stream.receive_some(65536):
+                        pass
+                closed += 1
+
+            async with trio.open_nursery() as watch:
+                for s in streams:
+                    watch.start_soon(until_closed, s)
+                # Wait until the node has dealt with every one of them: refused (closed)
+                # or held as a pending handshake; never more connections than allowed.
+                with trio.fail_after(60):  # a hang guard, not a time bound
+                    while closed + len(nodes[0]._pending) < len(streams):
+                        assert nodes[0]._connections <= nodes[0].options.max_connections
+                        assert len(nodes[0]._pending) <= nodes[0].options.max_handshakes
+                        await trio.sleep(0.02)
+                watch.cancel_scope.cancel()
             assert nodes[0]._connections <= nodes[0].options.max_connections
             await _still_gossips(nodes, "4.0.3")
         finally:

@@ -133,7 +133,7 @@ async def test_bitfields_for_unknown_packages_are_capped_and_freed_when_their_pe
             await peer.aclose()
         await wait_for(lambda: not victim.node.peers)
         assert victim.swarm.pending.count() == 0 and victim.swarm.pending.packages() == 0
-        assert victim.swarm._labels == {} and victim.swarm._uploads == {}
+        assert victim.swarm.fetcher.labels == {} and victim.swarm.server.uploads == {}
 
 
 async def test_cancels_of_requests_never_made_are_not_kept() -> None:
@@ -146,11 +146,11 @@ async def test_cancels_of_requests_never_made_are_not_kept() -> None:
                 *(Cancel(os.urandom(32), i) for i in range(batch * 1000, batch * 1000 + 1000))
             )
         await round_trip(peer, 1)
-        uploads = victim.swarm._uploads[peer.node_id]
+        uploads = victim.swarm.server.uploads[peer.node_id]
         assert uploads.cancelled == set() and uploads.queued == set()
         await peer.aclose()
         await wait_for(lambda: not victim.node.peers)
-        assert victim.swarm._uploads == {}
+        assert victim.swarm.server.uploads == {}
 
 
 async def test_per_source_state_is_freed_when_every_peer_has_gone() -> None:

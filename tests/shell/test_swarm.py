@@ -241,13 +241,13 @@ async def test_critical_download_goes_first_and_is_not_held_back_by_the_limit() 
         assert pkg.downloader is not None
         before = pkg.downloader.bytes_done
         in_flight = pkg.downloader.in_flight
-        tokens = me.swarm.down_bucket.available(trio.current_time())
+        tokens = me.swarm.fetcher.down_bucket.available(trio.current_time())
         result = await me.swarm.download(critical)
         after = pkg.downloader.bytes_done
         assert result.ok and await read_all(me.store, cinfo) == cdata
         # The critical chunks drew nothing from the download limit's bucket (2.5 MiB
         # would have put it deep in debt); only the other download's arrivals did.
-        spent = tokens - me.swarm.down_bucket.available(trio.current_time())
+        spent = tokens - me.swarm.fetcher.down_bucket.available(trio.current_time())
         assert spent <= after - before
         # Meanwhile the other download asked for nothing new (what was in flight may land).
         assert after - before <= in_flight * 65536

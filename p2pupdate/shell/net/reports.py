@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -31,9 +30,8 @@ from p2pupdate.core.reports import (
     fit_report,
 )
 from p2pupdate.errors import TransferError
-
-if TYPE_CHECKING:
-    from p2pupdate.shell.net.node import Node, PeerConn
+from p2pupdate.shell.net.host import GossipHost
+from p2pupdate.shell.net.peerconn import PeerConn
 
 __all__ = ["ReportGossip"]
 
@@ -46,7 +44,7 @@ SUMMARY_INTERVAL = 60.0
 class ReportGossip:
     def __init__(
         self,
-        node: Node,
+        node: GossipHost,
         *,
         limits: Limits = DEFAULT_LIMITS,
         interval: float | None = None,
@@ -189,5 +187,5 @@ class ReportGossip:
         return verdict
 
 
-def _agent(node: Node) -> str:
+def _agent(node: GossipHost) -> str:
     return node.options.agent[:32]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -21,9 +20,8 @@ from p2pupdate.core.messages import Yank as YankMsg
 from p2pupdate.core.yank import Yank, decode_yank, yank_decision
 from p2pupdate.errors import RemoteProtocolError
 from p2pupdate.shell.fsutil import atomic_write_bytes
-
-if TYPE_CHECKING:
-    from p2pupdate.shell.net.node import Node, PeerConn
+from p2pupdate.shell.net.host import GossipHost
+from p2pupdate.shell.net.peerconn import PeerConn
 
 __all__ = ["YankGossip"]
 
@@ -31,7 +29,7 @@ log = logging.getLogger("p2pupdate.yank")
 
 
 class YankGossip:
-    def __init__(self, node: Node, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, node: GossipHost, limits: Limits = DEFAULT_LIMITS) -> None:
         self.node = node
         self.limits = limits
         self._yanks: dict[bytes, Yank] = {}

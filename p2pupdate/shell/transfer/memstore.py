@@ -1,5 +1,10 @@
 """An in-memory ChunkStore for tests and for simulating many nodes in one process.
 
+It ships in the package, not under tests/, because the virtual simulation
+(:mod:`p2pupdate.sim.virtual`, a scenario with ``mode = "virtual"``) runs every
+simulated node on one: a thousand nodes in one process could not each keep a data
+directory.
+
 :class:`MemoryStore` honours the durability contract of
 :class:`p2pupdate.shell.transfer.store.ChunkStore` in its own terms: what
 ``persist()`` recorded is "durable", everything written after it is not, and
