@@ -217,4 +217,4 @@ class Scheduler(Generic[PeerT]):
             out.append(self._issue(q_peer, q, index, now))
 
         src = self._src
-        move_off_slow(src.by_peer, src.median, src.depth, src.excluded, move)
+        move_off_slow(src.by_peer, src.median, src.depth, src.excluded, move, src.seconds)
