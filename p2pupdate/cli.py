@@ -254,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     pub.add_argument(
         "--file", type=Path, metavar="PACKAGE",
-        help="the package file; required, except with --renew on a node that has the "
-        "package cached (see --data-dir)",
+        help="the package file, or a directory (packed as `p2pupdate pack` does); required, "
+        "except with --renew on a node that has the package cached (see --data-dir)",
     )  # fmt: skip
     pub.add_argument(
         "--peer", action="append", default=[], metavar="HOST:PORT",
@@ -331,6 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, metavar="DIR",
         help="with --renew and no --file: re-sign the package cached in this node's data dir "
         "(default: $P2PUPDATE_DATA_DIR, else the platform default)",
+    )  # fmt: skip
+
+    pack = _sub(
+        sub,
+        "pack",
+        "pack a directory into a deterministic, chunk-aligned tar archive",
+        "The same tree always gives the same bytes (sorted names; mtime, owner and mode\n"
+        "normalized; no compression), and files of 1 MiB or more start on a 64 KiB\n"
+        "boundary, so nodes reuse the chunks of unchanged files (docs/applying.md).\n\n"
+        "example:\n  p2pupdate pack build/app --out app-1.4.0.tar\n",
+    )
+    pack.add_argument("directory", type=Path, metavar="DIR", help="the directory to pack")
+    pack.add_argument(
+        "--out", required=True, type=Path, metavar="FILE",
+        help="where to write the archive (replaced atomically); required",
     )  # fmt: skip
 
     fl = _sub(sub, "fleet", "the fleet as this node sees it (from node reports)",
@@ -490,6 +505,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from p2pupdate.commands.controlcmd import run_control_command
 
         return run_control_command(args)
+    if cmd == "pack":
+        from p2pupdate.shell.install.pack import pack_directory
+
+        count = pack_directory(args.directory, args.out)
+        print(f"packed {count} entries of {args.directory} into {args.out}")
+        return EXIT_OK
     if cmd == "fleet":
         from p2pupdate.commands.fleetcmd import run_fleet_command
 

@@ -219,6 +219,15 @@ class Limits:
     # number in selfupdate/launcher.py; a test checks they agree.
     max_selfupdate_state: int = 256 * KiB
 
+    # -- local chunk reuse ------------------------------------------------------------------
+    # Chunks of local files (installed target, backups, older cached packages) hashed and
+    # remembered to find a new package's unchanged chunks without fetching them. One entry
+    # is a 32-byte hash plus where it lies (~150 bytes in Python): 262144 entries are
+    # 16 GiB of local files indexed in about 40 MiB; files past the limit are not read.
+    max_reuse_index_chunks: int = 262_144
+    # Files of a directory target's release looked at, at most (each a stat and a hash).
+    max_reuse_files: int = 100_000
+
     # -- installing -----------------------------------------------------------------------
     # A directory target's archive with more members than this is refused (inode
     # exhaustion).

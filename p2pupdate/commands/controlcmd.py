@@ -43,6 +43,8 @@ stores it (every key optional to this module, which shows what it gets)::
           "retry": None | {"version": str, "step": "download" | "install",
                            "reason": str, "attempt": int, "next_try": float (unix),
                            "wake_on": None | "free_space" | "new_source"},
+          "last_download": None | {"version": str, "bytes_total": int,
+                                   "reused_bytes": int},  # copied from local files
         },
       },
       "cache": {
@@ -324,6 +326,14 @@ def _format_channel(name: str, ch: Any, add: Callable[[str], None]) -> None:
             f"  download    {_get(download, 'version', str, '?')} "
             f"{_get(download, 'state', str, '')} {100 * progress:.1f}% "
             f"({_size(download.get('bytes_done'))} of {_size(download.get('bytes_total'))})"
+        )
+    last = _get(ch, "last_download", dict)
+    if last is not None:
+        total = _get(last, "bytes_total", int, 0) or 0
+        reused = _get(last, "reused_bytes", int, 0) or 0
+        add(
+            f"  fetched     {_get(last, 'version', str, '?')}: {_size(max(0, total - reused))} "
+            f"from peers, {_size(reused)} reused from local files"
         )
     for item in _get(ch, "waiting", list, []):
         version = _get(item, "version", str, "?")

@@ -32,6 +32,7 @@ import nacl.signing
 import trio
 
 from p2pupdate.commands.renewsource import find_cached_release
+from p2pupdate.commands.samebytes import SameBytesWarning, history_path
 from p2pupdate.config import DEFAULT_LIMITS
 from p2pupdate.core import reports
 from p2pupdate.core.announcement import (
@@ -48,12 +49,13 @@ from p2pupdate.core.fleet import sign_admission
 from p2pupdate.core.keys import format_pubkey
 from p2pupdate.core.messages import Announce, Chunk, Message, Reject
 from p2pupdate.core.messages import Request as RequestMsg
-from p2pupdate.core.policy import Decision, TrustConfig, in_rollout
+from p2pupdate.core.policy import TrustConfig, in_rollout
 from p2pupdate.core.replicas import ReplicaProof
 from p2pupdate.core.rollout import WaitVerdict, parse_abort, parse_stages, wait_verdict
 from p2pupdate.core.units import format_size, parse_duration, parse_rate
 from p2pupdate.errors import P2PUpdateError, TransferError, UsageError
 from p2pupdate.shell.datadir import resolve_data_dir
+from p2pupdate.shell.install.pack import pack_directory
 from p2pupdate.shell.keyfile import load_secret_key
 from p2pupdate.shell.net.node import Node, NodeOptions, PeerConn
 from p2pupdate.shell.net.transport import TcpTransport
@@ -133,11 +135,14 @@ def _check_args(args: argparse.Namespace) -> list[nacl.signing.SigningKey]:
     path: Path = args.file
     if not path.exists():
         raise UsageError(f"package file {path} does not exist")
-    if not path.is_file():
+    # A directory is packed by run_publish_command (shell.install.pack).
+    args.pack_dir = path if path.is_dir() and args.expect_package_id is None else None
+    if args.pack_dir is None and not path.is_file():
         raise UsageError(f"package file {path} is not a regular file")
     try:
-        with open(path, "rb") as f:
-            f.read(1)
+        if args.pack_dir is None:
+            with open(path, "rb") as f:
+                f.read(1)
     except OSError as exc:
         raise UsageError(f"cannot read package file {path}: {exc.strerror}") from None
     if getattr(args, "fleet_key", None) is not None:
@@ -168,7 +173,13 @@ def run_publish_command(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return trio.run(_publish, args, keys)
+        if args.pack_dir is None:
+            return trio.run(_publish, args, keys)
+        # A directory: packed deterministically (docs/applying.md), then published.
+        with tempfile.TemporaryDirectory(prefix="p2pupdate-pack-") as tmp:
+            args.file = Path(tmp) / "package.tar"
+            pack_directory(args.pack_dir, args.file)
+            return trio.run(_publish, args, keys)
     except BaseExceptionGroup as group:
         leaf: BaseException = group
         while isinstance(leaf, BaseExceptionGroup):
@@ -329,41 +340,6 @@ class _RolloutWatch:
         print(line, file=sys.stderr, end=end, flush=True)
 
 
-class _SameBytesWarning:
-    """Warn once per version when the fleet already has this file under another version.
-
-    The nodes' inventories name the announcement each holds per channel; the publisher
-    pulls them like any node. One for the same channel, another version and this very
-    package id means the same bytes are being published as a new version (a build that
-    did not change, the wrong file): nodes will "update" to identical bytes.
-    """
-
-    def __init__(self, args: argparse.Namespace, package_id: bytes) -> None:
-        self.channel: str = args.channel
-        self.version: str = args.pkg_version
-        self.file: Path = args.file
-        self.package_id = package_id
-        self.warned: set[str] = set()
-
-    def check(self, ann: Announcement, _decision: Decision) -> None:
-        b = ann.body
-        if (
-            b.channel != self.channel
-            or b.version == self.version
-            or b.package_id != self.package_id
-            or b.version in self.warned
-        ):
-            return
-        self.warned.add(b.version)
-        print(
-            f"publish: warning: {self.file} has the same bytes (package id "
-            f"{self.package_id.hex()[:16]}...) as {b.channel} {b.version}, which the fleet "
-            f"already has: {self.version} would change nothing",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
 def describe_announcement(ann: Announcement) -> dict[str, object]:
     """What ``publish --dry-run`` prints: every signed field, the signers, the sizes."""
     b = ann.body
@@ -414,6 +390,10 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
         abort=args.abort_rule,
     )
     ann = sign_announcement(body, keys)
+    same = SameBytesWarning(
+        args.channel, args.pkg_version, args.pack_dir or args.file, info.package_id, history_path()
+    )
+    same.check_history()
     if getattr(args, "dry_run", False):
         print(json.dumps(describe_announcement(ann), indent=2, sort_keys=True))
         return 0
@@ -430,7 +410,8 @@ async def _publish(args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
             **_fleet_options(args, key),
         )
         node = Node(options, TcpTransport(), key, rng=random.Random())
-        node.book.on_genuine = _SameBytesWarning(args, info.package_id).check
+        node.book.on_genuine = same.check_announcement
+        same.record()
         store = DiskStore(Path(tmp) / "store")
         swarm = Swarm(node, store, SwarmOptions(max_upload_speed=args.upload_rate, super_seed=True))
         swarm.set_table(ann, list(info.chunk_hashes))

@@ -71,7 +71,9 @@ __all__ = [
     "SelfUpdateOptions",
     "SelfUpdater",
     "detect_managed_install",
+    "install_and_switch",
     "off_message",
+    "other_nodes",
     "reexec",
 ]
 
@@ -122,12 +124,13 @@ class SelfUpdateOptions:
 class SelfUpdater:
     """Self-update of one node running from a managed install.
 
-    Kept as one class over 300 lines on purpose: its methods are the steps of one
-    sequence (announcement, download, install, switch, wait for the others, re-exec,
-    confirm, report a rollback) sharing one state (``state``, ``restart_to``, the
-    registration) that a split would have to pass around; the decisions themselves are
-    already apart in :mod:`p2pupdate.core.selfupdate` and the file work in
-    :mod:`p2pupdate.selfupdate.install`.
+    Size: kept as one class over 300 lines (about 360) on purpose: its methods are the
+    steps of one sequence (announcement, download, install, switch, wait for the others,
+    re-exec, confirm, report a rollback) sharing one state (``state``, ``restart_to``,
+    the registration) that a split would have to pass around; the decisions themselves
+    are already apart in :mod:`p2pupdate.core.selfupdate`, the file work in
+    :mod:`p2pupdate.selfupdate.install`, and the two blocking steps that need none of
+    its state (:func:`install_and_switch`, :func:`other_nodes`) are functions below.
     """
 
     def __init__(
@@ -209,7 +212,7 @@ class SelfUpdater:
             path = await self._swarm.store.export(b.package_id, self._tmp)
             fault("self_after_download")
             installed_now, others = await trio.to_thread.run_sync(
-                self._install_and_switch, path, b.version, b.package_id
+                install_and_switch, self.layout, self.key, path, b.version, b.package_id
             )
         except (ApplyError, OSError, StateFileError) as exc:
             self.state = "idle"
@@ -237,65 +240,15 @@ class SelfUpdater:
                 return
         self._restart(b.version, "installed" if switched else "current changed")
 
-    def _install_and_switch(
-        self, archive: Path, version: str, package_id: bytes
-    ) -> tuple[bool, set[str] | None]:
-        """(installed now, the other live nodes when ``current`` was switched, or None when
-        another node of the install had switched it already)."""
-        with inst.install_lock(self.layout):
-            # The export was verified in the cache; the unpack hashes what it reads again, so a
-            # file changed on disk since is refused (hash_mismatch), never installed.
-            manifest, installed_now = inst.install_release(
-                self.layout, archive, package_id=package_id
-            )
-            if manifest.version != version:
-                raise ApplyError(
-                    "bad_archive", f"announced {version}, the release says {manifest.version}"
-                )
-            if version in inst.quarantined(self.layout):
-                raise ApplyError("quarantined", f"{version} was quarantined meanwhile")
-            if inst.read_link(self.layout.current) == version:
-                return installed_now, None  # another node of the install switched already
-            others = set(inst.registered_nodes(self.layout)) - {self.key}
-            inst.switch_current(self.layout, version)
-            return installed_now, others
-
-    def _others(self, version: str, at_switch: set[str]) -> tuple[list[OtherNode], bool]:
-        """The other nodes (alive at the switch, or that booted ``version`` since), and
-        whether ``version`` is quarantined."""
-        regs = inst.node_registrations(self.layout)
-        records = inst.boot_records(self.layout)
-        keys = set(at_switch)
-        for key, record in records.items():
-            entry = record["releases"].get(version)
-            if isinstance(entry, dict) and entry.get("attempts", 0):
-                keys.add(key)
-        keys.discard(self.key)
-        out = []
-        for key in sorted(keys):
-            entry = records.get(key, {"releases": {}})["releases"].get(version)
-            entry = entry if isinstance(entry, dict) else {}
-            attempts = entry.get("attempts", 0)
-            reg = regs.get(key, {})
-            release = reg.get("release")
-            out.append(
-                OtherNode(
-                    key=key,
-                    attempts=attempts if isinstance(attempts, int) else 0,
-                    confirmed=bool(entry.get("confirmed", False)),
-                    alive=bool(reg.get("alive", False)),
-                    release=release if isinstance(release, str) else None,
-                )
-            )
-        return out, version in inst.quarantined(self.layout)
-
     async def _wait_for_others(self, version: str, at_switch: set[str]) -> InstallerDecision:
         """Until another node was seen healthy on ``version`` (and the others moved), or
         the others failed on it; see :func:`installer_decision`."""
         started = trio.current_time()
         said = ""
         while True:
-            others, bad = await trio.to_thread.run_sync(self._others, version, at_switch)
+            others, bad = await trio.to_thread.run_sync(
+                other_nodes, self.layout, self.key, version, at_switch
+            )
             decision = installer_decision(
                 others,
                 version=version,
@@ -524,6 +477,61 @@ class SelfUpdater:
             f"running {s['running']} from {s['release_dir']}; previous {s['previous'] or 'none'}"
             f"; quarantined {q}; channel {s['channel']}; {s['state']}"
         )
+
+
+def install_and_switch(
+    layout: inst.Layout, key: str, archive: Path, version: str, package_id: bytes
+) -> tuple[bool, set[str] | None]:
+    """Install the release in ``archive`` and switch ``current`` to it, under the install
+    lock (blocking): (installed now, the other live nodes when ``current`` was switched,
+    or None when another node of the install had switched it already)."""
+    with inst.install_lock(layout):
+        # The export was verified in the cache; the unpack hashes what it reads again, so a
+        # file changed on disk since is refused (hash_mismatch), never installed.
+        manifest, installed_now = inst.install_release(layout, archive, package_id=package_id)
+        if manifest.version != version:
+            raise ApplyError(
+                "bad_archive", f"announced {version}, the release says {manifest.version}"
+            )
+        if version in inst.quarantined(layout):
+            raise ApplyError("quarantined", f"{version} was quarantined meanwhile")
+        if inst.read_link(layout.current) == version:
+            return installed_now, None  # another node of the install switched already
+        others = set(inst.registered_nodes(layout)) - {key}
+        inst.switch_current(layout, version)
+        return installed_now, others
+
+
+def other_nodes(
+    layout: inst.Layout, key: str, version: str, at_switch: set[str]
+) -> tuple[list[OtherNode], bool]:
+    """What the install's files say of the nodes other than ``key`` (alive at the switch,
+    or that booted ``version`` since), and whether ``version`` is quarantined (blocking)."""
+    regs = inst.node_registrations(layout)
+    records = inst.boot_records(layout)
+    keys = set(at_switch)
+    for other, record in records.items():
+        entry = record["releases"].get(version)
+        if isinstance(entry, dict) and entry.get("attempts", 0):
+            keys.add(other)
+    keys.discard(key)
+    out = []
+    for other in sorted(keys):
+        entry = records.get(other, {"releases": {}})["releases"].get(version)
+        entry = entry if isinstance(entry, dict) else {}
+        attempts = entry.get("attempts", 0)
+        reg = regs.get(other, {})
+        release = reg.get("release")
+        out.append(
+            OtherNode(
+                key=other,
+                attempts=attempts if isinstance(attempts, int) else 0,
+                confirmed=bool(entry.get("confirmed", False)),
+                alive=bool(reg.get("alive", False)),
+                release=release if isinstance(release, str) else None,
+            )
+        )
+    return out, version in inst.quarantined(layout)
 
 
 def reexec(launcher: Path, args: Sequence[str], listen_fd: int | None, listen_env: str) -> NoReturn:

@@ -5,14 +5,19 @@
 exits 1, so the node's default health check, ``APP --version``, fails),
 followed by deterministic incompressible padding up to exactly ``size``
 bytes. The shell stops reading at ``exit``, so the padding is never parsed.
-Padding differs per version, so a new release shares no chunk with the old.
+Padding differs per version, so a new release shares no chunk with the old;
+``app_changed`` makes one that does (a small change: a share of the chunks replaced).
 """
 
 from __future__ import annotations
 
+import random
+
 import blake3
 
-__all__ = ["APP_NAME", "app_bytes", "app_header"]
+__all__ = ["APP_NAME", "app_bytes", "app_changed", "app_header"]
+
+_CHUNK = 64 * 1024
 
 APP_NAME = "simapp"
 
@@ -40,3 +45,24 @@ def app_bytes(version: str, healthy: bool, size: int) -> bytes:
     seed = f"p2pupdate-sim-app/{version}/{healthy}".encode()
     pad = blake3.blake3(seed).digest(length=size - len(header)) if size > len(header) else b""
     return header + pad
+
+
+def app_changed(previous: bytes, version: str, healthy: bool, share: float) -> bytes:
+    """A new version that replaces ``share`` of ``previous``'s 64 KiB chunks (a small
+    change): the header chunk (the script names the version) and others picked by a
+    seed of the version, each filled with new padding; every other chunk kept as is."""
+    header = app_header(version, healthy)
+    size = len(previous)
+    if size < len(header):
+        raise ValueError(f"package size {size} is smaller than the app header ({len(header)})")
+    nchunks = -(-size // _CHUNK)
+    count = min(nchunks, max(1, round(nchunks * share)))
+    rng = random.Random(f"p2pupdate-sim-app/changed/{version}")
+    picked = {0, *rng.sample(range(1, nchunks), count - 1)} if count > 1 else {0}
+    out = bytearray(previous)
+    for i in sorted(picked):
+        start, end = i * _CHUNK, min(size, (i + 1) * _CHUNK)
+        seed = f"p2pupdate-sim-app/{version}/{healthy}/chunk{i}".encode()
+        out[start:end] = blake3.blake3(seed).digest(length=end - start)
+    out[: len(header)] = header
+    return bytes(out)

@@ -169,6 +169,13 @@ def check_expectations(rec: RunRecord, report: dict[str, Any]) -> list[dict[str,
         ok = value is not None and value <= exp.max_bound_ratio
         out.append(_exp("max_bound_ratio", exp.max_bound_ratio, value, ok,
                         "" if kr else "the scenario sets no upload_limit"))  # fmt: skip
+    if exp.max_fetched_ratio is not None:
+        size = sc.package_size
+        worst = max((n["bytes_received"] / size for n in report["nodes"]), default=None)
+        ok = worst is not None and worst <= exp.max_fetched_ratio
+        shown = None if worst is None else round(worst, 4)
+        out.append(_exp("max_fetched_ratio", exp.max_fetched_ratio, shown, ok,
+                        "bytes fetched from peers / package size, worst node"))  # fmt: skip
     if exp.final_version is not None:
         wrong = sorted(n for n, v in finals.items() if v != exp.final_version)
         out.append(_exp("final_version", exp.final_version, finals, not wrong, ", ".join(wrong)))

@@ -18,7 +18,7 @@ import trio
 from p2pupdate.errors import P2PUpdateError
 from p2pupdate.shell.keyfile import write_secret_key
 from p2pupdate.sim.adversary import Adversary
-from p2pupdate.sim.app import APP_NAME, app_bytes
+from p2pupdate.sim.app import APP_NAME, app_bytes, app_changed
 from p2pupdate.sim.harnessbase import HarnessBase
 from p2pupdate.sim.intruder import Intruder
 from p2pupdate.sim.netns import NetnsNetwork
@@ -76,9 +76,15 @@ class Preparation(HarnessBase):
         # Packages: the installed version and each publication.
         pkg_dir = self.work / "packages"
         pkg_dir.mkdir()
-        versions = [(sc.initial_version, True)] + [(p.version, p.healthy) for p in sc.publications]
-        for version, healthy in versions if self.su is None else []:
-            data = app_bytes(version, healthy, sc.package_size)
+        versions = [(sc.initial_version, True, None)] + [
+            (p.version, p.healthy, p.changed) for p in sc.publications
+        ]
+        data = b""
+        for version, healthy, changed in versions if self.su is None else []:
+            if changed is None:
+                data = app_bytes(version, healthy, sc.package_size)
+            else:  # a small change: most chunks as in the version before
+                data = app_changed(data, version, healthy, changed)
             path = pkg_dir / f"{APP_NAME}-{version}"
             path.write_bytes(data)
             path.chmod(0o755)

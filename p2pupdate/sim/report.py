@@ -139,6 +139,7 @@ def _node_figures(rec: RunRecord, tr: NodeTrack) -> dict[str, Any]:
         "quarantined": sorted(tr.quarantined),
         "chunks_received": chunks,
         "bytes_received": received,
+        "bytes_reused": tr.reused_bytes,
         "sources": sources,
         "restarts": tr.restarts,
         "alive_at_end": rec.alive_at_end.get(tr.name),
@@ -205,6 +206,23 @@ def _bans(rec: RunRecord) -> dict[str, Any]:
     honest = [b for b in all_bans if b["address"] != adversary]
     by_node_of_adv = sorted({b["by"] for b in all_bans if b["address"] == adversary})
     return {"all": all_bans, "of_adversary_by": by_node_of_adv, "of_honest": honest}
+
+
+def _reuse(
+    nodes: list[dict[str, Any]], size: int, kr: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """What the nodes fetched and what they had locally (None when nobody reused anything)."""
+    if not any(n["bytes_reused"] for n in nodes) or size <= 0:
+        return None
+    fetched = [n["bytes_received"] / size for n in nodes]
+    return {
+        "bytes_reused": {n["name"]: n["bytes_reused"] for n in nodes},
+        "fetched_ratio": {n["name"]: _r(f, 4) for n, f in zip(nodes, fetched, strict=True)},
+        "max_fetched_ratio": _r(max(fetched), 4),
+        "mean_fetched_ratio": _r(sum(fetched) / len(fetched), 4),
+        # The distribution time over the Kumar-Ross bound of a full transfer of the package.
+        "time_vs_full_bound": kr["ratio"] if kr else None,
+    }
 
 
 def build_report(rec: RunRecord) -> dict[str, Any]:
@@ -278,6 +296,7 @@ def build_report(rec: RunRecord) -> dict[str, Any]:
         "nodes": [_node_figures(rec, tr) for tr in rec.tracks],
         "self_update": rec.self_update,
     }
+    report["reuse"] = _reuse(report["nodes"], sc.package_size, kr)
     report["expectations"] = check_expectations(rec, report)
     report["ok"] = (
         all(e["ok"] for e in report["expectations"])
@@ -341,6 +360,18 @@ def summary_lines(report: dict[str, Any], out_dir: str, plot: str | None) -> lis
     ]
     if got:
         lines.append("  bytes received: " + ", ".join(got))
+    reuse = report.get("reuse")
+    if reuse:
+        lines.append(
+            "  bytes reused from local files: "
+            + ", ".join(f"{k} {format_size(v)}" for k, v in reuse["bytes_reused"].items())
+        )
+        vs = reuse["time_vs_full_bound"]
+        lines.append(
+            f"  fetched {100 * reuse['mean_fetched_ratio']:.1f}% of the package per node "
+            f"(worst {100 * reuse['max_fetched_ratio']:.1f}%)"
+            + ("" if vs is None else f"; time = {vs:.2f}x a full transfer's Kumar-Ross bound")
+        )
     bad = report["bad_chunks"]
     bans = report["bans"]
     if report["adversary"] or bans["all"]:

@@ -20,6 +20,7 @@ names are re-exported here), finding and reading files is :mod:`.scenariofiles`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -106,6 +107,23 @@ def _version(r: TableReader, key: str, default: str) -> str:
         raise r.fail(key, str(exc)) from None
 
 
+def _share(r: TableReader, key: str) -> float | None:
+    """A share given as "5%" or as a number of percent (5, 0.5); None when absent."""
+    v = r.get(key)
+    if v is None:
+        return None
+    if isinstance(v, str) and v.strip().endswith("%"):
+        try:
+            v = float(v.strip()[:-1])
+        except ValueError:
+            raise r.fail(key, f"expected a percentage like '5%', got {v!r}") from None
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        raise r.fail(key, f"expected a percentage like '5%', got {v!r}")
+    if not 0 < v <= 100:
+        raise r.fail(key, f"must be more than 0% and at most 100%, got {v}%")
+    return float(v) / 100
+
+
 def _node_index(r: TableReader, nodes: int) -> int:
     if not r.has("node"):
         raise r.fail("node", "missing (which node, counting from 0)")
@@ -177,6 +195,7 @@ def _parse_expect(table: object, where: str) -> Expect:
         intruder_got_nothing=r.bool_("intruder_got_nothing", None),
         max_hops=r.int_("max_hops", -1, 0, 1000) if r.has("max_hops") else None,
         max_spread=r.float_("max_spread", None, 1.0),
+        max_fetched_ratio=r.float_("max_fetched_ratio", None, 0.0, 1.0),
     )
     r.done()
     return exp
@@ -248,6 +267,7 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
         at = pr.float_("at", 0.0, 0.0, 86400.0) or 0.0
         stages = pr.str_("stages", "") or None
         abort_after = pr.str_("abort_after", "") or None
+        changed = _share(pr, "changed")
         try:
             if stages is not None:
                 parse_stages(stages)
@@ -268,6 +288,7 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
                 healthy=version not in bad_versions,
                 stages=stages,
                 abort_after=abort_after,
+                changed=changed,
             )
         )
     for f in faults:
@@ -318,6 +339,8 @@ def parse_scenario(raw: Mapping[str, Any], *, name: str, source: str = "") -> Sc
             raise UsageError(
                 f'scenario {where}: expect: {", ".join(wrong)} only with mode = "virtual"'
             )
+    if any(p.changed is not None for p in pubs) and (mode == "virtual" or r.has("self_update")):
+        raise r.fail("publications", "'changed' needs mode = \"processes\" and no self_update")
     self_update = None
     if r.has("self_update"):
         if mode == "virtual":

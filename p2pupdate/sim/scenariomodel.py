@@ -69,6 +69,9 @@ class Publication:
     # A staged rollout and an abort rule, as publish's --stages / --abort-after take them.
     stages: str | None = None
     abort_after: str | None = None
+    # Share (0 < x <= 1) of the previous version's 64 KiB chunks this one replaces, the
+    # rest kept byte for byte (a small change); None: bytes unrelated to the previous.
+    changed: float | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,9 @@ class Expect:
     intruder_got_nothing: bool | None = None
     max_hops: int | None = None  # virtual: announcement hops to the farthest node
     max_spread: float | None = None  # virtual: p99 / p50 of the completion times
+    # Every node fetched from peers at most this share of the main package (the rest it
+    # had locally: a small change, docs/performance.md "Fetching only what changed").
+    max_fetched_ratio: float | None = None
 
     def items(self) -> list[tuple[str, object]]:
         """The keys that are set, in declaration order."""

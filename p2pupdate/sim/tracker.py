@@ -95,6 +95,7 @@ class NodeTrack:
     peers: int | None = None
     connected: set[str] = field(default_factory=set)
     sources: dict[str, int] = field(default_factory=dict)  # peer -> chunks (last complete)
+    reused_bytes: int = 0  # copied from local files (last complete)
     outcomes: dict[str, str] = field(default_factory=dict)  # version -> outcome
     outcome_at: dict[str, float] = field(default_factory=dict)  # version -> time
     quarantined: set[str] = field(default_factory=set)
@@ -140,6 +141,7 @@ class NodeTrack:
             sources = ev.get("sources")
             if isinstance(sources, dict):
                 self.sources = {str(k): int(_num(v)) for k, v in sources.items()}
+            self.reused_bytes = int(_num(ev.get("reused_bytes")))
         elif name == "download_failed":
             self.state = "download failed"
             self.last_reason = str(ev.get("reason", ""))

@@ -366,7 +366,8 @@ def test_republishing_a_version_with_a_wider_rollout_applies_it_where_it_was_hel
         wait_until(f"{node.name} to hold the second renewal", renewed_again)
         assert len(node.events("download_complete", version="2.0.0")) == 1
 
-    # The same bytes as a new version: the publisher hears 2.0.0 from the fleet and warns.
+    # The same bytes as a new version: 2.0.0 was published from here with these bytes
+    # (publish's history) and the fleet holds it; publish warns and goes on.
     res = run_cli(
         "publish", "--key", authority.key, "--channel", CHANNEL, "--version", "3.0.0",
         "--file", pkg, "--peer", nodes[0].addr, "--wait", "applied", "--timeout", "20",
@@ -374,7 +375,7 @@ def test_republishing_a_version_with_a_wider_rollout_applies_it_where_it_was_hel
     )  # fmt: skip
     assert res.rc == 0, res.stderr
     assert f"same bytes (package id {blake3.blake3(new).hexdigest()[:16]}" in res.stderr
-    assert f"as {CHANNEL} 2.0.0, which the fleet already has" in res.stderr
+    assert f"as {CHANNEL} 2.0.0, published from here before" in res.stderr
 
 
 # ---------------------------------------------------------------- approval, rollback, quarantine

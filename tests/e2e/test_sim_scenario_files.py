@@ -47,6 +47,7 @@ SHIPPED = {
     "thousand-nodes",
     "gossip-10k",
     "staged-rollout-abort",
+    "small-change",
 }
 
 
@@ -172,6 +173,15 @@ def test_defaults_and_units() -> None:
             "a virtual run has no [[faults]]",
         ),
         (_raw(mode="virtual", expect={"rolled_back": True}), "rolled_back not measured"),
+        (_raw(publications=[{"version": "2.0.0", "changed": "lots"}]), "changed: expected a"),
+        (_raw(publications=[{"version": "2.0.0", "changed": "0%"}]), "more than 0%"),
+        (_raw(publications=[{"version": "2.0.0", "changed": 101}]), "at most 100%"),
+        (_raw(publications=[{"version": "2.0.0", "changed": True}]), "changed: expected a"),
+        (
+            _raw(mode="virtual", publications=[{"version": "2.0.0", "changed": "5%"}]),
+            "'changed' needs mode",
+        ),
+        (_raw(expect={"max_fetched_ratio": 2}), "max_fetched_ratio: must be in 0.0..1.0"),
     ],
 )
 def test_mistakes_name_the_key(raw: dict[str, object], message: str) -> None:
@@ -179,6 +189,23 @@ def test_mistakes_name_the_key(raw: dict[str, object], message: str) -> None:
         parse_scenario(raw, name="x")
     assert message in str(info.value)
     assert str(info.value).startswith("scenario x")
+
+
+def test_a_small_change_publication_reads_its_share() -> None:
+    sc = parse_scenario(
+        _raw(
+            publications=[{"version": "2.0.0"}, {"version": "3.0.0", "changed": "5%", "at": 9}],
+            expect={"max_fetched_ratio": 0.08},
+        ),
+        name="x",
+    )
+    assert [p.changed for p in sc.publications] == [None, 0.05]
+    assert sc.expect.max_fetched_ratio == 0.08
+    assert parse_scenario(
+        _raw(publications=[{"version": "2.0.0", "changed": 2.5}]), name="x"
+    ).publications[0].changed == pytest.approx(0.025)
+    shipped = load_scenario("small-change")
+    assert shipped.package_size == 64 << 20 and shipped.final_publication.changed == 0.05
 
 
 def test_virtual_scenarios_read_their_table() -> None:

@@ -237,6 +237,27 @@ def test_sim_bandwidth_limited_small(tmp_path: Path) -> None:
     assert kr["ratio"] >= 0.9  # no run beats the bound by much: the limiter works
 
 
+def test_sim_small_change_small(tmp_path: Path) -> None:
+    # 4 MiB = 64 chunks; 5% changed = 3 chunks (the header chunk and 2 others).
+    proc, report = run_sim(
+        tmp_path,
+        "small-change",
+        upload_limit="2MiB/s",
+        expect={"all_applied": True, "max_fetched_ratio": 0.08},
+        nodes=4,
+        package_size="4MiB",
+        timeout=90,
+    )
+    assert_passed(proc, report)
+    for node in report["nodes"]:
+        # Exactly the changed chunks came from peers; everything else from the old file.
+        assert node["bytes_received"] == 3 * 65536, node["name"]
+        assert node["bytes_reused"] == 61 * 65536, node["name"]
+    reuse = report["reuse"]
+    assert reuse["max_fetched_ratio"] == pytest.approx(3 / 64, abs=1e-4)
+    assert "bytes reused from local files" in proc.stdout
+
+
 def test_sim_heterogeneous_small(tmp_path: Path) -> None:
     proc, report = run_sim(
         tmp_path,

@@ -418,3 +418,18 @@ def test_status_shows_the_admission_and_warns_before_expiry() -> None:
     assert "revoked nodes  2" in text
     open_swarm = format_status({"node_id": "x", "fleet": None, "encrypted": False}, running=True)
     assert "fleet   none (open swarm; plain connections)" in open_swarm
+
+
+def test_status_shows_what_the_last_download_fetched_and_reused() -> None:
+    channel = {
+        "installed": "2.0.0",
+        "target": "/opt/app",
+        "last_download": {
+            "version": "2.0.0",
+            "bytes_total": 64 * 1024 * 1024,
+            "reused_bytes": 61 * 1024 * 1024,
+        },
+    }
+    text = format_status({"channels": {"app/stable": channel}}, running=True)
+    line = next(x for x in text.splitlines() if x.strip().startswith("fetched"))
+    assert "2.0.0" in line and "3.0 MiB from peers" in line and "61.0 MiB reused" in line

@@ -39,6 +39,7 @@ from p2pupdate.shell.agent.control import Control
 from p2pupdate.shell.events import EventLog
 from p2pupdate.shell.install.applicator import Applicator, TargetSpec
 from p2pupdate.shell.net.node import Node, PeerConn
+from p2pupdate.shell.transfer.reuse import LocalChunks
 from p2pupdate.shell.transfer.swarm import Swarm
 
 __all__ = ["Agent", "AgentOptions", "SelfUpdateHook"]
@@ -62,6 +63,9 @@ class Agent(Control):
         super().__init__(node, swarm, applicator, events, options, rng=rng)
         node.on_announcement = self.on_announcement
         swarm.on_source = self.on_source
+        # Unchanged chunks come from the installed target, its backups and older packages.
+        self.local_chunks = LocalChunks(swarm.store, self._reuse_candidates)
+        swarm.fetcher.local_chunks = self.local_chunks.fill
         events.listeners.append(self._on_event)
         node.reports.build = self._build_report
         node.reports.listeners.append(self._on_report)

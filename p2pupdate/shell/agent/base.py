@@ -104,6 +104,8 @@ class ChannelState:
     # Package id that `p2pupdate apply` asked for before its download finished.
     apply_when_done: bytes | None = None
     progress: dict[str, Any] = field(default_factory=dict)
+    # The last completed download: version, bytes copied from local files, bytes fetched.
+    last_download: dict[str, Any] | None = None
     retry: PendingRetry | None = None
     # (package id, step) -> failures in a row that were retried
     failures: dict[tuple[bytes, str], int] = field(default_factory=dict)

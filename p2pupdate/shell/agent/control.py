@@ -122,6 +122,7 @@ class Control(Downloads, Feedback):
                 ],
                 "last": a.get("last"),
                 "retry": retry,
+                "last_download": st.last_download,
             }
         self._refresh_cache_index()
         return {

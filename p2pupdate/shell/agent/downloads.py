@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -40,6 +41,20 @@ class Downloads(Retries):
         scope = trio.CancelScope()
         st.download, st.scope = ann, scope
         self._nursery.start_soon(self._download, ann, target, apply_it, scope)
+
+    def _reuse_candidates(self, channel: str) -> list[Path]:
+        """Files that may hold chunks of a new package of ``channel``, likeliest first:
+        the installed target (a directory target: its live release), then its backups,
+        newest first (the store's cached packages are added by LocalChunks)."""
+        out: list[Path] = []
+        target = self.targets.get(channel)
+        if target is not None:
+            out.append(target.path)
+        ch = self.applicator.status()["channels"].get(channel, {})
+        for b in reversed(ch.get("backups", [])):
+            if isinstance(b.get("path"), str):
+                out.append(Path(b["path"]))
+        return out
 
     # -- downloading ------------------------------------------------------------------
     async def _download(
@@ -100,7 +115,13 @@ class Downloads(Retries):
                         size=b.size,
                         seconds=round(time.monotonic() - started, 3),
                         sources=result.sources,
+                        reused_bytes=result.reused_bytes,
                     )
+                    st.last_download = {
+                        "version": b.version,
+                        "bytes_total": b.size,
+                        "reused_bytes": result.reused_bytes,
+                    }
                 st.progress = {"progress": 1.0, "bytes_done": b.size, "bytes_total": b.size}
         finally:
             if st.scope is scope:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, assert_never
 
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from p2pupdate.shell.transfer.serve import Server
     from p2pupdate.shell.transfer.store import ChunkStore
 
-__all__ = ["HAVE_FLUSH", "DownloadResult", "Fetcher", "ProgressFn"]
+__all__ = ["HAVE_FLUSH", "DownloadResult", "Fetcher", "LocalChunksFn", "ProgressFn"]
 
 log = logging.getLogger("p2pupdate.swarm")
 
@@ -65,6 +65,9 @@ HAVE_FLUSH = 0.01
 ProgressFn = Callable[[float, int, int, float], None]
 """on_progress(fraction, bytes_done, size, bytes per second)."""
 
+LocalChunksFn = Callable[[str, bytes, Sequence[bytes], bitarray, int], Awaitable[int]]
+"""local_chunks(channel, package id, table, have, size) -> bytes copied from local files."""
+
 _ACTIVE = (DownloadState.PENDING, DownloadState.DOWNLOADING)
 
 
@@ -73,6 +76,7 @@ class DownloadResult:
     ok: bool
     reason: str = ""
     sources: dict[str, int] = field(default_factory=dict)
+    reused_bytes: int = 0  # copied from local files, not fetched (shell.transfer.reuse)
 
 
 class Fetcher:
@@ -103,6 +107,9 @@ class Fetcher:
         self.bytes_downloaded = 0
         self.critical_active: set[bytes] = set()  # critical downloads in progress
         self.labels: dict[bytes, str] = {}  # node id -> label of sources that left
+        # Local chunk reuse (shell.transfer.reuse.LocalChunks.fill, set by the agent):
+        # (channel, package id, table, have, size) -> bytes copied, marked in ``have``.
+        self.local_chunks: LocalChunksFn | None = None
 
     # -- peers ------------------------------------------------------------------------
     def peer_down(self, peer: PeerConn) -> None:
@@ -197,6 +204,8 @@ class Fetcher:
         if resumed:
             for i in await self.store.scan_unclaimed(pid, pkg.hashes, have, pkg.size):
                 have[i] = 1
+        if self.local_chunks is not None:
+            pkg.reused_bytes = await self.local_chunks(pkg.channel, pid, pkg.hashes, have, pkg.size)
         dl: Downloader[bytes] = Downloader(
             pid,
             pkg.size,
@@ -244,7 +253,9 @@ class Fetcher:
                     for peer in list(self.node.peers.values()):
                         peer.post(Complete(pid))
                     self._flush_have(pkg)
-                    return DownloadResult(True, sources=self.sources(dl))
+                    return DownloadResult(
+                        True, sources=self.sources(dl), reused_bytes=pkg.reused_bytes
+                    )
                 if dl.state is DownloadState.FAILED:
                     await self._persist(pkg, dl)
                     return DownloadResult(

@@ -81,6 +81,7 @@ class Package:
     table_wake: trio.Event = field(default_factory=trio.Event)
     pending_have: list[int] = field(default_factory=list)
     bad_table_peers: set[bytes] = field(default_factory=set)
+    reused_bytes: int = 0  # copied from local files by the last download (fetch.py)
 
     @property
     def nchunks(self) -> int:

@@ -274,5 +274,6 @@ class Swarm:
                 "bytes_done": pkg.size if pkg.complete else (dl.bytes_done if dl else 0),
                 "state": "complete" if pkg.complete else (dl.state.value if dl else "pending"),
                 "uploaded": self.server.bytes_uploaded_by_package.get(pid, 0),
+                "reused_bytes": pkg.reused_bytes,
             }
         return out
