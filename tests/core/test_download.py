@@ -897,3 +897,34 @@ def test_pipeline_seconds_must_not_be_negative() -> None:
     content = make_content(2)
     with pytest.raises(ValueError, match="pipeline_seconds"):
         make_dl(content, seconds=-1.0)
+
+
+def test_endgame_picks_nothing_for_a_peer_whose_pipeline_is_over_its_cap() -> None:
+    # The cap follows the measured median, so it can fall below what a peer already has
+    # in flight; ``free`` is then negative and must mean "none", not a negative slice.
+    from p2pupdate.core.download.endgame import endgame_picks
+    from p2pupdate.core.download.sources import Source
+
+    mine, other = Source(8, 4), Source(8, 4)
+    mine.bits.setall(1)
+    other.bits.setall(1)
+    other.requests = {i: i for i in range(8)}  # all in flight there, none arrived yet
+    holders = {i: {"other": i} for i in range(8)}
+    sources = {"me": mine, "other": other}
+
+    def picks(free: int) -> list[int]:
+        return endgame_picks(
+            "me",
+            mine,
+            free,
+            holders,
+            sources,
+            copies=2,
+            median=None,
+            excluded=lambda _k, _i: False,
+            rng=random.Random(1),
+        )
+
+    assert len(picks(3)) == 3
+    assert picks(0) == []
+    assert picks(-2) == []
