@@ -30,6 +30,15 @@ each node got from the seed (its ``download_complete`` sources) are printed unde
     .venv/bin/python benchmarks/bench_swarm.py --size 40MiB --limit 4MiB/s \
         --slow 2 --slow-rate 0.4MiB/s --bootstrap 3 --only swarm,libtorrent
 
+End to end (issue 16): ``--e2e`` gives every node a file target for the channel with a
+trivial health check (``true``), waits for every node's ``update_complete`` and prints, under
+the table, the time from the start of the ``publish`` process to the last install (over the
+bound when limited) beside the transfer-only time, with its split (first announcement, first
+download start, last download complete, last install):
+
+    .venv/bin/python benchmarks/bench_swarm.py --size 40MiB --limit 4MiB/s --bootstrap 3 \
+        --only swarm,libtorrent --e2e
+
 Every process listens on 127.0.0.1, every wait is bounded, every child is killed on
 exit (and by the kernel if this script dies: PR_SET_PDEATHSIG). Files go to /dev/shm
 when it exists. Quick run (< 1 minute):
@@ -255,6 +264,7 @@ class Setup:
     slow: int = 0  # the last ``slow`` nodes upload at ``slow_rate`` (limited runs only)
     slow_rate: int = 0
     bootstrap: int = 0  # each node is given this many others with --peer (0 = all)
+    e2e: bool = False  # each node installs the package into a file target (see e2e_*)
 
     def limits(self, limit: int) -> list[int]:
         if not limit:
@@ -344,6 +354,8 @@ def run_p2pupdate(
             argv += ["--upload-limit", str(limits[i])]
         if encrypt:
             argv += ["--encrypt"]
+        if st.e2e:
+            argv += e2e_node_args(d)
         if i == 0 and os.environ.get("BENCH_PROFILE"):  # developer aid: cProfile node 0
             prof = str(d / "node.prof")
             argv[:1] = [sys.executable, "-m", "cProfile", "-o", prof, "-m", "p2pupdate"]
@@ -383,6 +395,7 @@ def run_p2pupdate(
         pub_out = run / "publish.out"
         # CPU so far (start-up, mesh forming): left out of the CPU per GiB moved.
         cpu_before = [cpu_seconds(p.pid) for p in procs]
+        t_publish = time.time()
         pub = spawn(pub_argv, stdout=pub_out)
         deadline = time.monotonic() + st.timeout + 30
         victim = st.nodes // 2
@@ -429,6 +442,8 @@ def run_p2pupdate(
                     res.extra["missing"] = killed_missing
                     procs[victim] = spawn(argvs[victim], stdout=run / "restart.log")
             time.sleep(0.02 if kill_at is not None else 0.1)
+        if st.e2e and kill_at is None:
+            e2e_wait_installed(events, deadline)
         # Peak RSS before anything is stopped.
         res.rss = max(vm_hwm(p.pid) for p in procs)
         # CPU the nodes spent (start-up included): what encryption costs, whatever the load.
@@ -487,12 +502,81 @@ def run_p2pupdate(
             res.pub_cpu_per_gib = pub_cpu / (res.seed_ratio * st.size / 2**30)
     elif not res.note:
         res.note = f"{sum(1 for d in dones if d)}/{st.nodes} nodes completed"
+    if st.e2e and kill_at is None:
+        e2e_measure(res, evs, t_publish)
     if kill_at is not None and dones[victim] and "missing" in res.extra:
         sources = dones[victim][-1].get("sources")
         fetched = sum(int(v) for v in sources.values()) if isinstance(sources, dict) else 0
         res.extra["fetched_after_restart"] = fetched
         res.extra["refetched"] = max(0, fetched - int(res.extra["missing"]))
     return res
+
+
+# -- end to end (--e2e): publish start -> every node's target installed and healthy ------
+
+
+def e2e_node_args(d: Path) -> list[str]:
+    """A file target for the channel and a trivial health check (``true``): the install
+    (copy to staging, fsync, rename) and the check run as they would in a fleet."""
+    return ["--target", f"{CHANNEL}={d / 'target.bin'}", "--health-cmd", f"{CHANNEL}=true"]
+
+
+def _installed(ev: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [e for e in ev if e.get("event") == "update_complete" and e.get("channel") == CHANNEL]
+
+
+def e2e_wait_installed(events: list[Path], deadline: float) -> None:
+    """``publish`` exits once every node has the package; wait for the installs too."""
+    while time.monotonic() < deadline:
+        if all(_installed(read_events(ev)) for ev in events):
+            return
+        time.sleep(0.05)
+
+
+def e2e_measure(res: Result, evs: list[list[dict[str, object]]], t_publish: float) -> None:
+    """End-to-end time (from the start of the ``publish`` process to the last node's
+    ``update_complete``) and its split, all on the same clock (unix time)."""
+
+    def first(name: str, pick: Callable[[list[float]], float]) -> float | None:
+        ts = [
+            float(e["t"])  # type: ignore[arg-type]
+            for ev in evs
+            for e in ev
+            if e.get("event") == name and e.get("channel") == CHANNEL
+        ]
+        return pick(ts) - t_publish if ts else None
+
+    installs = [_installed(ev) for ev in evs]
+    if not all(installs):
+        res.note = (res.note + "; " if res.note else "") + (
+            f"{sum(1 for i in installs if i)}/{len(evs)} installed"
+        )
+        return
+    res.extra["e2e"] = max(float(i[-1]["t"]) for i in installs) - t_publish  # type: ignore[arg-type]
+    for key, name, pick in (
+        ("e2e_announced", "announcement_received", min),
+        ("e2e_started", "download_started", min),
+        ("e2e_downloaded", "download_complete", max),
+    ):
+        t = first(name, pick)
+        if t is not None:
+            res.extra[key] = t
+
+
+def e2e_print(results: list[Result]) -> None:
+    """One line per run measured end to end: the time, its ratio to the bound, the split."""
+    for r in results:
+        if "e2e" not in r.extra:
+            continue
+        e = r.extra
+        xb = f" = {e['e2e'] / r.bound:.2f}x the bound" if r.bound else ""
+        print(
+            f"{r.name}: end to end {e['e2e']:.2f} s{xb} (transfer only "
+            f"{fmt(r.seconds, '.2f')} s); from publish start: first announcement "
+            f"{fmt(e.get('e2e_announced'), '.2f')} s, first download "
+            f"{fmt(e.get('e2e_started'), '.2f')} s, last download complete "
+            f"{fmt(e.get('e2e_downloaded'), '.2f')} s, last install {e['e2e']:.2f} s"
+        )
 
 
 def missing_chunks(data_dir: Path, st: Setup) -> int:
@@ -648,6 +732,11 @@ def main() -> int:
         default=0,
         help="also run the limited swarm beside this many busy loops (one core each)",
     )
+    ap.add_argument(
+        "--e2e",
+        action="store_true",
+        help="give each node a file target; also time publish start -> last install",
+    )
     a = ap.parse_args()
     size = parse_size(a.size)
     limit = parse_rate(a.limit)
@@ -676,7 +765,7 @@ def main() -> int:
             central_limited = a.nodes * size / limit
             st = Setup(
                 work, package, size, a.nodes, key, pubkey, 60 + 3 * central_limited,
-                slow=a.slow, slow_rate=slow_rate, bootstrap=a.bootstrap,
+                slow=a.slow, slow_rate=slow_rate, bootstrap=a.bootstrap, e2e=a.e2e,
             )  # fmt: skip
             plan: list[tuple[str, Callable[[], Result]]] = []
             lim = f"{format_size(limit)}/s"
@@ -748,6 +837,7 @@ def main() -> int:
                         flush=True,
                     )
                 print_table(results, size, a.nodes, ["unlimited", lim], a.busy)
+                e2e_print(results)
     finally:
         kill_all()
     return 0

@@ -43,6 +43,15 @@ class Limits:
     # until it expires; 90 days is three times the publish default of 30 days. A node may
     # set its own (``max_announcement_validity``).
     max_validity: int = 90 * 86400
+    # A download keeps about this many seconds of a source's measured service time in
+    # flight to it (never fewer than 2 requests, never more than the pipeline depth). A
+    # queue must cover the round trip, but every request waiting at a source is a chunk
+    # promised to that holder: at 4 MiB/s shared by 9 downloaders (7 chunks/s each) the
+    # fixed depth of 16 queued 2.3 s per hop, so a fresh chunk took that long to be
+    # passed on and a second holder with idle upload was never asked. 0.3 s is ten
+    # loopback round trips on a loaded machine and leaves fast links their full depth
+    # (16 chunks of 64 KiB in 0.3 s is 3.3 MiB/s per link).
+    pipeline_seconds: float = 0.3
     # Seconds without a new chunk after which an incomplete download re-examines its
     # sources (asks peers for their bitfields again, forgives timeouts). Long enough that
     # a merely slow swarm (a 64 KiB chunk takes 0.5 s at 128 KiB/s) never triggers it,
@@ -133,6 +142,17 @@ class Limits:
     # never evicted to make room.
     max_known_addrs: int = 1024
     max_addrs_per_source: int = 64
+    # A node below its target connections with no known address left to dial sends its
+    # PEERS to every peer (a pull: they answer with theirs) after this long, the wait
+    # doubling up to the node's pex_interval while it stays short. When a whole fleet
+    # starts at once, the PEERS a node gets at connect time were sampled before its peers
+    # knew anyone, so without a pull it could keep its few bootstrap peers until the next
+    # periodic PEX (10-30 s later): in a 10-node benchmark such a node, with 5 peers
+    # against 8-9, finished last, 0.5 s after the others.
+    pex_pull_interval: float = 0.5
+    # A PEERS is answered with ours unless we sent that peer one this recently: a pull gets
+    # an answer, the exchange at connect time (both sides send) does not ping-pong.
+    pex_reply_interval: float = 1.0
 
     # -- fleet membership (docs/security.md "Fleet membership") ---------------------
     # An admission certificate is two keys, two times and a signature (~150 bytes);

@@ -160,11 +160,23 @@ class PeerBook:
 
     # -- dialing -----------------------------------------------------------
     def to_dial(self, now: float, active: int, in_flight: set[Addr]) -> list[Addr]:
-        """Addresses to dial now to get back to ``target`` connections."""
-        need = self.target - active - len(in_flight)
+        """Addresses to dial now to get back to ``target`` connections.
+
+        ``active`` counts the connections we have; ``in_flight`` the addresses being
+        dialed, where one whose dial became a connection (the shell keeps it there for the
+        connection's life) counts once, in ``active``."""
+        need = self.target - active - self._pending(in_flight)
         if need <= 0:
             return []
-        ready = [
+        ready = self._dialable(now, in_flight)
+        self._rng.shuffle(ready)
+        # Known-good first (configured, or has worked before), like Bitcoin Core's
+        # "tried" table: a PEX flood of fresh addresses cannot crowd them out.
+        ready.sort(key=lambda a: not (self._known[a].bootstrap or self._known[a].worked))
+        return ready[:need]
+
+    def _dialable(self, now: float, in_flight: set[Addr]) -> list[Addr]:
+        return [
             a
             for a, e in self._known.items()
             if not e.connected
@@ -174,11 +186,18 @@ class PeerBook:
             # An IP ban never cuts us off from the peers the operator configured.
             and (e.bootstrap or not self.is_ip_banned(a[0], now))
         ]
-        self._rng.shuffle(ready)
-        # Known-good first (configured, or has worked before), like Bitcoin Core's
-        # "tried" table: a PEX flood of fresh addresses cannot crowd them out.
-        ready.sort(key=lambda a: not (self._known[a].bootstrap or self._known[a].worked))
-        return ready[:need]
+
+    def short_of_addresses(self, now: float, active: int, in_flight: set[Addr]) -> bool:
+        """Whether we are below ``target`` connections with no address we could dial now
+        (none known, or all backed off or banned): time to ask peers for theirs (PEX
+        pull). Draws no randomness."""
+        if self.target - active - self._pending(in_flight) <= 0:
+            return False
+        return not self._dialable(now, in_flight)
+
+    def _pending(self, in_flight: set[Addr]) -> int:
+        """Dials still under way: those not connected yet."""
+        return sum(1 for a in in_flight if not ((e := self._known.get(a)) and e.connected))
 
     def next_deadline(self) -> float | None:
         times = [e.next_dial for e in self._known.values() if not e.connected]

@@ -69,6 +69,11 @@ class TableFetch(Generic[P]):
             if now - t > timeout:
                 del self.outstanding[page]
 
+    def forget(self, page: int) -> None:
+        """The request for ``page`` will not be answered (the connection it went out on
+        closed): the page is wanted again at once, from another peer first."""
+        self.outstanding.pop(page, None)
+
     def take_bad(self) -> list[tuple[P, str]]:
         """Peers that sent a table part that does not verify, with the reason."""
         bad, self._bad = self._bad, []

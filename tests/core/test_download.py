@@ -51,6 +51,7 @@ def make_dl(
     timeout: float = 10.0,
     have: bitarray | None = None,
     endgame_copies: int = 2,
+    seconds: float = 0.0,  # pipeline_seconds: off unless a test is about it
 ) -> Downloader[str]:
     hashes = [blake3.blake3(c).digest() for c in split(content)]
     return Downloader(
@@ -63,6 +64,7 @@ def make_dl(
         request_timeout=timeout,
         endgame_copies=endgame_copies,
         chunk_size=CS,
+        pipeline_seconds=seconds,
     )
 
 
@@ -904,3 +906,93 @@ def test_a_have_could_ask_calls_useless_changes_nothing_poll_does(
     if not dl.could_ask(peer, idx):
         assert dl.poll(now) == []
     event(f"could_ask={dl.could_ask(peer, idx)}")
+
+
+# ---------------------------------------------------------------------------------------
+# Pipelines kept to a time: pipeline_seconds of measured service per source
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_source_is_asked_for_about_pipeline_seconds_of_its_service() -> None:
+    content = make_content(300)
+    chunks = split(content)
+    dl = make_dl(content, depth=16, seconds=0.3)
+    for p in "ABC":
+        dl.on_peer_bitfield(p, ones(300), 0.0)
+    assert len(only_requests(dl.poll(0.0))) == 48  # unmeasured: the full depth
+    assert {dl.pipeline_limit(p) for p in "ABC"} == {16}
+    # A serves us a chunk every 0.08 s (a 4 MiB/s uploader shared by 9 downloaders:
+    # ~0.14 s), B every 0.04 s, C every 0.01 s; none is 4x slower than the median (B).
+    now = 0.0
+    for k in range(1, 31):
+        now = k * 0.01
+        _feed(dl, chunks, "C", dl.requests_to("C")[0], now)
+        for p, every in (("A", 8), ("B", 4)):
+            if k % every == 0:
+                _feed(dl, chunks, p, dl.requests_to(p)[0], now)
+        dl.poll(now)
+    assert dl.service_time("A") == pytest.approx(0.08)
+    assert dl.service_time("B") == pytest.approx(0.04)
+    assert dl.pipeline_limit("A") == 4  # 0.3 s of its service, rounded up
+    assert dl.pipeline_limit("B") == 8
+    assert dl.pipeline_limit("C") == 16  # 30 would be 0.3 s: the depth caps it
+    assert len(dl.requests_to("C")) == 16
+    # A still has what it was asked before it was measured; it gets nothing more until
+    # that drains below 4, then it is kept at 4.
+    assert len(dl.requests_to("A")) == 13
+    after = []
+    for _ in range(15):
+        now += 0.08
+        _feed(dl, chunks, "A", dl.requests_to("A")[0], now)
+        dl.poll(now)
+        after.append(len(dl.requests_to("A")))
+    assert after == [12, 11, 10, 9, 8, 7, 6, 5, 4, 4, 4, 4, 4, 4, 4]
+
+
+def test_a_timed_pipeline_keeps_two_requests_and_never_exceeds_the_limit() -> None:
+    content = make_content(40)
+    chunks = split(content)
+    dl = make_dl(content, depth=4, seconds=0.3)
+    dl.on_peer_bitfield("A", ones(40), 0.0)
+    dl.poll(0.0)
+    _feed(dl, chunks, "A", dl.requests_to("A")[0], 2.0)  # 2 s per chunk: 0.15 of one
+    assert dl.pipeline_limit("A") == 2  # one being sent, one waiting
+    dl.on_timer(2.0 + 10.0)  # requests time out: the limit halves
+    assert dl.pipeline_limit("A") <= 2
+
+
+def test_pipeline_seconds_must_not_be_negative() -> None:
+    content = make_content(2)
+    with pytest.raises(ValueError, match="pipeline_seconds"):
+        make_dl(content, seconds=-1.0)
+
+
+def test_endgame_picks_nothing_for_a_peer_whose_pipeline_is_over_its_cap() -> None:
+    # The cap follows the measured median, so it can fall below what a peer already has
+    # in flight; ``free`` is then negative and must mean "none", not a negative slice.
+    from p2pupdate.core.download.endgame import endgame_picks
+    from p2pupdate.core.download.sources import Source
+
+    mine, other = Source(8, 4), Source(8, 4)
+    mine.bits.setall(1)
+    other.bits.setall(1)
+    other.requests = {i: i for i in range(8)}  # all in flight there, none arrived yet
+    holders = {i: {"other": i} for i in range(8)}
+    sources = {"me": mine, "other": other}
+
+    def picks(free: int) -> list[int]:
+        return endgame_picks(
+            "me",
+            mine,
+            free,
+            holders,
+            sources,
+            copies=2,
+            median=None,
+            excluded=lambda _k, _i: False,
+            rng=random.Random(1),
+        )
+
+    assert len(picks(3)) == 3
+    assert picks(0) == []
+    assert picks(-2) == []

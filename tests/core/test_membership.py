@@ -102,12 +102,42 @@ def test_dialing_never_exceeds_target_nor_picks_connected_or_in_flight(ops: list
             connected.discard(addr)
             book.on_disconnected(addr, now)
         elif op == "dial":
+            short = book.short_of_addresses(now, len(connected), in_flight)
             chosen = book.to_dial(now, len(connected), in_flight)
             assert len(chosen) + len(connected) + len(in_flight) <= max(
                 4, len(connected) + len(in_flight)
             )
             assert not set(chosen) & (connected | in_flight)
+            # Short of addresses exactly when below target with nothing to dial.
+            assert short == (len(connected) + len(in_flight) < 4 and not chosen)
             in_flight |= set(chosen)
+
+
+def test_a_dial_that_became_a_connection_counts_once() -> None:
+    # The shell keeps a dialled address in ``in_flight`` for the connection's life; it
+    # is also in ``active``. Counted twice, 2 outbound peers of a target of 4 left no
+    # room: nodes of a 10-node fleet stopped at 5-7 peers of their 8.
+    book = PeerBook(random.Random(6), [A, B], target=4)
+    assert book.add(C) and book.add(("127.0.0.1", 4004))
+    book.on_connected(A)
+    book.on_connected(B)
+    chosen = book.to_dial(0.0, active=2, in_flight={A, B})
+    assert set(chosen) == {C, ("127.0.0.1", 4004)}
+    assert not book.short_of_addresses(0.0, 2, {A, B})
+    assert book.to_dial(0.0, active=2, in_flight={A, B, *chosen}) == []
+
+
+def test_short_of_addresses_below_target_with_nothing_left_to_dial() -> None:
+    book = PeerBook(random.Random(5), [A], target=3, base_backoff=1.0)
+    assert not book.short_of_addresses(0.0, 0, set())  # A can be dialed
+    assert book.short_of_addresses(0.0, 0, {A})  # dialing the only one we know
+    book.on_connected(A)
+    assert book.short_of_addresses(0.0, 1, set())
+    assert book.add(B)  # PEX brought one: dial it first
+    assert not book.short_of_addresses(0.0, 1, set())
+    book.on_dial_failed(B, 0.0)  # backed off: nothing to dial until its deadline
+    assert book.short_of_addresses(0.0, 1, set())
+    assert not book.short_of_addresses(0.0, 3, set())  # at target: not short
 
 
 # -- strikes and bans keyed on what a peer cannot choose ----------------------------------

@@ -54,3 +54,15 @@ def test_unasked_answers_are_ignored_and_timeouts_free_the_page() -> None:
     f.ask("empty", TABLE_PAGE_LIST, 11.0)
     f.deliver("empty", TABLE_PAGE_LIST, b"")  # "I don't have it": no blame
     assert f.take_bad() == [] and f.wanted() == [TABLE_PAGE_LIST]
+
+
+def test_a_forgotten_request_makes_its_page_wanted_again_at_once() -> None:
+    # The connection the page list was asked on closed: ask again now, not after the
+    # timeout (a straggler waited 10 s for an answer that could not come).
+    fetch: TableFetch[str] = TableFetch(3, b"\x00" * 32)
+    fetch.ask("A", TABLE_PAGE_LIST, 0.0)
+    assert fetch.wanted() == []
+    fetch.forget(TABLE_PAGE_LIST)
+    assert fetch.wanted() == [TABLE_PAGE_LIST]
+    assert fetch.asked[TABLE_PAGE_LIST] == {"A"}  # another peer is asked first
+    fetch.forget(TABLE_PAGE_LIST)  # twice, or never asked: nothing to do

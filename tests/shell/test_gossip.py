@@ -184,6 +184,50 @@ async def test_simultaneous_dials_leave_exactly_one_connection_per_pair(
         nursery.cancel_scope.cancel()
 
 
+async def test_ten_nodes_each_given_three_reach_their_target_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Node i is given the three before it; PEX tells it the rest. Every node must reach
+    # target_connections (8): outbound peers once counted twice, leaving nodes at 5-7.
+    net = MemoryNetwork()
+    async with running_nodes(
+        10, lambda i, addrs: addrs[-3:], lambda i: net.transport("127.0.0.1")
+    ) as nodes:
+        await wait_until(lambda: all(len(nd.peers) >= 8 for nd in nodes), timeout=60)
+
+
+async def test_a_node_short_of_peers_pulls_addresses_its_peers_learned_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A fleet starting at once: B connects to A before anyone else exists, so the PEERS
+    # it gets at connect time is empty; C, D, E then connect to A only (target 1) and
+    # never dial B. Periodic PEX is far away (pex_interval 1000 s): B learns C, D and E
+    # only because, short of its target with nothing to dial, it asks A again.
+    net = MemoryNetwork()
+    hosts = ["10.0.1.1", "10.0.1.2", "10.0.1.3", "10.0.1.4", "10.0.1.5"]
+    a_addr = (hosts[0], 4000)
+    async with trio.open_nursery() as nursery:
+        nodes: list[Node] = []
+        for i, host in enumerate(hosts):
+            options = NodeOptions(
+                listen=(host, 4000),
+                trust=TRUST,
+                peers=() if i == 0 else (a_addr,),
+                timeouts=FAST,
+                check_interval=0.2,
+                pex_interval=1000.0,
+                target_connections=8 if i < 2 else 1,
+            )
+            nd = Node(options, net.transport(host), nacl.signing.SigningKey(bytes([60 + i]) * 32))
+            await nursery.start(nd.run)
+            nodes.append(nd)
+            await wait_until(lambda: len(nodes[0].peers) == len(nodes) - 1)
+        b = nodes[1]
+        await wait_until(lambda: len(b.peers) == 4, timeout=100)
+        assert {p.addr for p in b.peers.values()} == {(h, 4000) for h in hosts if h != hosts[1]}
+        nursery.cancel_scope.cancel()
+
+
 class CountingTransport(MemoryTransport):
     """The in-memory transport, remembering every address it dialled."""
 

@@ -76,6 +76,7 @@ class Downloader(Generic[PeerT]):
         endgame_copies: int = 2,
         chunk_size: int = DEFAULT_LIMITS.chunk_size,
         stall_timeout: float = DEFAULT_LIMITS.download_stall_timeout,
+        pipeline_seconds: float = DEFAULT_LIMITS.pipeline_seconds,
     ) -> None:
         """Start (or resume, with ``have``) the download of one package.
 
@@ -84,7 +85,10 @@ class Downloader(Generic[PeerT]):
         verified in the partial file. ``endgame_copies`` caps how many peers are asked for
         one chunk at a time in endgame. ``stall_timeout``: after that long without a new
         chunk, ``on_timer`` re-examines the sources (:class:`RefreshSources`), and again
-        every ``stall_timeout`` while nothing arrives. Bad arguments raise ValueError.
+        every ``stall_timeout`` while nothing arrives. ``pipeline_seconds``: each peer is
+        asked for about that many seconds of its measured service time at once (at least
+        2 requests, at most ``pipeline_depth``; 0 turns the cap off). Bad arguments raise
+        ValueError.
         """
         self._c = ChunkBook(package_id, size, chunk_hashes, chunk_size, have)
         if pipeline_depth < 1:
@@ -95,6 +99,8 @@ class Downloader(Generic[PeerT]):
             raise ValueError("endgame_copies must be at least 1")
         if not stall_timeout > 0:
             raise ValueError("stall_timeout must be positive")
+        if not pipeline_seconds >= 0:
+            raise ValueError("pipeline_seconds must not be negative")
         self._stall_timeout = float(stall_timeout)
         # When the last new chunk arrived, or the last re-examination (None until the
         # first on_timer or chunk: the downloader has no clock of its own).
@@ -105,7 +111,7 @@ class Downloader(Generic[PeerT]):
         # Invariant: the chunk book's have, writing and wanted, and the chunks in flight,
         # partition [0, n).
         self._flight: InFlight[PeerT] = InFlight(self._c.n, float(request_timeout))
-        self._src: Sources[PeerT] = Sources(self._c.n, pipeline_depth)
+        self._src: Sources[PeerT] = Sources(self._c.n, pipeline_depth, float(pipeline_seconds))
         self._sched: Scheduler[PeerT] = Scheduler(
             self._c, self._src, self._flight, rng, endgame_copies
         )
@@ -204,7 +210,8 @@ class Downloader(Generic[PeerT]):
 
     def pipeline_limit(self, peer: PeerT) -> int:
         """Current in-flight limit for ``peer`` (0 if unknown): its depth (halved on a
-        timeout), cut down for a peer more than ``SLOW_FACTOR`` (4) times as slow as the
+        timeout), at most ``pipeline_seconds`` of its measured service time (at least 2),
+        and cut down for a peer more than ``SLOW_FACTOR`` (4) times as slow as the
         median peer (see ``service_time``) so that what we ask of it arrives about as
         soon as a full pipeline from the median peer would."""
         p = self._src.by_peer.get(peer)

@@ -42,6 +42,8 @@ def endgame_picks(
 ) -> list[int]:
     """Chunks in flight elsewhere to ask of ``key`` (its record ``p``) too, best first,
     at most ``free``. ``holders_of`` maps each chunk in flight to the peers asked for it."""
+    if free <= 0:
+        return []  # (a negative slice below would pick all but the last few)
     bits = p.bits
     cands: list[tuple[float, int, float, int]] = []
     for index, holders in holders_of.items():

@@ -67,6 +67,9 @@ class Scheduler(Generic[PeerT]):
             mark = (self._wanted_gen, p.adv_gen)
             if p.starved != mark:
                 free = src.cap(p) - len(p.requests)
+                if free <= 0:  # its cap fell (the median moved) since it became hungry
+                    src.update_hungry(peer, p)
+                    continue
                 if self._pick_rarest(peer, p, free, now, actions) < free:
                     p.starved = mark
         if self.in_endgame():
@@ -74,6 +77,9 @@ class Scheduler(Generic[PeerT]):
                 p = src.by_peer[peer]
                 if p.eg_starved != (self._flight_gen, self._wanted_gen, p.adv_gen):
                     free = src.cap(p) - len(p.requests)
+                    if free <= 0:
+                        src.update_hungry(peer, p)
+                        continue
                     if self._pick_endgame(peer, p, free, now, actions) < free:
                         p.eg_starved = (self._flight_gen, self._wanted_gen, p.adv_gen)
         return actions
@@ -217,4 +223,4 @@ class Scheduler(Generic[PeerT]):
             out.append(self._issue(q_peer, q, index, now))
 
         src = self._src
-        move_off_slow(src.by_peer, src.median, src.depth, src.excluded, move)
+        move_off_slow(src.by_peer, src.median, src.depth, src.excluded, move, src.seconds)

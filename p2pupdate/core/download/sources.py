@@ -10,7 +10,10 @@ What it does
     measures into decisions: the median pace (:func:`median_pace`), a slow source's
     shorter pipeline (:func:`pipeline_cap`), when a chunk asked of a source should arrive
     (:func:`eta`), and which requests waiting on a slow source move to a faster one
-    (:func:`move_off_slow`).
+    (:func:`move_off_slow`). Every source's pipeline is also kept to about
+    ``pipeline_seconds`` of its measured service time (:func:`pipeline_cap`): a short
+    queue at each holder, so a fresh chunk is passed on soon and a chunk not yet asked
+    for can still go to whichever holder frees a slot first.
 
 What it does not do
     Keep the books of requests or chunks (:class:`~p2pupdate.core.download.Downloader`
@@ -47,6 +50,9 @@ KeyT = TypeVar("KeyT")
 # moving their requests then costs more than it saves (a branch office at a tenth of
 # the rate is well above it).
 SLOW_FACTOR = 4.0
+# A pipeline cut to a time never holds fewer than this: one chunk being sent and one
+# waiting, so the source never waits a round trip for our next request.
+MIN_TIMED_PIPELINE = 2
 
 
 class Source:
@@ -98,14 +104,18 @@ def median_pace(sources: Iterable[Source]) -> float | None:
     return known[(len(known) - 1) // 2] if known else None
 
 
-def pipeline_cap(p: Source, median: float | None, depth: int) -> int:
-    """How many requests ``p`` may have in flight: its limit, cut in proportion to how
-    much slower than the median source it serves us when that is more than
-    ``SLOW_FACTOR`` times as slow (at least one)."""
+def pipeline_cap(p: Source, median: float | None, depth: int, seconds: float = 0.0) -> int:
+    """How many requests ``p`` may have in flight: its limit, at most ``seconds`` of its
+    measured service time (at least ``MIN_TIMED_PIPELINE``; 0 seconds: no such cap), and
+    cut in proportion to how much slower than the median source it serves us when that is
+    more than ``SLOW_FACTOR`` times as slow (at least one)."""
     svc = p.svc
+    limit = p.limit
+    if seconds > 0 and svc is not None and seconds < svc * limit:
+        limit = min(limit, max(MIN_TIMED_PIPELINE, math.ceil(seconds / svc)))
     if not median or svc is None or svc <= SLOW_FACTOR * median:
-        return p.limit
-    return max(1, min(p.limit, round(depth * median / svc)))
+        return limit
+    return max(1, min(limit, round(depth * median / svc)))
 
 
 def eta(p: Source, index: int, median: float | None) -> float:
@@ -129,6 +139,7 @@ def move_off_slow(
     depth: int,
     excluded: Callable[[KeyT, int], bool],
     move: Callable[[KeyT, Source, int, KeyT, Source], None],
+    seconds: float = 0.0,
 ) -> None:
     """Move requests waiting on a slow source to a faster one that has the chunk and a
     free slot, when the faster one should deliver it in less than half the time.
@@ -148,7 +159,8 @@ def move_off_slow(
             for q_key, q in sources.items():
                 if q is p or not q.bits[index] or q.svc is None:
                     continue
-                if len(q.requests) >= pipeline_cap(q, median, depth) or index in q.requests:
+                full = len(q.requests) >= pipeline_cap(q, median, depth, seconds)
+                if full or index in q.requests:
                     continue
                 if excluded(q_key, index):
                     continue
@@ -164,9 +176,10 @@ def move_off_slow(
 class Sources(Generic[PeerT]):
     """Every peer the download knows, with its record, and the books that span them."""
 
-    def __init__(self, nchunks: int, depth: int) -> None:
+    def __init__(self, nchunks: int, depth: int, seconds: float = 0.0) -> None:
         self._n = nchunks
         self.depth = depth  # the full pipeline depth
+        self.seconds = seconds  # of measured service time kept in flight (0: no cap)
         self.by_peer: dict[PeerT, Source] = {}  # connected and not banned
         self.hungry: dict[PeerT, None] = {}  # peers with free pipeline slots, in order
         self.banned: set[PeerT] = set()
@@ -191,7 +204,7 @@ class Sources(Generic[PeerT]):
 
     def cap(self, p: Source) -> int:
         """How many requests ``p`` may have in flight (see :func:`pipeline_cap`)."""
-        return pipeline_cap(p, self.median, self.depth)
+        return pipeline_cap(p, self.median, self.depth, self.seconds)
 
     def update_hungry(self, peer: PeerT, p: Source) -> None:
         """Keep ``peer`` among the hungry exactly while it has a free pipeline slot."""

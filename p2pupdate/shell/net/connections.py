@@ -15,7 +15,7 @@ import trio
 
 from p2pupdate.core.fleet import Admission
 from p2pupdate.core.membership import Addr
-from p2pupdate.core.messages import PROTOCOL_VERSION, Hello, Inventory, Message, Peers, Ping, Revoke
+from p2pupdate.core.messages import PROTOCOL_VERSION, Hello, Inventory, Message, Ping, Revoke
 from p2pupdate.core.reasons import Reason
 from p2pupdate.errors import IncompatiblePeerError, RemoteProtocolError, TransferError
 from p2pupdate.shell.net.members import FleetMembership
@@ -82,11 +82,29 @@ class Connections(FleetMembership):
                     break
                 self._dialing.add(addr)
                 self.nursery.start_soon(self._dial, addr)
+            wait = self._pex_pull(now, active)
             deadline = self.peerbook.next_deadline()
-            wait = 1.0 if deadline is None else max(0.05, min(1.0, deadline - now))
+            if deadline is not None:
+                wait = min(wait, max(0.05, deadline - now))
             with trio.move_on_after(wait):
                 await self._wake_dialer.wait()
             self._wake_dialer = trio.Event()
+
+    def _pex_pull(self, now: float, active: int) -> float:
+        """Below target with no address left to dial: send our PEERS to every peer, which
+        answers with its own (``_dispatch``), first ``pex_pull_interval`` after we ran
+        short, then at doubling intervals up to ``pex_interval``. Returns how long the
+        dial loop may sleep (at most 1 s)."""
+        if not self.peers or not self.peerbook.short_of_addresses(now, active, self._dialing):
+            self._pull_wait = self.limits.pex_pull_interval
+            self._pull_at = now + self._pull_wait
+            return 1.0
+        if now >= self._pull_at:
+            for peer in list(self.peers.values()):
+                self._send_pex(peer, now)
+            self._pull_wait = min(2 * self._pull_wait, self.options.pex_interval)
+            self._pull_at = now + self._pull_wait
+        return max(0.05, min(1.0, self._pull_at - now))
 
     async def _dial(self, addr: Addr) -> None:
         try:
@@ -269,7 +287,7 @@ class Connections(FleetMembership):
                 nursery.start_soon(self._writer, peer)
                 nursery.start_soon(self._keepalive, peer)
                 peer.post(Inventory(self.book.inventory()))
-                peer.post(Peers(self._pex_sample()))
+                self._send_pex(peer, trio.current_time())
                 for rev in self.fleet.lists.values():
                     peer.post(Revoke(rev.raw))
                 self.reports.on_peer_up(peer)

@@ -15,7 +15,7 @@ import trio
 
 from p2pupdate.core.fleet import Admission, decode_admission, decode_revocations
 from p2pupdate.core.membership import Addr
-from p2pupdate.core.messages import Revoke
+from p2pupdate.core.messages import Peers, Revoke
 from p2pupdate.core.reasons import Reason
 from p2pupdate.errors import RemoteProtocolError
 from p2pupdate.shell.fsutil import atomic_write_bytes
@@ -67,6 +67,10 @@ class FleetMembership(NodeBase):
         addrs = [p.addr for p in self.peers.values() if p.addr[1] and not p.closing]
         self.rng.shuffle(addrs)
         return tuple(addrs[:32])
+
+    def _send_pex(self, peer: PeerConn, now: float) -> None:
+        peer.pex_sent_at = now
+        peer.post(Peers(self._pex_sample()))
 
     def recheck_members(self) -> None:
         """Close peers whose admission expired or was revoked since they connected."""

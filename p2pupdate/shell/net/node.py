@@ -98,6 +98,9 @@ class Node(Connections, AnnouncementGossip):
             added = sum(self.peerbook.add(a, source) for a in msg.peers)
             if added:
                 self._wake_dialer.set()
+            now = trio.current_time()
+            if now - peer.pex_sent_at >= self.limits.pex_reply_interval:
+                self._send_pex(peer, now)  # a pull (or news): answer with what we know
         elif isinstance(msg, Inventory):
             for ann_id in self.book.wants(msg.entries):
                 peer.post(GetAnnounce(ann_id))
@@ -132,7 +135,7 @@ class Node(Connections, AnnouncementGossip):
             if trio.current_time() - last_pex >= self.options.pex_interval and self.peers:
                 last_pex = trio.current_time()
                 target = self.rng.choice(list(self.peers.values()))
-                target.post(Peers(self._pex_sample()))
+                self._send_pex(target, trio.current_time())
 
     async def _isolation_watch(self) -> None:
         """One WARNING once the node has had no connected peer for a while (again only

@@ -93,6 +93,9 @@ class NodeBase:
         self._connections = 0
         self._dialing: set[Addr] = set()
         self._wake_dialer = trio.Event()
+        # PEX pull (shell.net.connections): when the next one may go, and the wait after it.
+        self._pull_wait = options.limits.pex_pull_interval
+        self._pull_at = 0.0
         self._nursery: trio.Nursery | None = None
         self.handshakes_completed = 0
         self.first_handshake = trio.Event()

@@ -8,6 +8,7 @@ with; :class:`PackageService` is what the node needs from the swarm.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -54,6 +55,7 @@ class PeerConn:
         self.cancel_scope = trio.CancelScope()
         self.strikes = 0
         self.closing = False
+        self.pex_sent_at = -math.inf  # when we last posted it our PEERS
 
     def post(self, msg: Message | bytes) -> bool:
         """Queue a message without waiting; False (the peer is dropped) if the outbox is full."""

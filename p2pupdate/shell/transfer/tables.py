@@ -55,10 +55,17 @@ class TableFetcher:
         """Get the page-hash list and every page, each checked on its own."""
         fetch: TableFetch[bytes] = TableFetch(pkg.nchunks, pkg.root)
         self._fetches[pkg.package_id] = fetch
+        # The connection each outstanding page was asked on: if it closed (the peer left,
+        # or a second connection to it replaced this one), no answer will come, so the
+        # page is asked again now rather than after ``timeout``.
+        asked_on: dict[int, PeerConn] = {}
         try:
             while True:
                 now = trio.current_time()
                 fetch.expire(now, self.timeout)
+                for page, (nid, _) in list(fetch.outstanding.items()):
+                    if self.node.peers.get(nid) is not asked_on.get(page):
+                        fetch.forget(page)
                 for page in fetch.wanted():
                     candidates = [
                         nid
@@ -80,7 +87,8 @@ class TableFetcher:
                         continue
                     nid = self.rng.choice(candidates)
                     fetch.ask(nid, page, now)
-                    self.node.peers[nid].post(GetTable(pkg.package_id, page))
+                    asked_on[page] = self.node.peers[nid]
+                    asked_on[page].post(GetTable(pkg.package_id, page))
                 for nid, reason in fetch.take_bad():
                     pkg.bad_table_peers.add(nid)
                     ban_peer(self.node, nid, reason)
