@@ -54,12 +54,12 @@ from p2pupdate.core.replicas import ReplicaProof
 from p2pupdate.core.rollout import WaitVerdict, parse_abort, parse_stages, wait_verdict
 from p2pupdate.core.units import format_size, parse_duration, parse_rate
 from p2pupdate.errors import P2PUpdateError, TransferError, UsageError
+from p2pupdate.shell.configvalues import parse_hostport
 from p2pupdate.shell.datadir import resolve_data_dir
 from p2pupdate.shell.install.pack import pack_directory
 from p2pupdate.shell.keyfile import load_secret_key
 from p2pupdate.shell.net.node import Node, NodeOptions, PeerConn
 from p2pupdate.shell.net.transport import TcpTransport
-from p2pupdate.shell.nodeconfig import parse_hostport
 from p2pupdate.shell.transfer.content import hash_file_async
 from p2pupdate.shell.transfer.store import DiskStore
 from p2pupdate.shell.transfer.swarm import Swarm, SwarmOptions

@@ -24,10 +24,10 @@ from p2pupdate.core.messages import Yank as YankMsg
 from p2pupdate.core.policy import TrustConfig
 from p2pupdate.core.yank import MAX_REASON, YankBody, sign_yank
 from p2pupdate.errors import P2PUpdateError, TransferError, UsageError
+from p2pupdate.shell.configvalues import parse_hostport
 from p2pupdate.shell.keyfile import load_secret_key
 from p2pupdate.shell.net.node import Node, NodeOptions
 from p2pupdate.shell.net.transport import TcpTransport
-from p2pupdate.shell.nodeconfig import parse_hostport
 
 __all__ = ["run_yank_command"]
 

@@ -33,10 +33,6 @@ import ssl
 import tempfile
 
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.x509.oid import NameOID
 
 from p2pupdate.errors import TransferError
 
@@ -55,6 +51,13 @@ def channel_binding(cert_der: bytes) -> bytes:
 
 def _self_signed() -> tuple[bytes, bytes]:
     """A fresh Ed25519 key and a self-signed certificate for it, both PEM."""
+    # Imported here: ``cryptography`` costs ~30 ms of start-up to every node and every
+    # publish, and only an encrypting one ever makes a certificate.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import NameOID
+
     key = ed25519.Ed25519PrivateKey.generate()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p2pupdate node")])
     now = datetime.datetime.now(datetime.UTC)
