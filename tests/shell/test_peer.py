@@ -220,6 +220,30 @@ async def test_send_chunk_over_tls_gives_the_same_messages() -> None:
     await server.aclose()
 
 
+async def test_a_plain_connection_wrapped_in_tls_afterwards_sends_and_reads_through_tls() -> None:
+    # What the node's handshake does: the Connection is made on the plain TCP stream,
+    # then its stream is replaced by the TLS stream. From then on nothing may go to or
+    # come from the raw socket (it did: the peer read TLS records as frame lengths).
+    a, b = await tcp_pair()
+    tx = conn(a)
+    client, server, _, _ = await tls_pair(a, b)
+    tx.stream = client
+    rx = conn(server)  # made on the TLS stream: it reads only TLS records
+    payloads = [os.urandom(n) for n in (65536, 7)]
+    async with trio.open_nursery() as nursery:
+
+        async def send() -> None:
+            for i, d in enumerate(payloads):
+                await tx.send_chunk(PID, i, memoryview(d))
+            await tx.send(Ping(5))
+
+        nursery.start_soon(send)
+        got = [await rx.receive() for _ in range(len(payloads) + 1)]
+    assert got == [*(Chunk(PID, i, d) for i, d in enumerate(payloads)), Ping(5)]
+    await client.aclose()
+    await server.aclose()
+
+
 async def test_memory_stream_takes_the_stream_path() -> None:
     a, b = trio.testing.memory_stream_pair()
     tx, rx = conn(a), conn(b)

@@ -79,7 +79,8 @@ class Connection:
         timeouts: Timeouts,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        self.stream = stream
+        self._sock: trio.socket.SocketType | None = None
+        self.stream = stream  # (sets _sock)
         self.remote_host = remote_host
         self.outbound = outbound
         self.timeouts = timeouts
@@ -92,7 +93,17 @@ class Connection:
         self.closed = False
         self.bytes_sent = 0
         self.bytes_received = 0
+
+    @property
+    def stream(self) -> trio.abc.Stream:
+        return self._stream
+
+    @stream.setter
+    def stream(self, stream: trio.abc.Stream) -> None:
         # Plain TCP: the trio socket under the stream, for writev/readv (None otherwise).
+        # Decided again whenever the stream is replaced: the handshake wraps a plain
+        # connection in TLS, and from then on every byte must go through the TLS stream.
+        self._stream = stream
         self._sock = stream.socket if _FAST_IO and isinstance(stream, trio.SocketStream) else None
 
     @property
