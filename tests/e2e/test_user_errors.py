@@ -8,6 +8,7 @@ file unreadable).
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -104,9 +105,12 @@ def test_missing_package(authority: Authority, tmp_path: Path) -> None:
 
 
 def test_unreadable_package(authority: Authority, tmp_path: Path) -> None:
-    # A directory where the package file should be: unreadable as a package, even as root.
-    (tmp_path / "pkgdir").mkdir()
-    assert_usage_error(publish(authority.key, tmp_path / "pkgdir"), "pkgdir", "not a regular file")
+    # A FIFO where the package file should be: not a package, even as root (a directory
+    # is one now: publish packs it, see test_pack.py).
+    os.mkfifo(tmp_path / "pkgfifo")
+    assert_usage_error(
+        publish(authority.key, tmp_path / "pkgfifo"), "pkgfifo", "not a regular file"
+    )
 
 
 def test_bad_peer_address_for_publish(authority: Authority, package: Path) -> None:
