@@ -50,6 +50,7 @@ from p2pupdate.core.keys import format_pubkey
 from p2pupdate.core.messages import Announce, Chunk, Message, Reject
 from p2pupdate.core.messages import Request as RequestMsg
 from p2pupdate.core.policy import TrustConfig, in_rollout
+from p2pupdate.core.reasons import Reason
 from p2pupdate.core.replicas import ReplicaProof
 from p2pupdate.core.rollout import WaitVerdict, parse_abort, parse_stages, wait_verdict
 from p2pupdate.core.units import format_size, parse_duration, parse_rate
@@ -276,7 +277,7 @@ class _ProofService:
                 if self.proof.on_chunk(peer.node_id, msg.index, msg.data, now):
                     if self.proof.is_refuted(peer.node_id):
                         log.warning("%s claimed a copy it does not hold", peer.label)
-                        self.swarm.node.ban(peer.addr, peer.node_id, "false replica claim")
+                        self.swarm.node.ban(peer.addr, peer.node_id, Reason.FALSE_REPLICA_CLAIM)
                     return True
             elif self.proof.on_reject(peer.node_id, msg.index, now):
                 return True

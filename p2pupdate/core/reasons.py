@@ -87,6 +87,12 @@ class Reason(enum.StrEnum):
     INBOUND_FULL = "inbound_full"
     CONNECTIONS_PER_IP = "connections_per_ip"
     CONNECTIONS_PER_NETGROUP = "connections_per_netgroup"
+    # -- bans: why a peer (peer_banned) or an IP (ip_banned) was banned; the event's
+    # ``detail`` says more (the last protocol error, in words)
+    PROTOCOL_ERRORS = "protocol_errors"
+    BAD_CHUNK = "bad_chunk"
+    BAD_TABLE = "bad_table"
+    FALSE_REPLICA_CLAIM = "false_replica_claim"
     # The two kinds the node's per-peer refusals are counted (throttled) and summarised
     # under: a connection refused for one of the reasons above, a peer not a member.
     REFUSED = "refused"

@@ -25,10 +25,11 @@ from p2pupdate.core.chunks import (
     root_from_page_hashes,
 )
 from p2pupdate.core.messages import TABLE_PAGE_LIST
+from p2pupdate.core.reasons import Reason
 
 __all__ = ["BAD_TABLE", "TableFetch"]
 
-BAD_TABLE = "bad_table"
+BAD_TABLE = Reason.BAD_TABLE
 P = TypeVar("P", bound=Hashable)
 
 

@@ -125,7 +125,8 @@ class PlainView:
         if name in ("update_refused", "download_failed", "update_failed"):
             extra = f": {ev.get('reason')}"
         elif name == "peer_banned":
-            extra = f" {ev.get('peer')}: {ev.get('reason')}"
+            detail = f" ({ev['detail']})" if ev.get("detail") else ""
+            extra = f" {ev.get('peer')}: {ev.get('reason')}{detail}"
         elif name == "update_complete":
             extra = f" ({ev.get('old_version')} -> {ev.get('new_version')})"
         self._line(f"{track.name} {label}{vtext}{extra}", when)

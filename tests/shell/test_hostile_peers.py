@@ -332,6 +332,8 @@ async def test_rotating_the_claimed_listen_port_does_not_evade_a_ban() -> None:
         await wait_for(lambda: victim.named("peer_banned"))
         (ban,) = victim.named("peer_banned")
         assert ban["node"] == bytes(key.verify_key).hex()
+        # A reason code, with the words apart (issue 13: no free text in the code).
+        assert ban["reason"] == "protocol_errors" and ban["detail"]
         again = await try_handshake(victim.node.listen_addr, key=key)
         if again is not None:  # the handshake may finish before the ban check closes it
             with trio.fail_after(10):
@@ -355,6 +357,7 @@ async def test_fresh_keys_from_one_ip_get_the_ip_banned_but_configured_peers_sta
         for i in range(6):
             await _offend(victim.node.listen_addr, new_key(), 6000 + i)
         await wait_for(lambda: victim.named("ip_banned"))
+        assert victim.named("ip_banned")[0]["reason"] == "protocol_errors"
         assert victim.node.peerbook.is_ip_banned("127.0.0.1", trio.current_time())
         assert await try_handshake(victim.node.listen_addr) is None  # refused at accept
         # The configured peer's link was kept, and is dialled again if it drops.

@@ -38,6 +38,7 @@ from p2pupdate.core.download.chunkbook import ChunkBook
 from p2pupdate.core.download.inflight import InFlight
 from p2pupdate.core.download.scheduler import Scheduler
 from p2pupdate.core.download.sources import Sources
+from p2pupdate.core.reasons import Reason
 from p2pupdate.errors import LocalProtocolError, RemoteProtocolError
 
 if TYPE_CHECKING:
@@ -332,7 +333,7 @@ class Downloader(Generic[PeerT]):
         if peer in self._src.banned or not self._active():
             return []
         if not self._c.verifies(index, data):
-            return self._ban(peer, "bad_chunk")
+            return self._ban(peer, Reason.BAD_CHUNK)
         self._sched.delivered(peer, index, now)
         if self._c.held(index):
             self._duplicates += 1

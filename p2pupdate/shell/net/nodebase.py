@@ -26,6 +26,7 @@ from p2pupdate.core.fleet import Admission, FleetPolicy, decode_admission
 from p2pupdate.core.gossip import AnnouncementBook, choose_fanout
 from p2pupdate.core.membership import Addr, PeerBook, format_addr
 from p2pupdate.core.messages import Message
+from p2pupdate.core.reasons import Reason
 from p2pupdate.core.throttle import Throttle
 from p2pupdate.shell.net.options import NodeOptions
 from p2pupdate.shell.net.peer import Connection
@@ -167,44 +168,48 @@ class NodeBase:
         now = trio.current_time()
         verdict = self.peerbook.strike(host, node_id, now, shared=self.slots.exempt(host))
         if verdict.ban_node and conn.hello is not None:
-            self.ban(conn.listen_addr, conn.hello.node_id, f"protocol errors: {reason}")
+            self.ban(conn.listen_addr, conn.hello.node_id, Reason.PROTOCOL_ERRORS, reason)
         if verdict.ban_ip and not self.peerbook.is_ip_banned(host, now):
-            self.ban_ip(host, f"repeated protocol errors: {reason}")
+            self.ban_ip(host, Reason.PROTOCOL_ERRORS, reason)
 
     def strike(self, peer: PeerConn, reason: str) -> None:
         """Count one strike against a connected peer (banned at ``Limits.strikes_to_ban``)."""
         self._strike(peer.conn, reason)
 
-    def ban(self, addr: Addr, node_id: bytes, reason: str) -> None:
-        """Ban a peer's node id and (IP, listen port) for the ban period; close it."""
+    def ban(self, addr: Addr, node_id: bytes, reason: str, detail: str = "") -> None:
+        """Ban a peer's node id and (IP, listen port) for the ban period; close it.
+
+        ``reason`` is a code (:class:`Reason`), ``detail`` free words about it."""
         until = trio.current_time() + self.options.ban_period
         self.peerbook.ban(addr, node_id, until)
         self._log_throttled(
             logging.WARNING,
             "ban",
             self._who(addr[0], node_id),
-            "banning %s (%s): %s",
+            "banning %s (%s): %s%s",
             format_addr(*addr),
             node_id.hex()[:16],
             reason,
+            f" ({detail})" if detail else "",
         )
         self.emit_peer(
             "peer_banned",
             self._who(addr[0], node_id),
             peer=format_addr(*addr),
             node=node_id.hex(),
-            reason=reason,
+            reason=str(reason),
+            detail=detail,
         )
         peer = self.peers.get(node_id)
         if peer is not None:
             peer.close()
 
-    def ban_ip(self, host: str, reason: str) -> None:
+    def ban_ip(self, host: str, reason: str, detail: str = "") -> None:
         """Ban a whole IP (never a shared host; never our dials to configured peers)."""
         until = trio.current_time() + self.options.ban_period
         self.peerbook.ban_ip(host, until)
-        log.warning("banning every peer at %s: %s", host, reason)
-        self.emit("ip_banned", ip=host, reason=reason)
+        log.warning("banning every peer at %s: %s (%s)", host, reason, detail)
+        self.emit("ip_banned", ip=host, reason=str(reason), detail=detail)
         for peer in list(self.peers.values()):
             if peer.host == host and not peer.configured:
                 peer.close()
