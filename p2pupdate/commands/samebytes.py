@@ -31,6 +31,7 @@ from pathlib import Path
 
 from p2pupdate.core.announcement import Announcement
 from p2pupdate.core.policy import Decision
+from p2pupdate.shell.datadir import xdg_state_home
 from p2pupdate.shell.fsutil import atomic_write_bytes
 
 __all__ = ["MAX_HISTORY", "SameBytesWarning", "history_path"]
@@ -44,13 +45,8 @@ _MAX_LINE = 1024
 
 def history_path(env: Mapping[str, str] | None = None) -> Path:
     """Where this user's publish history lives (XDG state dir, as for a node)."""
-    environ = os.environ if env is None else env
-    state = environ.get("XDG_STATE_HOME", "")
-    if state and Path(state).is_absolute():
-        base = Path(state)
-    else:
-        base = Path(environ.get("HOME") or str(Path.home())) / ".local" / "state"
-    return base / "p2pupdate-publish" / "history.jsonl"
+    state = xdg_state_home(os.environ if env is None else env)
+    return state / "p2pupdate-publish" / "history.jsonl"
 
 
 def _read(path: Path) -> list[dict[str, str]]:

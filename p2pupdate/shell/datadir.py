@@ -30,6 +30,7 @@ __all__ = [
     "default_data_dir",
     "resolve_data_dir",
     "store_dir",
+    "xdg_state_home",
 ]
 
 DATA_DIR_ENV = "P2PUPDATE_DATA_DIR"
@@ -40,12 +41,17 @@ def default_data_dir(euid: int, env: Mapping[str, str]) -> Path:
     """The platform default for a user id and an environment."""
     if euid == 0:
         return ROOT_DATA_DIR
+    return xdg_state_home(env) / "p2pupdate"
+
+
+def xdg_state_home(env: Mapping[str, str]) -> Path:
+    """The user's state directory: ``$XDG_STATE_HOME``, else ``~/.local/state``."""
     state = env.get("XDG_STATE_HOME", "")
     # The XDG spec: a relative value is invalid and must be ignored.
     if state and Path(state).is_absolute():
-        return Path(state) / "p2pupdate"
+        return Path(state)
     home = env.get("HOME") or str(Path.home())
-    return Path(home) / ".local" / "state" / "p2pupdate"
+    return Path(home) / ".local" / "state"
 
 
 def resolve_data_dir(
