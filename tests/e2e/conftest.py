@@ -47,6 +47,7 @@ __all__ = [
     "matches",
     "read_events",
     "run_cli",
+    "sigint_as_in_a_terminal",
     "wait_until",
 ]
 
@@ -80,6 +81,18 @@ class CliResult:
     @property
     def stderr_lines(self) -> list[str]:
         return [line for line in self.stderr.splitlines() if line.strip()]
+
+
+def sigint_as_in_a_terminal() -> None:
+    """``preexec_fn`` for a child a test will Ctrl-C: SIGINT at its default action.
+
+    A shell that starts a job in the background (``pytest &``, a script run from
+    a non-interactive shell) sets SIGINT to *ignored* for it, and that survives
+    ``exec`` into every process the suite starts. ``p2pupdate`` rightly keeps an
+    inherited ignore (the convention ``nohup`` and ``&`` rely on), so a Ctrl-C
+    test must give its child the disposition a terminal would.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(*args: str | Path, timeout: float = 30.0, cwd: Path | None = None) -> CliResult:

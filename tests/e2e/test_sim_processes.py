@@ -30,6 +30,7 @@ import pytest
 from p2pupdate.sim.harness import sweep_stale_workdirs
 from p2pupdate.sim.netns import NetnsError, NetnsNetwork, check_netns_available, sweep_stale
 from p2pupdate.sim.procs import Supervisor
+from tests.e2e.conftest import sigint_as_in_a_terminal
 
 P2P = (sys.executable, "-m", "p2pupdate")
 
@@ -125,7 +126,9 @@ def test_children_die_with_a_harness_killed_by_sigkill(tmp_path: Path) -> None:
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: signal.Signals(s).name
+)
 def test_interrupted_sim_stops_everything_and_reports(tmp_path: Path, signum: int) -> None:
     scenario = tmp_path / "slow.toml"
     # Slow on purpose (4 MiB at 128 KiB/s): the signal lands in the middle.
@@ -143,6 +146,7 @@ def test_interrupted_sim_stops_everything_and_reports(tmp_path: Path, signum: in
         text=True,
         env=env,
         cwd=tmp_path,
+        preexec_fn=sigint_as_in_a_terminal,  # the suite may run with SIGINT ignored
     )
     try:
         assert proc.stdout is not None
