@@ -17,7 +17,7 @@ FAULT_ENV = "P2PUPDATE_FAULT"
 # Where a crash test may kill the applicator; docs/applying.md says what each means.
 FAULT_POINTS = (
     "after_pending",  # pending record persisted, nothing else touched
-    "mid_backup",  # backup's staging file (in backup_dir) half written
+    "mid_backup",  # backup's staging file (in backup_dir) linked, or half written
     "after_backup",  # backup of the current target durable
     "mid_stage",  # staging file half written
     "after_stage",  # staging file complete and fsynced, not yet renamed

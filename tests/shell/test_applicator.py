@@ -19,6 +19,7 @@ from p2pupdate.shell.install import targets
 from p2pupdate.shell.install.applicator import Applicator, TargetSpec
 from p2pupdate.shell.install.applystate import StateStore
 from p2pupdate.shell.install.healthcheck import OUTPUT_LIMIT, run_command
+from tests.helpers import small_tmpfs
 from tests.shell.apply_helpers import Events, alive, app_script, dead_soon, make_package, read_pid
 
 CHANNEL = "app/stable"
@@ -90,7 +91,8 @@ async def test_an_install_hashes_the_package_once(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The package is hashed as it is staged, not also before: every BLAKE3 byte the
-    install feeds is the package once plus the old target once (its backup copy)."""
+    install feeds is the package once (the backup, on the same filesystem, is a hard
+    link: nothing of the old target is read)."""
     v1 = env.install_v1()
     pkg, pid = env.package("2.0.0")
     hashed = [0]
@@ -109,7 +111,8 @@ async def test_an_install_hashes_the_package_once(
 
     monkeypatch.setattr(blake3, "blake3", Counting)
     assert await env.app.apply(env.spec(), "2.0.0", pkg, pid)
-    assert hashed[0] == pkg.stat().st_size + len(v1)
+    assert hashed[0] == pkg.stat().st_size
+    assert [b.read_bytes() for b in env.backups.rglob("*.bak")] == [v1]
 
 
 async def test_good_update_is_installed_with_backup_and_events(env: Env) -> None:
@@ -499,6 +502,43 @@ async def test_operator_rollback_walks_back_through_backups(env: Env) -> None:
     assert not await env.app.rollback(spec)
     assert env.events.one("update_failed")["reason"] == core.NO_BACKUP
     assert env.target.read_bytes() == v1
+
+
+async def test_a_backup_on_the_same_filesystem_is_the_old_inode_and_outlives_the_swap(
+    env: Env,
+) -> None:
+    """Nothing is copied to back up: the backup is a hard link to the old file, which the
+    install renames a new file over (never writing into it)."""
+    v1 = env.install_v1()
+    old_inode = env.target.stat().st_ino
+    pkg, pid = env.package("2.0.0")
+    assert await env.app.apply(env.spec(), "2.0.0", pkg, pid)
+    (backup,) = env.backups.rglob("*.bak")
+    assert backup.stat().st_ino == old_inode and backup.stat().st_nlink == 1
+    assert env.target.stat().st_ino != old_inode
+    assert backup.read_bytes() == v1 and env.target.read_bytes() == app_script("2.0.0")
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o750
+
+
+@pytest.mark.parametrize("behaviour", ["good", "bad"])
+async def test_a_backup_on_another_filesystem_is_copied_and_rolls_back(
+    env: Env, behaviour: str
+) -> None:
+    with small_tmpfs(env.tmp / "mnt", "96m") as mnt:
+        env.backups = mnt / "backups"
+        env.app = env.new_applicator()
+        v1 = env.install_v1()
+        pkg, pid = env.package("2.0.0", behaviour)
+        assert await env.app.apply(env.spec(), "2.0.0", pkg, pid) == (behaviour == "good")
+        if behaviour == "good":
+            (backup,) = env.backups.rglob("*.bak")
+            assert backup.read_bytes() == v1
+            assert stat.S_IMODE(backup.stat().st_mode) == 0o750
+            assert env.target.read_bytes() == app_script("2.0.0")
+        else:
+            assert env.target.read_bytes() == v1
+            assert env.events.one("rolled_back")["restored_version"] == "1.0.0"
+        assert list(env.backups.rglob("*.staging")) == []
 
 
 async def test_only_the_last_two_backups_are_kept(env: Env) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import re
 import secrets
@@ -157,7 +158,7 @@ _BACKUP_STAGING_RE = re.compile(r"\..+\.p2pupdate-[0-9a-f]{12}\.staging")
 def cleanup_backup_leftovers(backup_dir: Path) -> list[Path]:
     """Remove the staging files of backups a killed install left in ``backup_dir``.
 
-    A backup is copied to ``.<name>.p2pupdate-<token>.staging`` in its channel's
+    A backup is linked or copied to ``.<name>.p2pupdate-<token>.staging`` in its channel's
     directory under ``backup_dir`` and renamed when complete; a kill in between
     leaves the staging file (as large as the target). Only names of exactly that
     form are removed; finished backups and anything else stay.
@@ -232,11 +233,50 @@ def _mode_and_owner(path: Path, default_mode: int) -> tuple[int, tuple[int, int]
     return stat.S_IMODE(st.st_mode), owner
 
 
+# Why a hard link can be refused where a copy would work: another filesystem,
+# a filesystem without links, an inode at its link limit.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def _link_to_staging(target: Path, backup: Path) -> Path | None:
+    """Hard-link ``target`` to a staging name beside ``backup``; None if refused."""
+    tmp = staging_path(backup)
+    try:
+        os.link(target, tmp)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return None
+        raise
+    try:
+        # The target's bytes may never have been fsynced (put there by hand).
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
 def backup_file(target: Path, backup: Path, check: Callable[[], None] = no_check) -> None:
-    """Copy ``target`` durably to ``backup`` (which may be on another filesystem)."""
+    """Make ``backup`` a durable copy of ``target`` (which may be on another filesystem).
+
+    On the same filesystem the backup is a hard link to the target's inode and
+    nothing is copied: an install never writes into the target, it renames a
+    new file over it, so from then on the old bytes live under the backup's
+    name alone (and a rollback copies them back to a new file). Elsewhere, or
+    where links are refused, the bytes are copied. Either way the backup gets
+    its name by a rename of a staging file, so a kill leaves no half backup.
+    """
     backup.parent.mkdir(parents=True, exist_ok=True)
-    mode, _ = _mode_and_owner(target, 0o755)
-    tmp, _digest = copy_to_staging(target, backup, mode, check=check, fault_mid="mid_backup")
+    tmp = _link_to_staging(target, backup)
+    if tmp is None:
+        mode, _ = _mode_and_owner(target, 0o755)
+        tmp, _digest = copy_to_staging(target, backup, mode, check=check, fault_mid="mid_backup")
+    else:
+        fault("mid_backup")
     install_staged(tmp, backup)
 
 
