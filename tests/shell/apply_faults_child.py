@@ -36,8 +36,9 @@ async def _run(cfg: dict[str, Any]) -> None:
         health_cmd=cfg["health_cmd"],
         restart_cmd=cfg["restart_cmd"],
         version=cfg["target_version"],
-        health_timeout=30.0,
-        confirm_window=5.0,
+        # Generous: a passing check must not fail on a loaded machine.
+        health_timeout=60.0,
+        confirm_window=60.0,
     )
     async with trio.open_nursery() as nursery:
         if cfg.get("sigterm"):

@@ -82,7 +82,7 @@ class Scenario:
             health_cmd=self.health,
             restart_cmd=self.restart,
             version=None if self.is_dir else "1.0.0",
-            confirm_window=5.0,
+            confirm_window=60.0,  # until healthy: generous costs nothing when it passes
         )
 
     def config(self, **extra: Any) -> Path:

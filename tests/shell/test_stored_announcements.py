@@ -138,7 +138,7 @@ def app_target(tmp: Path) -> TargetSpec:
     path = tmp / "t" / "app"
     path.write_bytes(app_script("1.0.0"))
     path.chmod(0o755)
-    return TargetSpec(CHANNEL, path, version="1.0.0", confirm_window=0.1, health_timeout=10)
+    return TargetSpec(CHANNEL, path, version="1.0.0", confirm_window=0.1, health_timeout=60)
 
 
 async def test_restart_with_a_key_removed_from_trust_revokes_what_it_signed(
