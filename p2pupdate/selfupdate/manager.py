@@ -373,7 +373,9 @@ class SelfUpdater:
                 await self._check.wait()
             self._check = trio.Event()
             name = self.check_current()
-            if name is not None and not self._going_last:
+            # While this node installs, ``current`` may be its own switch (the install
+            # thread has not returned yet): on_downloaded decides then, not this watch.
+            if name is not None and not self._going_last and self.state != "installing":
                 self._restart(name, "current changed")
 
     def _start_sync(self) -> None:
