@@ -20,19 +20,25 @@ __all__ = [
     "atomic_write_bytes",
     "check_free_space",
     "fsync_dir",
+    "fsync_path",
     "pid_alive",
     "read_bytes_limited",
     "read_json_file",
 ]
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
+    """Make what is written to the file (or directory) ``path`` durable."""
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink inside ``path`` durable."""
+    fsync_path(path, os.O_RDONLY | os.O_DIRECTORY)
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -48,7 +48,7 @@ from p2pupdate.core.archive import ArchiveMember, Refuse, check_archive
 from p2pupdate.errors import ApplyError
 from p2pupdate.shell.faults import fault
 from p2pupdate.shell.filehash import BLOCK, hash_file, no_check
-from p2pupdate.shell.fsutil import check_free_space, fsync_dir
+from p2pupdate.shell.fsutil import check_free_space, fsync_dir, fsync_path
 from p2pupdate.shell.install.applystate import Pending, validate_channel
 
 __all__ = [
@@ -248,12 +248,7 @@ def _link_to_staging(target: Path, backup: Path) -> Path | None:
             return None
         raise
     try:
-        # The target's bytes may never have been fsynced (put there by hand).
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(tmp)  # the target's bytes may never have been fsynced (put there by hand)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
