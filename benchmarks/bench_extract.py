@@ -22,7 +22,7 @@ from pathlib import Path
 
 import blake3
 
-from p2pupdate.shell.install.targets import extract_release
+from p2pupdate.shell.install.unpack import extract_release
 
 MiB = 1024 * 1024
 

@@ -148,7 +148,7 @@ async def test_hostile_archive_is_refused_and_writes_nothing_outside(
 @pytest.mark.parametrize("name", ["link_chain", "link_chain_reversed"])
 def test_a_symlink_chain_is_refused_before_anything_is_unpacked(tmp_path: Path, name: str) -> None:
     from p2pupdate.errors import ApplyError
-    from p2pupdate.shell.install.targets import extract_release
+    from p2pupdate.shell.install.unpack import extract_release
 
     archive = tmp_path / "chain.tar"
     archive.write_bytes(HOSTILE[name])

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from p2pupdate.cli import main
 from p2pupdate.shell.install.pack import ALIGN, ALIGN_MIN, pack_directory
-from p2pupdate.shell.install.targets import extract_release
+from p2pupdate.shell.install.unpack import extract_release
 from p2pupdate.shell.keyfile import write_secret_key
 
 C = 65536

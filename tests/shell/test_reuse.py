@@ -203,7 +203,7 @@ async def test_packed_releases_reuse_the_previous_archive_or_the_live_release(
     tmp_path: Path,
 ) -> None:
     from p2pupdate.shell.install.pack import pack_directory
-    from p2pupdate.shell.install.targets import extract_release
+    from p2pupdate.shell.install.unpack import extract_release
     from tests.shell.test_pack import make_tree
 
     tree = tmp_path / "tree"

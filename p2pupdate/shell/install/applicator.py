@@ -47,6 +47,7 @@ from p2pupdate.shell.install.healthcheck import (
 )
 from p2pupdate.shell.install.recovery import Recovery
 from p2pupdate.shell.install.targets import TargetSpec
+from p2pupdate.shell.install.unpack import extract_release
 
 __all__ = ["KEEP_BACKUPS", "Applicator", "Emit", "TargetSpec"]
 
@@ -321,7 +322,7 @@ class Applicator(Recovery):
         adopt_to = Path(p.backup) if p.adopt and p.backup else None
         ops.prepare_releases(path, package, release.parent, adopt_to)
         await trio.to_thread.run_sync(
-            lambda: ops.extract_release(
+            lambda: extract_release(
                 package,
                 release,
                 self._max_size,
