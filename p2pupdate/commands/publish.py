@@ -19,13 +19,17 @@ and how many were missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import random
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import nacl.signing
@@ -175,12 +179,13 @@ def run_publish_command(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.pack_dir is None:
-            return trio.run(_publish, args, keys)
+            return trio.run(_publish_until_stopped, args, keys)
         # A directory: packed deterministically (docs/applying.md), then published.
         with tempfile.TemporaryDirectory(prefix="p2pupdate-pack-") as tmp:
             args.file = Path(tmp) / "package.tar"
-            pack_directory(args.pack_dir, args.file)
-            return trio.run(_publish, args, keys)
+            with _stop_signals_interrupt():
+                pack_directory(args.pack_dir, args.file)
+            return trio.run(_publish_until_stopped, args, keys)
     except BaseExceptionGroup as group:
         leaf: BaseException = group
         while isinstance(leaf, BaseExceptionGroup):
@@ -188,6 +193,49 @@ def run_publish_command(args: argparse.Namespace) -> int:
         if isinstance(leaf, (P2PUpdateError, KeyboardInterrupt)):
             raise leaf from None  # one line (Ctrl-C: "interrupted", exit 130), no traceback
         raise
+
+
+def _stop_signals() -> list[signal.Signals]:
+    """What stops ``publish`` like Ctrl-C: SIGTERM (``timeout``, a service manager) and
+    SIGHUP, unless SIGHUP came in ignored (``nohup``: then it stays ignored)."""
+    sigs = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        sigs.append(signal.SIGHUP)
+    return sigs
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """Outside trio (packing a directory): a stop signal raises KeyboardInterrupt, so the
+    temporary files are removed on the way out (exit 130, as for Ctrl-C)."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, interrupt) for sig in _stop_signals()}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+async def _publish_until_stopped(
+    args: argparse.Namespace, keys: list[nacl.signing.SigningKey]
+) -> int:
+    """:func:`_publish`, stopped by a stop signal as by Ctrl-C: its tasks are cancelled,
+    its temporary store removed, and it exits 130 with one line."""
+
+    async def watch(signals: AsyncIterator[int]) -> None:
+        async for _ in signals:
+            raise KeyboardInterrupt
+
+    with trio.open_signal_receiver(*_stop_signals()) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, signals)
+            rc = await _publish(args, keys)
+            nursery.cancel_scope.cancel()
+    return rc
 
 
 class _Progress:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import pytest
 
 from tests.e2e.conftest import (
     P2P,
@@ -592,30 +593,62 @@ def test_publish_interrupted_by_ctrl_c_exits_130_with_one_line(
 ) -> None:
     pkg = tmp_path / "app-2.0.0"
     make_program(pkg, "2.0.0")
+    rc, text, _ = _interrupt_publish(tmp_path, authority, pkg, signal.SIGINT)
+    assert rc == 130
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if not line.startswith("publish: ")]
+    assert errors == ["p2pupdate: interrupted"]
+
+
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: signal.Signals(s).name
+)
+def test_publish_of_a_directory_stopped_by_a_signal_removes_its_temporary_files(
+    tmp_path: Path, authority: Authority, signum: int
+) -> None:
+    """SIGTERM (``timeout``, a service manager) and SIGHUP stop publish as Ctrl-C does:
+    exit 130, one line, and the packed copy of the directory and the store are removed
+    (a killed publish of a 64 MiB directory used to leave 64 MiB in the temp dir)."""
+    app = tmp_path / "app"
+    app.mkdir()
+    make_program(app / "run", "2.0.0", size=256 * 1024)
+    work = tmp_path / "tmp"
+    work.mkdir()
+    rc, text, leftovers = _interrupt_publish(tmp_path, authority, app, signum, tmpdir=work)
+    assert rc == 130, text
+    errors = [line for line in text.splitlines() if not line.startswith("publish: ")]
+    assert errors == ["p2pupdate: interrupted"]
+    assert leftovers == []
+
+
+def _interrupt_publish(
+    tmp_path: Path, authority: Authority, pkg: Path, signum: int, tmpdir: Path | None = None
+) -> tuple[int, str, list[str]]:
+    """Start publish (to a peer that is not there), signal it once it seeds; its exit
+    code, its stderr and what it left in ``tmpdir``."""
     err_path = tmp_path / "publish.err"
     argv = ["publish", "--key", str(authority.key), "--channel", CHANNEL, "--version", "2.0.0"]
     argv += ["--file", str(pkg), "--peer", f"127.0.0.1:{free_port()}", "--timeout", "60"]
+    env = {**os.environ, **({"TMPDIR": str(tmpdir)} if tmpdir else {})}
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(
             [*P2P, *argv],
             stdout=subprocess.DEVNULL,
             stderr=err,
+            env=env,
             preexec_fn=sigint_as_in_a_terminal,  # the suite may run with SIGINT ignored
         )
         try:
-            # Its first progress line: it is seeding (past start-up), so Ctrl-C hits trio.
+            # Its first progress line: it is seeding (past start-up), so the signal hits trio.
             wait_until("publish to start", lambda: b"publish: " in err_path.read_bytes())
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signum)
             # Generous: the point is the exit code and the one line, not the speed.
             rc = proc.wait(timeout=60)
         finally:
             proc.kill()
             proc.wait()
-    assert rc == 130
-    text = err_path.read_text()
-    assert "Traceback" not in text
-    errors = [line for line in text.splitlines() if not line.startswith("publish: ")]
-    assert errors == ["p2pupdate: interrupted"]
+    left = sorted(p.name for p in tmpdir.iterdir()) if tmpdir else []
+    return rc, err_path.read_text(), left
 
 
 # ---------------------------------------------------------------- the operator's docs
