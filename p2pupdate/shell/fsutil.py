@@ -27,9 +27,10 @@ __all__ = [
 ]
 
 
-def fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
-    """Make what is written to the file (or directory) ``path`` durable."""
-    fd = os.open(path, flags)
+def fsync_path(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> None:
+    """Make what is written to the file (or directory) ``path`` durable (``flags`` with
+    ``O_CREAT``: create it empty first, with ``mode``)."""
+    fd = os.open(path, flags, mode)
     try:
         os.fsync(fd)
     finally:

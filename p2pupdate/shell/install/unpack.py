@@ -143,11 +143,7 @@ def extract_release(
     _check_links_inside(release)
     _fsync_tree(release, check)
     marker = release.with_name(release.name + ".complete")
-    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     fsync_dir(release.parent)
 
 
